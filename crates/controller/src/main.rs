@@ -1,0 +1,2 @@
+//! conntrack-reconciler: the node agent binary.
+fn main() {}

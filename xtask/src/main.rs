@@ -1,0 +1,2 @@
+//! cargo xtask: lab, demo, bench, e2e-kind, manifests.
+fn main() {}
