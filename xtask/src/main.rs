@@ -1,2 +1,52 @@
-//! cargo xtask: lab, demo, bench, e2e-kind, manifests.
-fn main() {}
+//! `cargo xtask`: developer commands that are more than one cargo call.
+//!
+//! Kept to `std` + `anyhow` so that it compiles in seconds. Each command lives in its own module.
+
+mod bench;
+mod demo;
+mod image;
+mod kind;
+mod lab;
+mod manifests;
+#[allow(dead_code)] // shared helpers; not every command uses every one
+mod util;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  lab [scenario...]   run the node-lab scenarios (root)
+  demo                the headline scenario, without then with the reconciler (root)
+  bench [what...]     run the benchmarks and print one performance table (root)
+  e2e-kind            kind clusters against old and new kube-proxy (needs docker + kind)
+  image               build the container image (needs docker)
+  manifests [--image IMAGE] [--check]
+                      render the kustomize base with an image, or validate it offline
+";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(command) = args.next() else {
+        eprint!("{USAGE}");
+        bail!("no command given");
+    };
+    let rest: Vec<String> = args.collect();
+    match command.as_str() {
+        "lab" => lab::run(&rest),
+        "demo" => demo::run(&rest),
+        "bench" => bench::run(&rest),
+        "e2e-kind" => kind::run(&rest),
+        "image" => image::run(&rest),
+        "manifests" => manifests::run(&rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown command {other:?}")
+        }
+    }
+}
