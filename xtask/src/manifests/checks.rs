@@ -1,0 +1,608 @@
+//! Offline checks of the shipped manifests (`cargo test -p xtask manifests::`, also run by
+//! `cargo xtask manifests --check`): every object the kustomization lists is deserialized into
+//! its k8s-openapi type and held to the security and scheduling promises of the DaemonSet.
+
+use super::kustomization::{self, Kustomization};
+use super::{IMAGE_NAME, OVERLAYS, manifests_dir, render_builtin};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Container, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+use serde_yaml::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The agent's metrics/health port and the ports it must never take on a host-network node.
+const METRICS_PORT: i32 = 9795;
+const TAKEN_PORTS: &[(i32, &str)] = &[
+    (10249, "kube-proxy metrics"),
+    (10256, "kube-proxy healthz"),
+    (9100, "node-exporter"),
+];
+const NAMESPACE: &str = "kube-system";
+const CONTAINER: &str = "conntrack-reconciler";
+
+/// The objects of the base, typed.
+struct Base {
+    service_account: ServiceAccount,
+    cluster_role: ClusterRole,
+    binding: ClusterRoleBinding,
+    daemon_set: DaemonSet,
+    service: Service,
+    /// Every object, untyped, with the file it came from.
+    raw: Vec<(PathBuf, Value)>,
+}
+
+/// Every YAML document of a file.
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+/// One object per file, as the README promises readers of `manifests/`.
+fn single_object(path: &Path) -> Value {
+    let mut docs = documents(path);
+    assert_eq!(
+        docs.len(),
+        1,
+        "{} must hold exactly one object",
+        path.display()
+    );
+    docs.remove(0)
+}
+
+fn typed<T: serde::de::DeserializeOwned>(path: &Path, value: &Value) -> T {
+    serde_yaml::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{} does not deserialize: {e}", path.display()))
+}
+
+fn load_base() -> Base {
+    let mut service_account = None;
+    let mut cluster_role = None;
+    let mut binding = None;
+    let mut daemon_set = None;
+    let mut service = None;
+    let mut raw = Vec::new();
+    for (path, _) in kustomization::resource_files(&manifests_dir()).unwrap() {
+        let value = single_object(&path);
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let slot_taken = match kind.as_str() {
+            "ServiceAccount" => service_account.replace(typed(&path, &value)).is_some(),
+            "ClusterRole" => cluster_role.replace(typed(&path, &value)).is_some(),
+            "ClusterRoleBinding" => binding.replace(typed(&path, &value)).is_some(),
+            "DaemonSet" => daemon_set.replace(typed(&path, &value)).is_some(),
+            "Service" => service.replace(typed(&path, &value)).is_some(),
+            other => panic!("{}: unexpected kind {other:?}", path.display()),
+        };
+        assert!(!slot_taken, "{}: a second {kind}", path.display());
+        raw.push((path, value));
+    }
+    Base {
+        service_account: service_account.expect("a ServiceAccount"),
+        cluster_role: cluster_role.expect("a ClusterRole"),
+        binding: binding.expect("a ClusterRoleBinding"),
+        daemon_set: daemon_set.expect("a DaemonSet"),
+        service: service.expect("a Service"),
+        raw,
+    }
+}
+
+fn pod_spec(ds: &DaemonSet) -> &PodSpec {
+    let spec = ds.spec.as_ref().expect("DaemonSet spec");
+    spec.template.spec.as_ref().expect("pod template spec")
+}
+
+fn agent_container(ds: &DaemonSet) -> &Container {
+    let containers = &pod_spec(ds).containers;
+    assert_eq!(containers.len(), 1, "one container, the agent");
+    assert_eq!(containers[0].name, CONTAINER);
+    &containers[0]
+}
+
+fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+    let env = container.env.as_ref()?;
+    env.iter()
+        .find(|var| var.name == name)
+        .and_then(|var| var.value.as_deref())
+}
+
+#[test]
+fn kustomization_lists_exactly_the_agent_objects() {
+    let base = load_base();
+    let kinds: BTreeSet<&str> = base
+        .raw
+        .iter()
+        .map(|(_, value)| value["kind"].as_str().unwrap())
+        .collect();
+    let expected = BTreeSet::from([
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Service",
+        "ServiceAccount",
+    ]);
+    assert_eq!(kinds, expected);
+    assert_eq!(base.raw.len(), expected.len());
+}
+
+#[test]
+fn builtin_parser_agrees_with_a_yaml_parser() {
+    let dirs = [manifests_dir(), manifests_dir().join("base")]
+        .into_iter()
+        .chain(
+            OVERLAYS
+                .iter()
+                .map(|o| manifests_dir().join("overlays").join(o)),
+        );
+    for dir in dirs {
+        let ours = Kustomization::load(&dir).unwrap();
+        let yaml = single_object(&dir.join("kustomization.yaml"));
+        assert_eq!(
+            yaml["kind"].as_str(),
+            Some("Kustomization"),
+            "{}",
+            dir.display()
+        );
+        let strings = |key: &str| -> Vec<String> {
+            yaml[key]
+                .as_sequence()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|item| match item {
+                            Value::String(s) => s.clone(),
+                            other => other["path"].as_str().unwrap().to_string(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(ours.resources, strings("resources"), "{}", dir.display());
+        assert_eq!(ours.patches, strings("patches"), "{}", dir.display());
+        assert_eq!(ours.namespace.as_deref(), yaml["namespace"].as_str());
+        let images = yaml["images"].as_sequence().cloned().unwrap_or_default();
+        assert_eq!(ours.images.len(), images.len(), "{}", dir.display());
+        for (image, value) in ours.images.iter().zip(&images) {
+            assert_eq!(Some(image.name.as_str()), value["name"].as_str());
+            assert_eq!(image.new_name.as_deref(), value["newName"].as_str());
+            assert_eq!(image.new_tag.as_deref(), value["newTag"].as_str());
+            assert_eq!(image.digest.as_deref(), value["digest"].as_str());
+        }
+    }
+}
+
+#[test]
+fn namespaced_objects_live_in_kube_system() {
+    let base = load_base();
+    let kustomization = Kustomization::load(&manifests_dir().join("base")).unwrap();
+    assert_eq!(kustomization.namespace.as_deref(), Some(NAMESPACE));
+    for (path, value) in &base.raw {
+        let kind = value["kind"].as_str().unwrap();
+        let namespace = value["metadata"]["namespace"].as_str();
+        if kind.starts_with("Cluster") {
+            assert_eq!(namespace, None, "{}: cluster-scoped", path.display());
+        } else {
+            // Stated in the file too, so the built-in renderer (which ignores `namespace:`)
+            // prints what kustomize prints.
+            assert_eq!(namespace, Some(NAMESPACE), "{}", path.display());
+        }
+    }
+}
+
+#[test]
+fn container_is_least_privilege() {
+    let base = load_base();
+    let pod = pod_spec(&base.daemon_set);
+    let container = agent_container(&base.daemon_set);
+    let sc = container
+        .security_context
+        .as_ref()
+        .expect("container securityContext");
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    // Root, stated rather than inherited from the image (see docs/operations.md).
+    assert_eq!(sc.run_as_user, Some(0));
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]));
+    let seccomp = sc
+        .seccomp_profile
+        .as_ref()
+        .or_else(|| pod.security_context.as_ref()?.seccomp_profile.as_ref())
+        .expect("a seccomp profile");
+    assert_eq!(seccomp.type_, "RuntimeDefault");
+    assert_ne!(pod.host_pid, Some(true), "no host PID namespace");
+    assert_ne!(pod.host_ipc, Some(true), "no host IPC namespace");
+    let host_paths = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|volume| volume.host_path.is_some())
+        .count();
+    assert_eq!(host_paths, 0, "no hostPath volumes: netlink needs no files");
+}
+
+#[test]
+fn daemon_set_runs_on_every_node_as_node_critical() {
+    let base = load_base();
+    let ds = &base.daemon_set;
+    let pod = pod_spec(ds);
+    assert_eq!(pod.host_network, Some(true), "the node's conntrack table");
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let tolerations = pod.tolerations.as_ref().expect("tolerations");
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
+        "must tolerate every taint: {tolerations:?}"
+    );
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        base.service_account.metadata.name.as_deref()
+    );
+    let spec = ds.spec.as_ref().unwrap();
+    let strategy = spec.update_strategy.as_ref().expect("updateStrategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let max_unavailable = strategy
+        .rolling_update
+        .as_ref()
+        .and_then(|r| r.max_unavailable.as_ref());
+    assert_eq!(max_unavailable, Some(&IntOrString::String("10%".into())));
+    let selector = spec.selector.match_labels.as_ref().expect("matchLabels");
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    let labels = labels.expect("pod labels");
+    for (key, value) in selector {
+        assert_eq!(
+            labels.get(key),
+            Some(value),
+            "selector {key} must match the pod"
+        );
+    }
+}
+
+#[test]
+fn node_name_comes_from_the_downward_api() {
+    let base = load_base();
+    let container = agent_container(&base.daemon_set);
+    let node_name = container
+        .env
+        .iter()
+        .flatten()
+        .find(|var| var.name == "NODE_NAME")
+        .expect("NODE_NAME");
+    let field = node_name
+        .value_from
+        .as_ref()
+        .and_then(|source| source.field_ref.as_ref())
+        .expect("NODE_NAME from a fieldRef");
+    assert_eq!(field.field_path, "spec.nodeName");
+}
+
+#[test]
+fn agent_runs_read_only_without_events() {
+    let base = load_base();
+    let args = agent_container(&base.daemon_set)
+        .args
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    // The ClusterRole grants no write access, so the agent must not try to write Events.
+    assert!(args.iter().any(|a| a == "--no-events"), "{args:?}");
+}
+
+#[test]
+fn probes_and_metrics_share_one_named_port_that_clashes_with_nothing() {
+    let base = load_base();
+    let container = agent_container(&base.daemon_set);
+    let ports = container.ports.as_ref().expect("ports");
+    let metrics = ports
+        .iter()
+        .find(|port| port.name.as_deref() == Some("metrics"))
+        .expect("a port named metrics");
+    assert_eq!(metrics.container_port, METRICS_PORT);
+    for port in ports {
+        for (taken, owner) in TAKEN_PORTS {
+            assert_ne!(port.container_port, *taken, "{taken} belongs to {owner}");
+        }
+    }
+    let addr = env_value(container, "CONNTRACK_RECONCILER_METRICS_ADDR").expect("metrics addr");
+    let listen: std::net::SocketAddr = addr.parse().expect("metrics addr is ip:port");
+    assert_eq!(
+        i32::from(listen.port()),
+        METRICS_PORT,
+        "the agent listens on the named port"
+    );
+
+    let named = IntOrString::String("metrics".into());
+    for (probe, path) in [
+        (&container.liveness_probe, "/healthz"),
+        (&container.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("an httpGet probe on {path}"));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, named, "{path} probes the named port");
+    }
+}
+
+fn quantity<'a>(map: &'a Option<BTreeMap<String, Quantity>>, key: &str) -> Option<&'a str> {
+    map.as_ref()?.get(key).map(|q| q.0.as_str())
+}
+
+#[test]
+fn resources_fit_the_memory_target() {
+    let base = load_base();
+    let resources = agent_container(&base.daemon_set)
+        .resources
+        .as_ref()
+        .expect("resources");
+    assert_eq!(quantity(&resources.requests, "cpu"), Some("20m"));
+    assert_eq!(quantity(&resources.requests, "memory"), Some("64Mi"));
+    // The agent targets <= 96 MiB RSS at 10k services; 128Mi leaves headroom.
+    assert_eq!(quantity(&resources.limits, "memory"), Some("128Mi"));
+    assert_eq!(
+        quantity(&resources.limits, "cpu"),
+        None,
+        "no CPU throttling"
+    );
+}
+
+#[test]
+fn image_is_set_by_kustomize() {
+    let base = load_base();
+    let image = agent_container(&base.daemon_set).image.as_deref();
+    assert_eq!(
+        image,
+        Some(IMAGE_NAME),
+        "the tag belongs in kustomization.yaml"
+    );
+    let kustomization = Kustomization::load(&manifests_dir().join("base")).unwrap();
+    let entry = kustomization
+        .images
+        .iter()
+        .find(|i| i.name == IMAGE_NAME)
+        .expect("an images: entry for the agent");
+    assert!(entry.new_tag.is_some() || entry.digest.is_some());
+    assert_eq!(
+        agent_container(&base.daemon_set)
+            .image_pull_policy
+            .as_deref(),
+        Some("IfNotPresent")
+    );
+}
+
+#[test]
+fn rbac_is_read_only_and_exact() {
+    let base = load_base();
+    let rules = base.cluster_role.rules.as_ref().expect("rules");
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        assert!(rule.resource_names.is_none(), "no resourceNames needed");
+        assert!(rule.non_resource_urls.is_none(), "no non-resource URLs");
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    assert!(
+                        ["get", "list", "watch"].contains(&verb.as_str()),
+                        "{verb} on {resource} is not read-only"
+                    );
+                    granted.insert((group.as_str(), resource.as_str(), verb.as_str()));
+                }
+            }
+        }
+    }
+    let expected = BTreeSet::from([
+        ("", "services", "list"),
+        ("", "services", "watch"),
+        ("discovery.k8s.io", "endpointslices", "list"),
+        ("discovery.k8s.io", "endpointslices", "watch"),
+        ("", "nodes", "get"),
+        ("", "nodes", "list"),
+        ("", "nodes", "watch"),
+        ("", "pods", "get"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+    ]);
+    assert_eq!(granted, expected);
+    assert!(base.cluster_role.aggregation_rule.is_none());
+}
+
+#[test]
+fn binding_grants_the_role_to_the_agent_only() {
+    let base = load_base();
+    let binding = &base.binding;
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
+    assert_eq!(
+        Some(&binding.role_ref.name),
+        base.cluster_role.metadata.name.as_ref()
+    );
+    let subjects = binding.subjects.as_ref().expect("subjects");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(
+        Some(&subjects[0].name),
+        base.service_account.metadata.name.as_ref()
+    );
+    assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+}
+
+#[test]
+fn metrics_service_is_headless_and_selects_the_agent() {
+    let base = load_base();
+    let spec = base.service.spec.as_ref().expect("Service spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    let ports = spec.ports.as_ref().expect("ports");
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].name.as_deref(), Some("metrics"));
+    assert_eq!(ports[0].port, METRICS_PORT);
+    assert_eq!(
+        ports[0].target_port,
+        Some(IntOrString::String("metrics".into()))
+    );
+    let selector = spec.selector.as_ref().expect("selector");
+    let pod_labels = base
+        .daemon_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref();
+    let pod_labels = pod_labels.and_then(|m| m.labels.as_ref()).unwrap();
+    for (key, value) in selector {
+        assert_eq!(pod_labels.get(key), Some(value), "selector {key}");
+    }
+}
+
+fn overlay(name: &str) -> (PathBuf, Kustomization) {
+    let dir = manifests_dir().join("overlays").join(name);
+    let kustomization = Kustomization::load(&dir).unwrap();
+    (dir, kustomization)
+}
+
+#[test]
+fn every_overlay_builds_on_the_base() {
+    for name in OVERLAYS {
+        let (dir, kustomization) = overlay(name);
+        assert_eq!(
+            kustomization.resources.first().map(String::as_str),
+            Some("../../base")
+        );
+        assert!(dir.join("../../base").canonicalize().unwrap().is_dir());
+        for (file, _) in kustomization::resource_files(&dir).unwrap() {
+            single_object(&file);
+        }
+    }
+}
+
+#[test]
+fn dry_run_overlay_sets_the_env_var_on_the_agent() {
+    let base = load_base();
+    let (dir, kustomization) = overlay("dry-run");
+    assert_eq!(kustomization.patches.len(), 1);
+    let patch = single_object(&dir.join(&kustomization.patches[0]));
+    assert_eq!(patch["kind"].as_str(), Some("DaemonSet"));
+    assert_eq!(
+        patch["metadata"]["name"].as_str(),
+        base.daemon_set.metadata.name.as_deref()
+    );
+    assert_eq!(patch["metadata"]["namespace"].as_str(), Some(NAMESPACE));
+    let containers = patch["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers");
+    assert_eq!(containers.len(), 1);
+    assert_eq!(containers[0]["name"].as_str(), Some(CONTAINER));
+    let env = containers[0]["env"].as_sequence().expect("env");
+    assert!(env.iter().any(|var| {
+        var["name"].as_str() == Some("CONNTRACK_RECONCILER_DRY_RUN")
+            && var["value"].as_str() == Some("true")
+    }));
+}
+
+#[test]
+fn servicemonitor_overlay_scrapes_the_metrics_port() {
+    let base = load_base();
+    let (dir, kustomization) = overlay("servicemonitor");
+    let files: Vec<PathBuf> = kustomization
+        .resources
+        .iter()
+        .filter(|resource| *resource != "../../base")
+        .map(|resource| dir.join(resource))
+        .collect();
+    assert_eq!(files.len(), 1, "the ServiceMonitor only");
+    let monitor = single_object(&files[0]);
+    assert_eq!(
+        monitor["apiVersion"].as_str(),
+        Some("monitoring.coreos.com/v1")
+    );
+    assert_eq!(monitor["kind"].as_str(), Some("ServiceMonitor"));
+    assert_eq!(monitor["metadata"]["namespace"].as_str(), Some(NAMESPACE));
+    let names = monitor["spec"]["namespaceSelector"]["matchNames"].as_sequence();
+    assert_eq!(names.map(|n| n.len()), Some(1));
+    assert_eq!(names.unwrap()[0].as_str(), Some(NAMESPACE));
+    let service_labels = base
+        .service
+        .metadata
+        .labels
+        .as_ref()
+        .expect("Service labels");
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels");
+    assert!(!selector.is_empty());
+    for (key, value) in selector {
+        let key = key.as_str().unwrap();
+        assert_eq!(service_labels.get(key).map(String::as_str), value.as_str());
+    }
+    let endpoints = monitor["spec"]["endpoints"]
+        .as_sequence()
+        .expect("endpoints");
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0]["port"].as_str(), Some("metrics"));
+    assert_eq!(endpoints[0]["path"].as_str(), Some("/metrics"));
+}
+
+#[test]
+fn e2e_overlay_only_swaps_the_image() {
+    let (_, kustomization) = overlay("e2e");
+    assert_eq!(kustomization.resources, ["../../base"]);
+    assert!(kustomization.patches.is_empty());
+    assert_eq!(kustomization.namespace, None);
+    assert_eq!(kustomization.images.len(), 1);
+    assert_eq!(kustomization.images[0].name, IMAGE_NAME);
+    assert!(kustomization.images[0].new_name.is_some());
+}
+
+/// The built-in renderer must print the objects `kubectl kustomize` prints. Needs kubectl
+/// (GitHub's runners have it); without it there is nothing to compare against.
+#[test]
+fn builtin_render_matches_kubectl_kustomize() {
+    if !crate::util::have("kubectl") {
+        eprintln!("SKIP builtin_render_matches_kubectl_kustomize: kubectl is not on PATH");
+        return;
+    }
+    let parse = |text: &str| -> Vec<Value> {
+        serde_yaml::Deserializer::from_str(text)
+            .map(|doc| Value::deserialize(doc).unwrap())
+            .filter(|value| !value.is_null())
+            .collect()
+    };
+    let key = |value: &Value| {
+        format!(
+            "{}/{}",
+            value["kind"].as_str().unwrap(),
+            value["metadata"]["name"].as_str().unwrap()
+        )
+    };
+    let sorted = |mut values: Vec<Value>| {
+        values.sort_by_key(key);
+        values
+    };
+    let ours = sorted(parse(&render_builtin(&manifests_dir(), &[]).unwrap()));
+    let theirs = sorted(parse(
+        &super::kubectl_kustomize_with_images(&manifests_dir(), &[], "").unwrap(),
+    ));
+    assert_eq!(ours.len(), theirs.len());
+    for (ours, theirs) in ours.iter().zip(&theirs) {
+        assert_eq!(ours, theirs, "{} differs from kubectl kustomize", key(ours));
+    }
+}
