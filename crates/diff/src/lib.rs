@@ -1,1 +1,45 @@
 //! The stale-flow engine: Kubernetes state in, a verdict for every conntrack flow out.
+//!
+//! Pure: no I/O, no async, no logging. The controller feeds an [`Index`] with watch events
+//! (`apply_*`, `delete_*`, `reset_*`) and asks [`Index::classify`] about each UDP conntrack flow.
+//!
+//! # Semantics (kube-proxy ≥ 1.32, without its bugs)
+//! - **Frontends** of each UDP service port: every ClusterIP (`spec.clusterIPs`, one per
+//!   family), every ExternalIP, every LoadBalancer ingress IP whose `ipMode` is `VIP` or absent,
+//!   each with the service port; and the NodePort, matched only when the destination is one of
+//!   this node's addresses (Node status addresses plus [`Index::set_local_addrs`]).
+//! - **Host ports** of pods on this node: `hostIP:hostPort` (or any node address when `hostIP`
+//!   is unset) with `podIP:containerPort` as the only allowed backend.
+//! - **Allowed backends** of a service port: `address:port` of every endpoint whose `serving`
+//!   condition holds (absent → `ready`, absent → true), across every slice labelled
+//!   `kubernetes.io/service-name` with the service's name, using the slice port with the same
+//!   name and protocol UDP. IPs are compared parsed and canonical (IPv4-mapped IPv6 = IPv4).
+//! - A flow to a frontend is **stale** when its reply source is not an allowed backend; the
+//!   [`Reason`] says why (precedence documented there).
+//! - **Ignored**: services labelled `service.kubernetes.io/service-proxy-name`, ExternalName and
+//!   headless services (and services without a ClusterIP), FQDN slices, non-UDP ports. The
+//!   annotation `conntrack-reconciler/skip: "true"` makes every flow to a service's frontends
+//!   [`Verdict::Keep`].
+//! - **Tombstones**: a deleted service's (pod's) frontends stay stale for a TTL; a new owner of
+//!   the frontend replaces the tombstone at once.
+//! - **Completeness**: until services and slices (pods, for host ports) have been fully listed
+//!   once (`reset_*`), flows to known frontends are kept.
+#![warn(missing_docs)]
+
+mod addr;
+mod classify;
+mod dirty;
+mod index;
+mod parse;
+mod report;
+mod tables;
+mod verdict;
+
+pub use dirty::{Dirty, DirtyMatcher};
+pub use index::{DEFAULT_TOMBSTONE_TTL, Index, IndexConfig, IndexStats};
+pub use parse::{ANNOTATION_SKIP, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
+pub use report::{Report, Skip, SkipReason};
+pub use verdict::{FlowRef, Frontend, IPPROTO_UDP, Reason, ServiceName, Stale, Verdict};
+
+/// Re-export of the Kubernetes types the API takes, so callers use the same version.
+pub use k8s_openapi;

@@ -1,0 +1,648 @@
+//! The incremental index: Kubernetes objects in, classification tables maintained.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::addr::{Key, unspecified_like};
+use crate::dirty::Dirty;
+use crate::parse::{self, ObjKey, ParsedService, PodSpec, ServiceSpec, SliceSpec};
+use crate::report::{Report, SkipReason};
+use crate::tables::{Backend, FrontendKey, Frontends, Group, GroupId, GroupKind, Groups};
+use crate::verdict::Frontend;
+
+/// Default time a deleted service's (or pod's) frontends stay judged as stale.
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Settings of an [`Index`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexConfig {
+    /// How long a deleted service's frontends are remembered (default 5 minutes).
+    pub tombstone_ttl: Duration,
+    /// This node's name: only its Node object and the Pods scheduled on it are used.
+    pub node_name: String,
+}
+
+impl IndexConfig {
+    /// A configuration for `node_name` with the default tombstone TTL.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        IndexConfig {
+            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+            node_name: node_name.into(),
+        }
+    }
+}
+
+/// Sizes of the index, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Services with at least one judged frontend or opted out (ignored kinds not counted).
+    pub services: usize,
+    /// Live UDP service ports.
+    pub service_ports: usize,
+    /// Distinct frontends (addresses, NodePorts, host ports), live or tombstoned.
+    pub frontends: usize,
+    /// Endpoints across all stored EndpointSlices (UDP-relevant or not).
+    pub endpoints: usize,
+    /// Stored EndpointSlices.
+    pub endpoint_slices: usize,
+    /// Tombstoned groups (service ports / host ports of deleted objects) not yet expired.
+    pub tombstones: usize,
+    /// Live UDP host ports of pods on this node.
+    pub host_ports: usize,
+    /// Addresses counted as this node's (Node status plus local interfaces).
+    pub node_addresses: usize,
+}
+
+/// Which kinds have completed a full list (`reset_*`): verdicts other than `Keep`/`Unrelated`
+/// are only given on complete state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Listed {
+    services: bool,
+    slices: bool,
+    pods: bool,
+}
+
+#[derive(Debug)]
+struct ServiceEntry {
+    spec: ServiceSpec,
+    owner: Arc<ObjKey>,
+    groups: Vec<GroupId>,
+}
+
+#[derive(Debug)]
+struct PodEntry {
+    spec: PodSpec,
+    groups: Vec<GroupId>,
+}
+
+/// Kubernetes state reduced to what classification needs, updated incrementally.
+///
+/// See the crate documentation for the semantics.
+#[derive(Debug)]
+pub struct Index {
+    cfg: IndexConfig,
+    services: FxHashMap<ObjKey, ServiceEntry>,
+    slices: FxHashMap<ObjKey, SliceSpec>,
+    /// Service key → keys of the slices labelled with it (kept even while the service is
+    /// unknown: a slice may arrive first).
+    slices_of: FxHashMap<ObjKey, FxHashSet<ObjKey>>,
+    pods: FxHashMap<ObjKey, PodEntry>,
+    node_addrs: Vec<IpAddr>,
+    local_addrs: Vec<IpAddr>,
+    pub(crate) this_node: FxHashSet<IpAddr>,
+    pub(crate) groups: Groups,
+    tombstones: Vec<GroupId>,
+    pub(crate) frontends: Frontends,
+    dirty: FxHashSet<Frontend>,
+    dirty_all: bool,
+    listed: Listed,
+}
+
+impl Index {
+    /// An empty index. Until `reset_services` and `reset_endpoint_slices` (and for host ports
+    /// `reset_pods`) have been called once, flows to known frontends are kept, never stale:
+    /// a half-listed cache must not delete.
+    pub fn new(cfg: IndexConfig) -> Self {
+        Index {
+            cfg,
+            services: FxHashMap::default(),
+            slices: FxHashMap::default(),
+            slices_of: FxHashMap::default(),
+            pods: FxHashMap::default(),
+            node_addrs: Vec::new(),
+            local_addrs: Vec::new(),
+            this_node: FxHashSet::default(),
+            groups: Groups::default(),
+            tombstones: Vec::new(),
+            frontends: Frontends::default(),
+            dirty: FxHashSet::default(),
+            dirty_all: false,
+            listed: Listed::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IndexConfig {
+        &self.cfg
+    }
+
+    /// True once services and endpoint slices have been fully listed (`reset_*`).
+    pub fn services_complete(&self) -> bool {
+        self.listed.services && self.listed.slices
+    }
+
+    /// True once pods have been fully listed.
+    pub fn pods_complete(&self) -> bool {
+        self.listed.pods
+    }
+
+    #[inline]
+    pub(crate) fn kind_complete(&self, kind: GroupKind) -> bool {
+        match kind {
+            GroupKind::ServicePort => self.listed.services && self.listed.slices,
+            GroupKind::HostPort => self.listed.pods,
+        }
+    }
+
+    // ---- services ----
+
+    /// Adds or updates a Service. A service that becomes ignored (ExternalName, headless,
+    /// another proxy's) loses its frontends without a tombstone, as do frontends an update
+    /// drops: kube-proxy stops judging them too, and another proxy may own them now.
+    pub fn apply_service(&mut self, svc: &Service, now: Instant) -> Report {
+        let _ = now;
+        let mut report = Report::default();
+        let Some((key, parsed)) = parse::parse_service(svc, &mut report) else {
+            return report;
+        };
+        match parsed {
+            ParsedService::Ignored(why) => {
+                report.skip(
+                    &format_args!("Service {}/{}", key.namespace, key.name),
+                    SkipReason::Ignored(why),
+                );
+                self.remove_service(&key, None);
+            }
+            ParsedService::Handled(spec) => self.upsert_service(key, spec),
+        }
+        report
+    }
+
+    /// Removes a Service; its frontends become tombstones for the TTL (unless it opted out).
+    pub fn delete_service(&mut self, svc: &Service, now: Instant) -> Report {
+        let mut report = Report::default();
+        if let Some((key, _)) = parse::parse_service(svc, &mut Report::default()) {
+            self.remove_service(&key, Some(now));
+        } else {
+            report.skip(&"Service", SkipReason::NoName);
+        }
+        report
+    }
+
+    /// Replaces every Service with `all` (a full relist): services missing from it are
+    /// deleted (tombstoned). Marks the index dirty as a whole.
+    pub fn reset_services<'a>(
+        &mut self,
+        all: impl IntoIterator<Item = &'a Service>,
+        now: Instant,
+    ) -> Report {
+        let mut report = Report::default();
+        let mut seen = FxHashSet::default();
+        for svc in all {
+            if let Some((key, _)) = parse::parse_service(svc, &mut Report::default()) {
+                seen.insert(key);
+            }
+            report.merge(self.apply_service(svc, now));
+        }
+        let gone: Vec<ObjKey> = self
+            .services
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove_service(&key, Some(now));
+        }
+        self.listed.services = true;
+        self.dirty_all = true;
+        report
+    }
+
+    fn upsert_service(&mut self, key: ObjKey, spec: ServiceSpec) {
+        if self.services.get(&key).is_some_and(|e| e.spec == spec) {
+            return;
+        }
+        let owner = match self.services.get(&key) {
+            Some(entry) => entry.owner.clone(),
+            None => Arc::new(key.clone()),
+        };
+        self.remove_service(&key, None);
+        let mut groups = Vec::with_capacity(spec.ports.len());
+        for port in &spec.ports {
+            let mut fks: Vec<FrontendKey> = spec
+                .ips
+                .iter()
+                .map(|ip| FrontendKey::Addr(Key::new(*ip, port.port)))
+                .collect();
+            fks.extend(port.node_port.map(FrontendKey::NodePort));
+            let mut group = Group {
+                owner: owner.clone(),
+                port_name: port.name.clone(),
+                kind: GroupKind::ServicePort,
+                skip: spec.skip,
+                backends: Box::default(),
+                serving: 0,
+                frontends: fks.into_boxed_slice(),
+                expires: None,
+            };
+            group.set_backends(self.backends_of(&key, &port.name));
+            let id = self.groups.insert(group);
+            self.register(id);
+            groups.push(id);
+        }
+        self.services.insert(
+            key,
+            ServiceEntry {
+                spec,
+                owner,
+                groups,
+            },
+        );
+    }
+
+    /// Removes a service's groups; with `now`, leaves tombstones (unless opted out).
+    fn remove_service(&mut self, key: &ObjKey, now: Option<Instant>) {
+        let Some(entry) = self.services.remove(key) else {
+            return;
+        };
+        let tombstone_at = if entry.spec.skip { None } else { now };
+        for id in entry.groups {
+            self.retire(id, tombstone_at);
+        }
+    }
+
+    /// Allowed and known backends of a service port, from every slice of the service.
+    fn backends_of(&self, service: &ObjKey, port_name: &str) -> Vec<Backend> {
+        let mut list = Vec::new();
+        let Some(slice_keys) = self.slices_of.get(service) else {
+            return list;
+        };
+        for slice in slice_keys.iter().filter_map(|k| self.slices.get(k)) {
+            for (_, port) in slice.ports.iter().filter(|(name, _)| &**name == port_name) {
+                list.extend(slice.endpoints.iter().map(|(ip, serving)| Backend {
+                    key: Key::new(*ip, *port),
+                    serving: *serving,
+                }));
+            }
+        }
+        list
+    }
+
+    /// Recomputes the backends of a service's ports after its slices changed.
+    fn refresh_backends(&mut self, service: &ObjKey) {
+        let Some(entry) = self.services.get(service) else {
+            return;
+        };
+        let ports: Vec<(GroupId, Box<str>)> = entry
+            .groups
+            .iter()
+            .filter_map(|id| self.groups.get(*id).map(|g| (*id, g.port_name.clone())))
+            .collect();
+        for (id, port_name) in ports {
+            let backends = self.backends_of(service, &port_name);
+            let Some(group) = self.groups.get_mut(id) else {
+                continue;
+            };
+            if group.set_backends(backends) {
+                self.dirty
+                    .extend(group.frontends.iter().map(|fk| fk.public()));
+            }
+        }
+    }
+
+    // ---- endpoint slices ----
+
+    /// Adds or updates an EndpointSlice (its Service may not be known yet: it is kept).
+    pub fn apply_endpoint_slice(&mut self, slice: &EndpointSlice, now: Instant) -> Report {
+        let _ = now;
+        let mut report = Report::default();
+        if let Some(service) = self.put_slice(slice, &mut report) {
+            for key in service {
+                self.refresh_backends(&key);
+            }
+        }
+        report
+    }
+
+    /// Removes an EndpointSlice.
+    pub fn delete_endpoint_slice(&mut self, slice: &EndpointSlice, now: Instant) -> Report {
+        let _ = now;
+        let mut report = Report::default();
+        match parse::parse_endpoint_slice(slice, &mut Report::default()) {
+            Some((key, _)) => {
+                if let Some(service) = self.drop_slice(&key) {
+                    self.refresh_backends(&service);
+                }
+            }
+            None => report.skip(&"EndpointSlice", SkipReason::NoName),
+        }
+        report
+    }
+
+    /// Replaces every EndpointSlice with `all` (a full relist). Marks the index dirty as a whole.
+    pub fn reset_endpoint_slices<'a>(
+        &mut self,
+        all: impl IntoIterator<Item = &'a EndpointSlice>,
+        now: Instant,
+    ) -> Report {
+        let _ = now;
+        let mut report = Report::default();
+        let mut seen = FxHashSet::default();
+        let mut touched = BTreeSet::new();
+        for slice in all {
+            if let Some((key, _)) = parse::parse_endpoint_slice(slice, &mut Report::default()) {
+                seen.insert(key);
+            }
+            touched.extend(self.put_slice(slice, &mut report).into_iter().flatten());
+        }
+        let gone: Vec<ObjKey> = self
+            .slices
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            touched.extend(self.drop_slice(&key));
+        }
+        for service in touched {
+            self.refresh_backends(&service);
+        }
+        self.listed.slices = true;
+        self.dirty_all = true;
+        report
+    }
+
+    /// Stores a slice; returns the services whose backends must be recomputed.
+    fn put_slice(&mut self, slice: &EndpointSlice, report: &mut Report) -> Option<Vec<ObjKey>> {
+        let (key, spec) = parse::parse_endpoint_slice(slice, report)?;
+        let Some(spec) = spec else {
+            return self.drop_slice(&key).map(|s| vec![s]);
+        };
+        if self.slices.get(&key) == Some(&spec) {
+            return None;
+        }
+        let mut touched = vec![spec.service.clone()];
+        if let Some(old) = self.drop_slice(&key)
+            && old != spec.service
+        {
+            touched.push(old);
+        }
+        self.slices_of
+            .entry(spec.service.clone())
+            .or_default()
+            .insert(key.clone());
+        self.slices.insert(key, spec);
+        Some(touched)
+    }
+
+    /// Forgets a slice; returns its service.
+    fn drop_slice(&mut self, key: &ObjKey) -> Option<ObjKey> {
+        let old = self.slices.remove(key)?;
+        if let Some(set) = self.slices_of.get_mut(&old.service) {
+            set.remove(key);
+            if set.is_empty() {
+                self.slices_of.remove(&old.service);
+            }
+        }
+        Some(old.service)
+    }
+
+    // ---- pods ----
+
+    /// Adds or updates a Pod. Only pods of this node with UDP hostPorts, a pod IP and no host
+    /// network matter; a pod that stops mattering (finished, …) leaves tombstones.
+    pub fn apply_pod(&mut self, pod: &Pod, now: Instant) -> Report {
+        let mut report = Report::default();
+        let Some((key, spec)) = parse::parse_pod(pod, &self.cfg.node_name, &mut report) else {
+            return report;
+        };
+        match spec {
+            None => self.remove_pod(&key, Some(now)),
+            Some(spec) => self.upsert_pod(key, spec, now),
+        }
+        report
+    }
+
+    /// Removes a Pod; its host ports become tombstones for the TTL.
+    pub fn delete_pod(&mut self, pod: &Pod, now: Instant) -> Report {
+        let mut report = Report::default();
+        match parse::parse_pod(pod, &self.cfg.node_name, &mut Report::default()) {
+            Some((key, _)) => self.remove_pod(&key, Some(now)),
+            None => report.skip(&"Pod", SkipReason::NoName),
+        }
+        report
+    }
+
+    /// Replaces every Pod with `all` (a full relist of this node's pods).
+    pub fn reset_pods<'a>(
+        &mut self,
+        all: impl IntoIterator<Item = &'a Pod>,
+        now: Instant,
+    ) -> Report {
+        let mut report = Report::default();
+        let mut seen = FxHashSet::default();
+        for pod in all {
+            if let Some((key, _)) =
+                parse::parse_pod(pod, &self.cfg.node_name, &mut Report::default())
+            {
+                seen.insert(key);
+            }
+            report.merge(self.apply_pod(pod, now));
+        }
+        let gone: Vec<ObjKey> = self
+            .pods
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove_pod(&key, Some(now));
+        }
+        self.listed.pods = true;
+        self.dirty_all = true;
+        report
+    }
+
+    fn upsert_pod(&mut self, key: ObjKey, spec: PodSpec, now: Instant) {
+        if self.pods.get(&key).is_some_and(|e| e.spec == spec) {
+            return;
+        }
+        // A changed pod (same name, new sandbox) is a replacement: the old mapping is gone.
+        self.remove_pod(&key, Some(now));
+        let owner = Arc::new(key.clone());
+        let mut groups = Vec::with_capacity(spec.ports.len());
+        for hp in &spec.ports {
+            let fks: Vec<FrontendKey> = match hp.host_ip {
+                Some(ip) => vec![FrontendKey::HostPort(Key::new(ip, hp.host_port))],
+                None => {
+                    let mut families: Vec<IpAddr> =
+                        spec.ips.iter().map(|ip| unspecified_like(*ip)).collect();
+                    families.dedup();
+                    families
+                        .into_iter()
+                        .map(|ip| FrontendKey::HostPort(Key::new(ip, hp.host_port)))
+                        .collect()
+                }
+            };
+            let mut group = Group {
+                owner: owner.clone(),
+                port_name: hp.name.clone(),
+                kind: GroupKind::HostPort,
+                skip: false,
+                backends: Box::default(),
+                serving: 0,
+                frontends: fks.into_boxed_slice(),
+                expires: None,
+            };
+            group.set_backends(
+                spec.ips
+                    .iter()
+                    .map(|ip| Backend {
+                        key: Key::new(*ip, hp.container_port),
+                        serving: true,
+                    })
+                    .collect(),
+            );
+            let id = self.groups.insert(group);
+            self.register(id);
+            groups.push(id);
+        }
+        self.pods.insert(key, PodEntry { spec, groups });
+    }
+
+    fn remove_pod(&mut self, key: &ObjKey, now: Option<Instant>) {
+        let Some(entry) = self.pods.remove(key) else {
+            return;
+        };
+        for id in entry.groups {
+            self.retire(id, now);
+        }
+    }
+
+    // ---- node ----
+
+    /// Sets this node's addresses from its Node object (InternalIP and ExternalIP). A Node
+    /// with another name is skipped.
+    pub fn apply_node(&mut self, node: &Node) -> Report {
+        let mut report = Report::default();
+        if let Some(addrs) = parse::parse_node(node, &self.cfg.node_name, &mut report) {
+            self.node_addrs = addrs;
+            self.refresh_this_node();
+        }
+        report
+    }
+
+    /// Sets the addresses found on this node's interfaces (by the caller). They count as this
+    /// node's for NodePorts and any-address host ports, together with the Node's addresses.
+    pub fn set_local_addrs(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        let mut list: Vec<IpAddr> = addrs.into_iter().map(|ip| ip.to_canonical()).collect();
+        list.sort_unstable();
+        list.dedup();
+        self.local_addrs = list;
+        self.refresh_this_node();
+    }
+
+    fn refresh_this_node(&mut self) {
+        let new: FxHashSet<IpAddr> = self
+            .node_addrs
+            .iter()
+            .chain(&self.local_addrs)
+            .copied()
+            .collect();
+        if new != self.this_node {
+            self.this_node = new;
+            self.dirty_all = true;
+        }
+    }
+
+    // ---- groups and tombstones ----
+
+    fn register(&mut self, id: GroupId) {
+        let Some(group) = self.groups.get(id) else {
+            return;
+        };
+        for fk in group.frontends.iter().copied() {
+            self.frontends.claim(&self.groups, fk, id);
+            self.dirty.insert(fk.public());
+        }
+    }
+
+    /// Takes a group out of service: removed, or with `now` turned into a tombstone.
+    fn retire(&mut self, id: GroupId, now: Option<Instant>) {
+        let Some(group) = self.groups.get_mut(id) else {
+            return;
+        };
+        let fks = group.frontends.clone();
+        let tombstone = now.is_some();
+        for fk in fks.iter().copied() {
+            self.frontends.release(fk, id, tombstone);
+            self.dirty.insert(fk.public());
+        }
+        match now {
+            Some(now) => {
+                group.expires = Some(now + self.cfg.tombstone_ttl);
+                group.backends = Box::default();
+                group.serving = 0;
+                self.tombstones.push(id);
+            }
+            None => {
+                self.groups.remove(id);
+            }
+        }
+    }
+
+    /// Forgets tombstones whose TTL has passed; returns how many. (Classification already
+    /// ignores expired tombstones; this frees their memory.)
+    pub fn expire_tombstones(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        let mut kept = Vec::with_capacity(self.tombstones.len());
+        for id in std::mem::take(&mut self.tombstones) {
+            let Some(group) = self.groups.get(id) else {
+                continue;
+            };
+            if group.expires.is_some_and(|at| at > now) {
+                kept.push(id);
+                continue;
+            }
+            for fk in group.frontends.iter().copied() {
+                self.frontends.release(fk, id, false);
+            }
+            self.groups.remove(id);
+            expired += 1;
+        }
+        self.tombstones = kept;
+        expired
+    }
+
+    // ---- outputs ----
+
+    /// The frontends touched since the last call (or "all" after a reset or a change of the
+    /// node's addresses), and clears them.
+    pub fn take_dirty(&mut self) -> Dirty {
+        let all = std::mem::take(&mut self.dirty_all);
+        let set = std::mem::take(&mut self.dirty);
+        let mut frontends: Vec<Frontend> = if all {
+            Vec::new()
+        } else {
+            set.into_iter().collect()
+        };
+        frontends.sort_unstable();
+        Dirty { all, frontends }
+    }
+
+    /// Sizes, for metrics.
+    pub fn stats(&self) -> IndexStats {
+        let mut stats = IndexStats {
+            services: self.services.len(),
+            frontends: self.frontends.len(),
+            endpoints: self.slices.values().map(|s| s.endpoints.len()).sum(),
+            endpoint_slices: self.slices.len(),
+            tombstones: self.tombstones.len(),
+            node_addresses: self.this_node.len(),
+            ..IndexStats::default()
+        };
+        for group in self.groups.iter().filter(|g| g.expires.is_none()) {
+            match group.kind {
+                GroupKind::ServicePort => stats.service_ports += 1,
+                GroupKind::HostPort => stats.host_ports += 1,
+            }
+        }
+        stats
+    }
+}

@@ -1,0 +1,461 @@
+//! Kubernetes objects → the plain data the index needs. Everything the engine knows about the
+//! API's semantics (defaults, ignored kinds, labels) lives here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Container, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::addr::{parse_ip, port_from_i32};
+use crate::report::{Report, SkipReason};
+
+/// Label naming the Service an EndpointSlice belongs to.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Label that hands a Service to another proxy; kube-proxy (and so this engine) ignores it.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Annotation that opts a Service out: with value `"true"` its flows are always kept.
+pub const ANNOTATION_SKIP: &str = "conntrack-reconciler/skip";
+
+/// Namespace and name of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ObjKey {
+    pub(crate) namespace: Box<str>,
+    pub(crate) name: Box<str>,
+}
+
+impl ObjKey {
+    fn of(meta: &ObjectMeta) -> Option<ObjKey> {
+        let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+        let namespace = meta.namespace.as_deref().filter(|n| !n.is_empty())?;
+        Some(ObjKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    }
+}
+
+/// How an object is named in skip reports: `Kind namespace/name`.
+struct Described<'a>(&'static str, &'a ObjectMeta);
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.1.namespace.as_deref().unwrap_or("");
+        let name = self.1.name.as_deref().unwrap_or("");
+        if ns.is_empty() {
+            write!(f, "{} {}", self.0, name)
+        } else {
+            write!(f, "{} {}/{}", self.0, ns, name)
+        }
+    }
+}
+
+fn label<'m>(meta: &'m ObjectMeta, key: &str) -> Option<&'m str> {
+    meta.labels
+        .as_ref()
+        .and_then(|l: &BTreeMap<String, String>| l.get(key))
+        .map(String::as_str)
+}
+
+fn is_udp(protocol: Option<&str>) -> bool {
+    // The API defaults an absent protocol to TCP.
+    protocol == Some("UDP")
+}
+
+/// One UDP port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServicePortSpec {
+    pub(crate) name: Box<str>,
+    pub(crate) port: u16,
+    pub(crate) node_port: Option<u16>,
+}
+
+/// What the engine uses of a Service it handles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServiceSpec {
+    pub(crate) skip: bool,
+    /// ClusterIPs, ExternalIPs and VIP-mode LoadBalancer IPs, sorted, without duplicates.
+    pub(crate) ips: Vec<IpAddr>,
+    pub(crate) ports: Vec<ServicePortSpec>,
+}
+
+/// A Service, parsed: handled, or ignored for a reason.
+pub(crate) enum ParsedService {
+    Handled(ServiceSpec),
+    Ignored(&'static str),
+}
+
+pub(crate) fn parse_service(svc: &Service, report: &mut Report) -> Option<(ObjKey, ParsedService)> {
+    let meta = &svc.metadata;
+    let who = Described("Service", meta);
+    let Some(key) = ObjKey::of(meta) else {
+        report.skip(&who, SkipReason::NoName);
+        return None;
+    };
+    let ignored = |why| Some((key.clone(), ParsedService::Ignored(why)));
+    if label(meta, LABEL_SERVICE_PROXY_NAME).is_some() {
+        return ignored(
+            "labelled service.kubernetes.io/service-proxy-name (another proxy serves it)",
+        );
+    }
+    let Some(spec) = svc.spec.as_ref() else {
+        return ignored("no spec");
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return ignored("type ExternalName");
+    }
+    let cluster_ips: Vec<&str> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    };
+    // Like kube-proxy: a service without a usable ClusterIP (headless, or not yet allocated)
+    // gets no rules at all, so none of its frontends are judged.
+    match cluster_ips.first() {
+        None | Some(&"") => return ignored("no ClusterIP"),
+        Some(&"None") => return ignored("headless (clusterIP None)"),
+        Some(_) => {}
+    }
+    let skip = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_SKIP))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+
+    let mut ips = Vec::new();
+    let mut add_ip = |field: &'static str, text: &str, report: &mut Report| match parse_ip(text) {
+        Some(ip) => ips.push(ip),
+        None => report.skip(
+            &who,
+            SkipReason::BadIp {
+                field,
+                value: text.to_owned(),
+            },
+        ),
+    };
+    for text in cluster_ips {
+        add_ip("spec.clusterIPs", text, report);
+    }
+    for text in spec.external_ips.iter().flatten() {
+        add_ip("spec.externalIPs", text, report);
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for entry in ingress.into_iter().flatten() {
+        // ipMode Proxy means the load balancer delivers to the node itself, not to the VIP:
+        // no rule matches the VIP on the node, so flows to it are not service traffic here.
+        let vip_mode = matches!(entry.ip_mode.as_deref(), None | Some("VIP"));
+        if let (Some(text), true) = (entry.ip.as_deref(), vip_mode) {
+            add_ip("status.loadBalancer.ingress[].ip", text, report);
+        }
+    }
+    ips.sort_unstable();
+    ips.dedup();
+
+    let mut ports = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        if !is_udp(port.protocol.as_deref()) {
+            continue;
+        }
+        let Some(number) = port_from_i32(port.port) else {
+            report.skip(
+                &who,
+                SkipReason::BadPort {
+                    field: "spec.ports[].port",
+                    value: port.port.into(),
+                },
+            );
+            continue;
+        };
+        let node_port = match port.node_port {
+            None | Some(0) => None,
+            Some(value) => {
+                let parsed = port_from_i32(value);
+                if parsed.is_none() {
+                    report.skip(
+                        &who,
+                        SkipReason::BadPort {
+                            field: "spec.ports[].nodePort",
+                            value: value.into(),
+                        },
+                    );
+                }
+                parsed
+            }
+        };
+        ports.push(ServicePortSpec {
+            name: port.name.as_deref().unwrap_or("").into(),
+            port: number,
+            node_port,
+        });
+    }
+    Some((
+        key,
+        ParsedService::Handled(ServiceSpec { skip, ips, ports }),
+    ))
+}
+
+/// What the engine uses of an EndpointSlice it handles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SliceSpec {
+    /// The Service (same namespace) named by the `kubernetes.io/service-name` label.
+    pub(crate) service: ObjKey,
+    /// UDP ports: name and number.
+    pub(crate) ports: Vec<(Box<str>, u16)>,
+    /// Each endpoint's first address and whether it is serving.
+    pub(crate) endpoints: Vec<(IpAddr, bool)>,
+}
+
+pub(crate) fn parse_endpoint_slice(
+    slice: &EndpointSlice,
+    report: &mut Report,
+) -> Option<(ObjKey, Option<SliceSpec>)> {
+    let meta = &slice.metadata;
+    let who = Described("EndpointSlice", meta);
+    let Some(key) = ObjKey::of(meta) else {
+        report.skip(&who, SkipReason::NoName);
+        return None;
+    };
+    let Some(service) = label(meta, LABEL_SERVICE_NAME).filter(|s| !s.is_empty()) else {
+        report.skip(
+            &who,
+            SkipReason::Ignored("no kubernetes.io/service-name label"),
+        );
+        return Some((key, None));
+    };
+    if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+        report.skip(
+            &who,
+            SkipReason::Ignored("address type is not IPv4 or IPv6 (FQDN)"),
+        );
+        return Some((key, None));
+    }
+    let mut ports = Vec::new();
+    for port in slice.ports.iter().flatten() {
+        if !is_udp(port.protocol.as_deref()) {
+            continue;
+        }
+        let name = port.name.as_deref().unwrap_or("");
+        match port.port {
+            None => report.skip(
+                &who,
+                SkipReason::PortWithoutNumber {
+                    name: name.to_owned(),
+                },
+            ),
+            Some(value) => match port_from_i32(value) {
+                Some(number) => ports.push((name.into(), number)),
+                None => report.skip(
+                    &who,
+                    SkipReason::BadPort {
+                        field: "ports[].port",
+                        value: value.into(),
+                    },
+                ),
+            },
+        }
+    }
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+    for endpoint in &slice.endpoints {
+        // Consumers use the first address only (the API says the others are interchangeable).
+        let Some(text) = endpoint.addresses.first() else {
+            continue;
+        };
+        let Some(ip) = parse_ip(text) else {
+            report.skip(
+                &who,
+                SkipReason::BadIp {
+                    field: "endpoints[].addresses",
+                    value: text.clone(),
+                },
+            );
+            continue;
+        };
+        let conditions = endpoint.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+        endpoints.push((ip, serving));
+    }
+    let service = ObjKey {
+        namespace: key.namespace.clone(),
+        name: service.into(),
+    };
+    Some((
+        key,
+        Some(SliceSpec {
+            service,
+            ports,
+            endpoints,
+        }),
+    ))
+}
+
+/// One UDP hostPort of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HostPortSpec {
+    /// `None`: every node address.
+    pub(crate) host_ip: Option<IpAddr>,
+    pub(crate) host_port: u16,
+    pub(crate) container_port: u16,
+    pub(crate) name: Box<str>,
+}
+
+/// What the engine uses of a Pod with UDP host ports on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PodSpec {
+    pub(crate) ips: Vec<IpAddr>,
+    pub(crate) ports: Vec<HostPortSpec>,
+}
+
+pub(crate) fn parse_pod(
+    pod: &Pod,
+    node_name: &str,
+    report: &mut Report,
+) -> Option<(ObjKey, Option<PodSpec>)> {
+    let meta = &pod.metadata;
+    let who = Described("Pod", meta);
+    let Some(key) = ObjKey::of(meta) else {
+        report.skip(&who, SkipReason::NoName);
+        return None;
+    };
+    let Some(spec) = pod.spec.as_ref() else {
+        return Some((key, None));
+    };
+    if spec.node_name.as_deref() != Some(node_name) {
+        return Some((key, None));
+    }
+    let status = pod.status.as_ref();
+    // A finished pod's sandbox (and its port mapping) is gone.
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return Some((key, None));
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    let mut ports = Vec::new();
+    for port in containers.flat_map(|c: &Container| c.ports.iter().flatten()) {
+        let Some(host_port) = port.host_port.filter(|p| *p != 0) else {
+            continue;
+        };
+        if !is_udp(port.protocol.as_deref()) {
+            continue;
+        }
+        let (Some(host_port), Some(container_port)) =
+            (port_from_i32(host_port), port_from_i32(port.container_port))
+        else {
+            report.skip(
+                &who,
+                SkipReason::BadPort {
+                    field: "containers[].ports[]",
+                    value: host_port.into(),
+                },
+            );
+            continue;
+        };
+        let host_ip = match port.host_ip.as_deref() {
+            None | Some("") => None,
+            Some(text) => match parse_ip(text) {
+                Some(ip) if ip.is_unspecified() => None,
+                Some(ip) => Some(ip),
+                None => {
+                    report.skip(
+                        &who,
+                        SkipReason::BadIp {
+                            field: "containers[].ports[].hostIP",
+                            value: text.to_owned(),
+                        },
+                    );
+                    continue;
+                }
+            },
+        };
+        ports.push(HostPortSpec {
+            host_ip,
+            host_port,
+            container_port,
+            name: port.name.as_deref().unwrap_or("").into(),
+        });
+    }
+    if ports.is_empty() {
+        return Some((key, None));
+    }
+    if spec.host_network == Some(true) {
+        // No DNAT happens for a host-network pod: its "host port" is just a socket on the node.
+        report.skip(
+            &who,
+            SkipReason::Ignored("hostNetwork pod: host ports are not DNATed"),
+        );
+        return Some((key, None));
+    }
+    let mut ips = Vec::new();
+    let listed = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .filter(|l| !l.is_empty());
+    let texts: Vec<&str> = match listed {
+        Some(list) => list.iter().map(|p| p.ip.as_str()).collect(),
+        None => status
+            .and_then(|s| s.pod_ip.as_deref())
+            .into_iter()
+            .collect(),
+    };
+    for text in texts {
+        match parse_ip(text) {
+            Some(ip) => ips.push(ip),
+            None => report.skip(
+                &who,
+                SkipReason::BadIp {
+                    field: "status.podIPs",
+                    value: text.to_owned(),
+                },
+            ),
+        }
+    }
+    ips.sort_unstable();
+    ips.dedup();
+    if ips.is_empty() {
+        // Not started yet: no DNAT exists for it, and whatever was there before stays judged
+        // by the previous owner's tombstone.
+        return Some((key, None));
+    }
+    Some((key, Some(PodSpec { ips, ports })))
+}
+
+/// This node's addresses from its status (`None` if `node` is another node).
+pub(crate) fn parse_node(node: &Node, node_name: &str, report: &mut Report) -> Option<Vec<IpAddr>> {
+    let meta = &node.metadata;
+    if meta.name.as_deref() != Some(node_name) {
+        report.skip(
+            &Described("Node", meta),
+            SkipReason::Ignored("not this node"),
+        );
+        return None;
+    }
+    let mut ips = Vec::new();
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for address in addresses.into_iter().flatten() {
+        if !matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
+            continue;
+        }
+        match parse_ip(&address.address) {
+            Some(ip) => ips.push(ip),
+            None => report.skip(
+                &Described("Node", meta),
+                SkipReason::BadIp {
+                    field: "status.addresses",
+                    value: address.address.clone(),
+                },
+            ),
+        }
+    }
+    ips.sort_unstable();
+    ips.dedup();
+    Some(ips)
+}
