@@ -1,4 +1,94 @@
 //! Conntrack over netlink: dump, delete, create and events, in any network namespace.
+//!
+//! ```no_run
+//! use ctnetlink::{Conntrack, DumpFilter, Family, proto};
+//!
+//! # fn main() -> Result<(), ctnetlink::Error> {
+//! let mut ct = Conntrack::open_in("/run/netns/blue".as_ref())?;
+//! let mut stale = Vec::new();
+//! ct.dump(&DumpFilter::family_proto(Family::V4, proto::UDP), |flow| {
+//!     if flow.reply.src == "10.0.0.9".parse::<std::net::IpAddr>().unwrap() {
+//!         stale.push(flow.key());
+//!     }
+//! })?;
+//! let report = ct.delete(stale)?;
+//! println!("deleted {}, already gone {}", report.deleted, report.already_gone);
+//! # Ok(()) }
+//! ```
+//!
+//! # Design
+//!
+//! **Hand-parsed hot path.** A node can hold a million entries, and the kernel already needs
+//! about two seconds to hand them over. The dump parses each netlink message in place, from the
+//! receive buffer into a [`Flow`] on the stack (`Copy`, no heap memory), and lends it to the
+//! caller's closure. Nothing is allocated per entry and memory is one 64 KiB buffer whatever
+//! the table size, so a dump costs little more than the kernel's own time.
+//! `netlink-packet-netfilter` would allocate a `Vec` of attributes per entry, so it is not used;
+//! `netlink-sys` provides the sockets. The parser checks every length and returns
+//! [`Error::Malformed`] instead of panicking (a proptest feeds it arbitrary and mutated bytes).
+//!
+//! **Blocking handle, async events.** Dump, delete and create are request/response exchanges
+//! that keep one core busy in the kernel; a blocking API on a dedicated socket is the simplest
+//! correct shape (call it from `spawn_blocking` or a worker thread), and the borrowed-flow
+//! callback would not survive an `.await` anyway. Events arrive unprompted and must be read
+//! promptly or lost, which is what an async stream on tokio is for ([`events`]); loss becomes
+//! an explicit [`Event::Lost`] so the consumer can resynchronise with a dump.
+//!
+//! **Namespaces.** Sockets are bound to the network namespace they were created in, and
+//! `setns` changes the namespace of a thread. [`Conntrack::open_in`] and [`events`] therefore
+//! create the socket on a short-lived thread that enters the namespace and exits; the
+//! caller's threads never move.
+//!
+//! **Kernel filters, carefully.** Dumps send the criteria the kernel can apply (family, L4
+//! protocol via `CTA_FILTER`, mark, status, zone), which saves copying unwanted entries out of
+//! the kernel. But a kernel silently ignores attributes it does not know, so
+//! [`Capabilities`] are probed once per process against known entries in a throwaway
+//! namespace, and every criterion is *also* applied in user space: the answer never depends on
+//! the kernel. Addresses are never sent as filters: the kernel compares IPv6 addresses in
+//! `CTA_FILTER` inverted (a match on X returns everything but X), and filtered flushes would
+//! be disastrous on kernels that ignore the filter. Deletion is always by exact key.
+//!
+//! **Batched deletes.** Thousands of `CT_DELETE` messages go out in one `sendmsg` without
+//! per-message ACKs; the kernel answers only failures (trimmed by `NETLINK_CAP_ACK`), each
+//! mapped back to its key by sequence number, and the last message of a batch asks for an ACK
+//! to mark the batch's end. `ENOENT` means "already gone". `CT_NEW` is batched the same way.
+//!
+//! **Consistency.** A netlink dump of a changing table can repeat or miss entries; callers
+//! must tolerate duplicates, and entries missed by one pass are seen by the next.
+
+#![warn(missing_docs)]
+
+mod capabilities;
+mod conntrack;
+mod encode;
+mod error;
+mod events;
+mod model;
+mod parse;
+mod socket;
+mod wire;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use capabilities::Capabilities;
+pub use conntrack::{Conntrack, CreateReport, DeleteReport, DumpStats, FilterPlacement};
+pub use error::Error;
+pub use events::{
+    DEFAULT_EVENT_BUFFER, Event, EventKinds, EventStream, events, events_with_buffer,
+};
+pub use model::{DumpFilter, Family, Flow, FlowKey, NewFlow, Status, Tuple, proto};
+
+/// Parses one netlink datagram of ctnetlink messages into flows, without a socket.
+///
+/// For tests and tools that hold raw bytes (captures, fuzzing); `f` gets each conntrack
+/// message's flow or the error that made it unreadable. Never panics.
+pub fn parse_datagram<F: FnMut(Result<Flow, Error>)>(datagram: &[u8], mut f: F) {
+    for msg in parse::NlMsgs::new(datagram) {
+        match msg.and_then(|msg| parse::classify(&msg).map(|reply| (msg, reply))) {
+            Ok((_, parse::Reply::Conntrack { payload, .. })) => f(parse::parse_flow(payload)),
+            Ok(_) => {}
+            Err(err) => f(Err(err)),
+        }
+    }
+}

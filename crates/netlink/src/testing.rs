@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Whether root-only tests must run (CI), rather than skip.
 pub fn root_tests_required() -> bool {
-    let set = |name: &str| {
-        std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-    };
+    let set =
+        |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
     set("CONNTRACK_RECONCILER_REQUIRE_ROOT_TESTS") || set("CI")
 }
 
@@ -34,7 +33,9 @@ pub fn root_or_skip(test: &str) -> bool {
         return true;
     }
     if root_tests_required() {
-        panic!("{test}: needs root (network namespaces, CAP_NET_ADMIN); CI requires root tests to run");
+        panic!(
+            "{test}: needs root (network namespaces, CAP_NET_ADMIN); CI requires root tests to run"
+        );
     }
     eprintln!("skipping {test}: needs root (network namespaces, CAP_NET_ADMIN)");
     false
@@ -97,7 +98,9 @@ impl TestNetns {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 

@@ -1,0 +1,466 @@
+//! The blocking [`Conntrack`] handle: streaming dump, batched delete and batched create.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use netlink_sys::Socket;
+
+use crate::capabilities::Capabilities;
+use crate::encode::{KernelFilter, MsgWriter};
+use crate::error::Error;
+use crate::model::{DumpFilter, Flow, FlowKey, NewFlow};
+use crate::parse::{NlMsgs, Reply, classify, parse_flow};
+use crate::socket::{self, Netns};
+use crate::wire::*;
+
+/// Receive buffer for one datagram. Dump datagrams are at most 32 KiB (the kernel caps them);
+/// twice that leaves room for anything else.
+const RECV_BUF: usize = 64 * 1024;
+/// Requests per sendmsg in a batch.
+const BATCH_MESSAGES: usize = 2048;
+/// Upper bound on one batch's bytes (also bounded by the socket's send buffer).
+const BATCH_BYTES: usize = 512 * 1024;
+/// Asked-for send buffer: room for a full batch.
+const SEND_BUFFER: usize = 2 * 1024 * 1024;
+/// Asked-for receive buffer: room for an error reply to every message of a batch.
+const RECV_BUFFER: usize = 8 * 1024 * 1024;
+
+/// What a dump saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DumpStats {
+    /// Conntrack messages received from the kernel.
+    pub messages: u64,
+    /// Flows that passed the filter and were handed to the callback.
+    pub matched: u64,
+    /// Messages that could not be parsed and were skipped.
+    pub malformed: u64,
+    /// Datagrams received.
+    pub datagrams: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Whether the kernel applied every requested criterion itself (so `messages` is already
+    /// close to `matched`); the user-space filter is applied either way.
+    pub filtered_in_kernel: bool,
+}
+
+/// The outcome of [`Conntrack::delete`].
+#[derive(Debug, Default)]
+pub struct DeleteReport {
+    /// Entries the kernel deleted.
+    pub deleted: u64,
+    /// Entries that were not there (`ENOENT`): deleted before, expired, or re-created with a
+    /// different id.
+    pub already_gone: u64,
+    /// Entries whose outcome is unknown because the kernel's error replies overflowed the
+    /// receive buffer (not expected with the buffer this crate sets).
+    pub unconfirmed: u64,
+    /// Entries the kernel refused, with why.
+    pub failed: Vec<(FlowKey, Error)>,
+}
+
+/// The outcome of [`Conntrack::create`].
+#[derive(Debug, Default)]
+pub struct CreateReport {
+    /// Entries created.
+    pub created: u64,
+    /// Entries that already existed (`EEXIST`), left unchanged.
+    pub already_existed: u64,
+    /// Entries whose outcome is unknown because error replies were lost.
+    pub unconfirmed: u64,
+    /// Entries the kernel refused, by index into the input, with why.
+    pub failed: Vec<(usize, Error)>,
+}
+
+/// A blocking handle on the conntrack table of one network namespace.
+///
+/// Not shared between threads: open one handle per thread that needs one (each owns a socket).
+pub struct Conntrack {
+    socket: Socket,
+    recv_buf: Vec<u8>,
+    writer: MsgWriter,
+    seq: u32,
+    batch_bytes: usize,
+    caps: Capabilities,
+}
+
+impl std::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("seq", &self.seq)
+            .field("batch_bytes", &self.batch_bytes)
+            .field("caps", &self.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a dump's criteria are applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FilterPlacement {
+    /// In the kernel where [`Capabilities`] says it works, and always again in user space.
+    #[default]
+    Auto,
+    /// Only in user space: the kernel sends every entry of the family.
+    UserSpace,
+}
+
+/// Where a dump's criteria are applied, including the probe's kernel-only mode.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Placement {
+    Public(FilterPlacement),
+    /// Exactly these criteria in the kernel and nothing in user space (capability probe).
+    KernelOnly(KernelFilter),
+}
+
+/// Per-message outcome of a batch, as the kernel reported it.
+enum Outcome {
+    Done,
+    Errno(i32),
+    Unknown,
+}
+
+impl Conntrack {
+    /// A handle on the current network namespace.
+    pub fn open() -> Result<Self, Error> {
+        Self::from_socket(socket::open(Netns::Current)?)
+    }
+
+    /// A handle on the namespace at `netns` (e.g. `/run/netns/NAME`). The calling thread's
+    /// namespace is never changed: the socket is created on a short-lived thread.
+    pub fn open_in(netns: &Path) -> Result<Self, Error> {
+        Self::from_socket(socket::open(Netns::Path(netns))?)
+    }
+
+    /// A handle on the namespace of an open namespace file descriptor.
+    pub fn open_in_fd(fd: BorrowedFd<'_>) -> Result<Self, Error> {
+        Self::from_socket(socket::open(Netns::Fd(fd))?)
+    }
+
+    fn from_socket(socket: Socket) -> Result<Self, Error> {
+        Self::with_capabilities(socket, Capabilities::get())
+    }
+
+    /// A handle on an already created socket, with given capabilities (the probe's own handle
+    /// must not wait for the probe).
+    pub(crate) fn with_capabilities(socket: Socket, caps: Capabilities) -> Result<Self, Error> {
+        // Error replies then carry only the header of the failed request, not its copy.
+        socket
+            .set_cap_ack(true)
+            .map_err(|e| Error::io("set NETLINK_CAP_ACK", e))?;
+        let sndbuf =
+            socket::set_buffer(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER);
+        socket::set_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECV_BUFFER);
+        // The kernel refuses a sendmsg above sndbuf - 32 bytes (EMSGSIZE); keep well below.
+        let batch_bytes = BATCH_BYTES.min(sndbuf.saturating_sub(4096)).max(4096);
+        Ok(Self {
+            socket,
+            recv_buf: Vec::with_capacity(RECV_BUF),
+            writer: MsgWriter::with_capacity(batch_bytes + 1024),
+            seq: initial_seq(),
+            batch_bytes,
+            caps,
+        })
+    }
+
+    /// Which criteria the running kernel filters itself (probed once per process).
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    fn next_seq(&mut self, count: u32) -> u32 {
+        let base = self.seq;
+        self.seq = self.seq.wrapping_add(count.max(1));
+        base
+    }
+
+    /// Streams the entries that match `filter` to `f`, one borrowed [`Flow`] at a time.
+    ///
+    /// Memory stays bounded (one 64 KiB buffer) whatever the table size. The kernel applies
+    /// the criteria it supports (see [`Capabilities`]); the same criteria are then checked in
+    /// user space, so the result does not depend on the kernel. As for any netlink dump,
+    /// an entry may be seen twice or missed if the table changes meanwhile.
+    pub fn dump<F: FnMut(&Flow)>(&mut self, filter: &DumpFilter, f: F) -> Result<DumpStats, Error> {
+        self.dump_placed(filter, Placement::Public(FilterPlacement::Auto), f)
+    }
+
+    /// [`Conntrack::dump`], choosing where the criteria are applied. Both placements return
+    /// the same flows; [`FilterPlacement::UserSpace`] exists to check exactly that, and to
+    /// avoid kernel filters altogether.
+    pub fn dump_with<F: FnMut(&Flow)>(
+        &mut self,
+        filter: &DumpFilter,
+        placement: FilterPlacement,
+        f: F,
+    ) -> Result<DumpStats, Error> {
+        self.dump_placed(filter, Placement::Public(placement), f)
+    }
+
+    pub(crate) fn dump_placed<F: FnMut(&Flow)>(
+        &mut self,
+        filter: &DumpFilter,
+        placement: Placement,
+        mut f: F,
+    ) -> Result<DumpStats, Error> {
+        let (kernel, user_filter) = match placement {
+            Placement::Public(FilterPlacement::Auto) => {
+                (self.caps.kernel_filter(filter), Some(filter))
+            }
+            Placement::Public(FilterPlacement::UserSpace) => {
+                (KernelFilter::default(), Some(filter))
+            }
+            Placement::KernelOnly(kernel) => (kernel, None),
+        };
+        let seq = self.next_seq(1);
+        self.writer.clear();
+        self.writer.dump_request(filter, &kernel, seq);
+        socket::send_all(&self.socket, self.writer.as_bytes(), "dump conntrack")?;
+        let mut stats = DumpStats {
+            filtered_in_kernel: kernel.covers(filter),
+            ..DumpStats::default()
+        };
+        loop {
+            let len = match socket::recv_datagram(&self.socket, &mut self.recv_buf, 0) {
+                Ok(len) => len,
+                Err(err) => {
+                    self.abandon_dump(seq);
+                    return Err(Error::io("receive conntrack dump", err));
+                }
+            };
+            stats.datagrams += 1;
+            stats.bytes += len as u64;
+            match dispatch_dump(&self.recv_buf[..len], seq, user_filter, &mut stats, &mut f) {
+                Ok(false) => {}
+                Ok(true) => return Ok(stats),
+                Err(DumpEnd::Kernel(err)) => return Err(err),
+                Err(DumpEnd::Broken(err)) => {
+                    self.abandon_dump(seq);
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Reads and drops the rest of an interrupted dump, so that the socket can start another.
+    fn abandon_dump(&mut self, seq: u32) {
+        // A bounded number of reads: a dump of a huge table has many datagrams, but a socket
+        // that errors on every read should not spin forever.
+        let mut failures = 0;
+        while failures < 16 {
+            let len = match socket::recv_datagram(&self.socket, &mut self.recv_buf, 0) {
+                Ok(len) => len,
+                Err(_) => {
+                    failures += 1;
+                    continue;
+                }
+            };
+            for msg in NlMsgs::new(&self.recv_buf[..len]).flatten() {
+                if msg.seq == seq && matches!(msg.ty, NLMSG_DONE | NLMSG_ERROR) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Deletes entries by exact key, in batches of many `CT_DELETE` per sendmsg.
+    ///
+    /// Only failures are answered by the kernel (no per-message ACK); `ENOENT` counts as
+    /// already gone. A key with `id: Some(..)` leaves alone an entry re-created since.
+    pub fn delete<I: IntoIterator<Item = FlowKey>>(
+        &mut self,
+        keys: I,
+    ) -> Result<DeleteReport, Error> {
+        let mut report = DeleteReport::default();
+        let mut batch: Vec<FlowKey> = Vec::with_capacity(BATCH_MESSAGES);
+        let mut keys = keys.into_iter().peekable();
+        while keys.peek().is_some() {
+            batch.clear();
+            self.writer.clear();
+            let base = self.seq;
+            let mut last_start = None;
+            while batch.len() < BATCH_MESSAGES && self.writer.len() < self.batch_bytes {
+                let Some(key) = keys.next() else { break };
+                let seq = base.wrapping_add(batch.len() as u32);
+                let start = self.writer.len();
+                match self.writer.delete(&key, seq, 0) {
+                    Ok(()) => {
+                        last_start = Some(start);
+                        batch.push(key);
+                    }
+                    Err(err) => report.failed.push((key, err)),
+                }
+            }
+            let Some(last_start) = last_start else {
+                continue;
+            };
+            self.next_seq(batch.len() as u32);
+            self.writer.add_flags(last_start, NLM_F_ACK);
+            let outcomes = self.run_batch(base, batch.len(), "delete conntrack entries")?;
+            for (key, outcome) in batch.iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Done => report.deleted += 1,
+                    Outcome::Errno(libc::ENOENT) => report.already_gone += 1,
+                    Outcome::Errno(errno) => report
+                        .failed
+                        .push((*key, Error::from_kernel("delete conntrack entry", errno))),
+                    Outcome::Unknown => report.unconfirmed += 1,
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Creates entries with `CT_NEW`, batched like [`Conntrack::delete`].
+    /// An entry whose original tuple already exists is left unchanged and counted.
+    pub fn create(&mut self, flows: &[NewFlow]) -> Result<CreateReport, Error> {
+        let mut report = CreateReport::default();
+        let mut index = 0;
+        let mut batch: Vec<usize> = Vec::with_capacity(BATCH_MESSAGES);
+        while index < flows.len() {
+            batch.clear();
+            self.writer.clear();
+            let base = self.seq;
+            let mut last_start = None;
+            while index < flows.len()
+                && batch.len() < BATCH_MESSAGES
+                && self.writer.len() < self.batch_bytes
+            {
+                let seq = base.wrapping_add(batch.len() as u32);
+                let start = self.writer.len();
+                match self.writer.create(&flows[index], seq, 0) {
+                    Ok(()) => {
+                        last_start = Some(start);
+                        batch.push(index);
+                    }
+                    Err(err) => report.failed.push((index, err)),
+                }
+                index += 1;
+            }
+            let Some(last_start) = last_start else {
+                continue;
+            };
+            self.next_seq(batch.len() as u32);
+            self.writer.add_flags(last_start, NLM_F_ACK);
+            let outcomes = self.run_batch(base, batch.len(), "create conntrack entries")?;
+            for (&at, outcome) in batch.iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Done => report.created += 1,
+                    Outcome::Errno(libc::EEXIST) => report.already_existed += 1,
+                    Outcome::Errno(errno) => report
+                        .failed
+                        .push((at, Error::from_kernel("create conntrack entry", errno))),
+                    Outcome::Unknown => report.unconfirmed += 1,
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Sends the encoded batch (sequence numbers `base..base+count`, the last one asking for an
+    /// ACK) and collects the kernel's answer for each message.
+    fn run_batch(
+        &mut self,
+        base: u32,
+        count: usize,
+        op: &'static str,
+    ) -> Result<Vec<Outcome>, Error> {
+        socket::send_all(&self.socket, self.writer.as_bytes(), op)?;
+        let mut outcomes: Vec<Outcome> = (0..count).map(|_| Outcome::Done).collect();
+        let last = count - 1;
+        // The kernel handles the whole batch inside sendmsg, so every reply is queued by now;
+        // the ACK of the last message marks the end. If replies overflowed the receive buffer
+        // (ENOBUFS) that ACK may be lost too: then read what is left without blocking.
+        let mut lost = false;
+        loop {
+            let flags = if lost { libc::MSG_DONTWAIT } else { 0 };
+            let len = match socket::recv_datagram(&self.socket, &mut self.recv_buf, flags) {
+                Ok(len) => len,
+                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {
+                    lost = true;
+                    continue;
+                }
+                Err(err) if lost && err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) => return Err(Error::io(op, err)),
+            };
+            let mut finished = false;
+            for msg in NlMsgs::new(&self.recv_buf[..len]) {
+                let msg = msg?;
+                let index = msg.seq.wrapping_sub(base) as usize;
+                if index >= count {
+                    continue; // a stray reply to an earlier request
+                }
+                if let Reply::Error(errno) = classify(&msg)? {
+                    if errno != 0 {
+                        outcomes[index] = Outcome::Errno(errno);
+                    }
+                    if index == last {
+                        finished = true;
+                    }
+                }
+            }
+            if finished {
+                return Ok(outcomes);
+            }
+        }
+        // Replies were lost: messages without an error reply may or may not have failed.
+        for outcome in &mut outcomes {
+            if matches!(outcome, Outcome::Done) {
+                *outcome = Outcome::Unknown;
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Why a dump stopped early.
+enum DumpEnd {
+    /// The kernel reported an error; the dump is over.
+    Kernel(Error),
+    /// The stream is unreadable; the rest must be drained.
+    Broken(Error),
+}
+
+/// Handles one dump datagram; `Ok(true)` at the end of the dump.
+fn dispatch_dump<F: FnMut(&Flow)>(
+    datagram: &[u8],
+    seq: u32,
+    filter: Option<&DumpFilter>,
+    stats: &mut DumpStats,
+    f: &mut F,
+) -> Result<bool, DumpEnd> {
+    for msg in NlMsgs::new(datagram) {
+        let msg = msg.map_err(DumpEnd::Broken)?;
+        if msg.seq != seq {
+            continue; // a stray reply to an earlier request
+        }
+        match classify(&msg).map_err(DumpEnd::Broken)? {
+            Reply::Conntrack { payload, .. } => {
+                stats.messages += 1;
+                match parse_flow(payload) {
+                    Ok(flow) if filter.is_none_or(|filter| filter.matches(&flow)) => {
+                        stats.matched += 1;
+                        f(&flow);
+                    }
+                    Ok(_) => {}
+                    Err(_) => stats.malformed += 1,
+                }
+            }
+            Reply::Error(0) | Reply::Done(0) => return Ok(true),
+            Reply::Error(errno) | Reply::Done(errno) => {
+                return Err(DumpEnd::Kernel(Error::from_kernel("dump conntrack", errno)));
+            }
+            Reply::Other => {}
+        }
+    }
+    Ok(false)
+}
+
+/// A starting sequence number that differs between handles and processes, so that replies
+/// to another socket's requests are never mistaken for ours.
+fn initial_seq() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos ^ (std::process::id() << 16) ^ NEXT.fetch_add(0x1000_0000, Ordering::Relaxed)
+}

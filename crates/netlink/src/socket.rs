@@ -1,0 +1,182 @@
+//! Netfilter netlink sockets created inside a chosen network namespace.
+//!
+//! A socket belongs to the namespace it was created in, for its whole life. To create one in
+//! another namespace without moving the caller's thread, a short-lived thread enters the
+//! namespace (`setns`), creates the socket and exits; the socket stays bound to that namespace.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use crate::error::Error;
+
+/// Where a socket is created.
+#[derive(Clone, Copy, Debug)]
+pub enum Netns<'a> {
+    /// The calling thread's namespace.
+    Current,
+    /// A namespace file such as `/run/netns/NAME` or `/proc/PID/ns/net`.
+    Path(&'a Path),
+    /// An open namespace file descriptor.
+    Fd(BorrowedFd<'a>),
+}
+
+/// Creates a bound netfilter netlink socket in `netns`.
+pub fn open(netns: Netns<'_>) -> Result<Socket, Error> {
+    match netns {
+        Netns::Current => new_socket(),
+        Netns::Path(path) => {
+            let file = File::open(path).map_err(|source| Error::Netns {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            open_in(file.as_fd(), path.to_path_buf())
+        }
+        Netns::Fd(fd) => open_in(fd, PathBuf::from(format!("fd:{}", fd.as_raw_fd()))),
+    }
+}
+
+fn open_in(fd: BorrowedFd<'_>, label: PathBuf) -> Result<Socket, Error> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns only reads the descriptor, which the borrow keeps open; it changes
+                // the namespace of this short-lived thread only.
+                if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(Error::Netns {
+                        path: label,
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                new_socket()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::Io {
+                    op: "create socket in namespace",
+                    source: io::Error::other("namespace thread panicked"),
+                })
+            })
+    })
+}
+
+/// Runs `f` on a short-lived thread inside a brand-new, private network namespace.
+///
+/// The namespace disappears once the thread has exited and every socket made in it is closed.
+pub fn in_private_netns<T: Send>(f: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare affects only the calling thread's network namespace.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(Error::Netns {
+                        path: PathBuf::from("(private)"),
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::Io {
+                    op: "private namespace",
+                    source: io::Error::other("namespace thread panicked"),
+                })
+            })
+    })
+}
+
+fn new_socket() -> Result<Socket, Error> {
+    let mut socket =
+        Socket::new(NETLINK_NETFILTER).map_err(|e| Error::io("create netlink socket", e))?;
+    socket
+        .bind_auto()
+        .map_err(|e| Error::io("bind netlink socket", e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| Error::io("connect netlink socket", e))?;
+    Ok(socket)
+}
+
+/// Sets a buffer size, forcing past the sysctl limits when privileged (`*BUFFORCE`).
+/// Returns the size the kernel really uses (it doubles the request for bookkeeping).
+pub fn set_buffer(socket: &Socket, force: libc::c_int, plain: libc::c_int, bytes: usize) -> usize {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |opt| {
+        // SAFETY: a valid socket, option pointer and length.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(force) != 0 {
+        // Not privileged enough to force: take what the sysctl limit allows.
+        set(plain);
+    }
+    get_int(socket, plain).map_or(0, |v| v.max(0) as usize)
+}
+
+fn get_int(socket: &Socket, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket, and value/len describe a c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// Receives one datagram into `buf` (whose capacity is the limit), retrying on EINTR.
+///
+/// A datagram larger than the buffer is an error rather than silently truncated.
+pub fn recv_datagram(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    flags: libc::c_int,
+) -> Result<usize, io::Error> {
+    loop {
+        buf.clear();
+        match socket.recv(buf, flags | libc::MSG_TRUNC) {
+            Ok(len) if len > buf.capacity() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "netlink datagram of {len} bytes truncated to {}",
+                        buf.capacity()
+                    ),
+                ));
+            }
+            Ok(len) => return Ok(len),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Sends one buffer of messages, retrying on EINTR.
+pub fn send_all(socket: &Socket, bytes: &[u8], op: &'static str) -> Result<(), Error> {
+    loop {
+        match socket.send(bytes, 0) {
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(Error::io(op, err)),
+        }
+    }
+}
