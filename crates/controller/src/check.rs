@@ -1,0 +1,317 @@
+//! `conntrack-reconciler check`: one-shot diagnosis of this node's table.
+
+use crate::cli::{CheckArgs, OutputFormat};
+use crate::kube_client::{self, SERVICE_FIELDS, SERVICE_LABELS, SLICE_LABELS};
+use crate::local_addrs::local_addrs;
+use crate::pass::{PassConfig, PassReport, StaleFlow, run_pass};
+use crate::scheduler::Scope;
+use crate::state_files::ClusterState;
+use anyhow::{Context, Result};
+use ctdiff::{Index, IndexConfig};
+use ctnetlink::{Conntrack, Family, Tuple};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use serde::Serialize;
+use std::io::Write;
+use std::sync::RwLock;
+use std::time::Instant;
+
+/// Runs `check`; output goes to `out`.
+pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
+    let state = if args.state.is_empty() {
+        let client = kube_client::client(args.target.kubeconfig.as_deref()).await?;
+        from_cluster(client, args.node_name.as_deref())
+            .await
+            .context("reading the desired state from the cluster")?
+    } else {
+        ClusterState::from_files(&args.state)?
+    };
+    for warning in &state.warnings {
+        tracing::warn!("{warning}");
+    }
+    let index = build_index(&state, &args)?;
+    let netns = args.target.netns.clone();
+    let families = args.target.family.families().to_vec();
+    let delete = args.delete;
+    let reports = tokio::task::spawn_blocking(move || -> Result<Vec<(Family, PassReport)>> {
+        let mut ct = match &netns {
+            Some(path) => Conntrack::open_in(path),
+            None => Conntrack::open(),
+        }
+        .context("opening the conntrack table")?;
+        let index = RwLock::new(index);
+        let now = Instant::now();
+        families
+            .iter()
+            .map(|&family| {
+                let cfg = PassConfig {
+                    family,
+                    dry_run: !delete,
+                    budget: 0,
+                };
+                run_pass(&mut ct, &index, &Scope::All, &cfg, now)
+                    .map(|r| (family, r))
+                    .with_context(|| format!("reading the {family} conntrack table"))
+            })
+            .collect()
+    })
+    .await
+    .context("check task failed")??;
+    match args.output {
+        OutputFormat::Json => print_json(&reports, out)?,
+        OutputFormat::Text => print_text(&reports, delete, out)?,
+    }
+    let failures: usize = reports.iter().map(|(_, r)| r.failed.len()).sum();
+    if failures > 0 {
+        anyhow::bail!("{failures} deletions failed");
+    }
+    Ok(())
+}
+
+fn build_index(state: &ClusterState, args: &CheckArgs) -> Result<Index> {
+    let node_name = args
+        .node_name
+        .clone()
+        .or_else(|| match state.nodes.as_slice() {
+            [only] => only.metadata.name.clone(),
+            _ => None,
+        });
+    let mut index = Index::new(IndexConfig::new(node_name.clone().unwrap_or_default()));
+    let now = Instant::now();
+    let mut report = index.reset_services(&state.services, now);
+    report.merge(index.reset_endpoint_slices(&state.slices, now));
+    let pods: Vec<&Pod> = state
+        .pods
+        .iter()
+        .filter(|p| {
+            let on = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            node_name.is_none() || on.is_none() || on == node_name.as_deref()
+        })
+        .collect();
+    report.merge(index.reset_pods(pods, now));
+    for node in &state.nodes {
+        if node_name.is_none() || node.metadata.name == node_name {
+            report.merge(index.apply_node(node));
+        }
+    }
+    for skipped in report.iter() {
+        tracing::warn!("{skipped}");
+    }
+    let mut addrs = local_addrs(args.target.netns.as_deref()).context("listing local addresses")?;
+    addrs.extend(args.node_ip.iter().copied());
+    index.set_local_addrs(addrs);
+    Ok(index)
+}
+
+async fn from_cluster(client: Client, node_name: Option<&str>) -> Result<ClusterState> {
+    let mut state = ClusterState {
+        services: list_all(
+            Api::all(client.clone()),
+            ListParams::default()
+                .labels(SERVICE_LABELS)
+                .fields(SERVICE_FIELDS),
+            "services",
+        )
+        .await?,
+        slices: list_all(
+            Api::all(client.clone()),
+            ListParams::default().labels(SLICE_LABELS),
+            "endpointslices",
+        )
+        .await?,
+        ..Default::default()
+    };
+    if let Some(node) = node_name {
+        state.nodes = list_all::<Node>(
+            Api::all(client.clone()),
+            ListParams::default().fields(&kube_client::node_fields(node)),
+            "nodes",
+        )
+        .await?;
+        state.pods = list_all::<Pod>(
+            Api::all(client),
+            ListParams::default().fields(&kube_client::pod_fields(node)),
+            "pods",
+        )
+        .await?;
+    } else {
+        state.warnings.push(
+            "no --node-name: hostPort pods and the Node's addresses are not considered".into(),
+        );
+    }
+    Ok(state)
+}
+
+async fn list_all<K>(api: Api<K>, params: ListParams, what: &str) -> Result<Vec<K>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = Vec::new();
+    let mut params = params.limit(500);
+    loop {
+        let page = api
+            .list(&params)
+            .await
+            .with_context(|| format!("listing {what}"))?;
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        out.extend(page.items);
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(out),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonTuple {
+    src: String,
+    dst: String,
+    sport: u16,
+    dport: u16,
+}
+
+impl From<&Tuple> for JsonTuple {
+    fn from(t: &Tuple) -> Self {
+        JsonTuple {
+            src: t.src.to_string(),
+            dst: t.dst.to_string(),
+            sport: t.sport,
+            dport: t.dport,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonStale {
+    family: &'static str,
+    service: String,
+    port: String,
+    reason: String,
+    orig: JsonTuple,
+    reply: JsonTuple,
+    timeout: u32,
+}
+
+#[derive(Serialize)]
+struct JsonReport {
+    scanned: u64,
+    stale: Vec<JsonStale>,
+    deleted: u64,
+}
+
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    }
+}
+
+fn print_json(reports: &[(Family, PassReport)], out: &mut dyn Write) -> Result<()> {
+    let doc = JsonReport {
+        scanned: reports.iter().map(|(_, r)| r.scanned).sum(),
+        deleted: reports.iter().map(|(_, r)| r.deleted).sum(),
+        stale: reports
+            .iter()
+            .flat_map(|(family, r)| r.stale.iter().map(move |s| (*family, s)))
+            .map(|(family, s)| JsonStale {
+                family: family_name(family),
+                service: s.service.clone(),
+                port: s.port.clone(),
+                reason: s.reason.to_string(),
+                orig: (&s.flow.orig).into(),
+                reply: (&s.flow.reply).into(),
+                timeout: s.flow.timeout,
+            })
+            .collect(),
+    };
+    serde_json::to_writer_pretty(&mut *out, &doc)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_text(reports: &[(Family, PassReport)], deleting: bool, out: &mut dyn Write) -> Result<()> {
+    let rows: Vec<&StaleFlow> = reports.iter().flat_map(|(_, r)| r.stale.iter()).collect();
+    if !rows.is_empty() {
+        let table: Vec<[String; 7]> = rows
+            .iter()
+            .map(|s| {
+                [
+                    s.service.clone(),
+                    if s.port.is_empty() {
+                        "-".into()
+                    } else {
+                        s.port.clone()
+                    },
+                    sock(&s.flow.orig.src, s.flow.orig.sport),
+                    sock(&s.flow.orig.dst, s.flow.orig.dport),
+                    sock(&s.flow.reply.src, s.flow.reply.sport),
+                    s.reason.to_string(),
+                    format!("{}s", s.flow.timeout),
+                ]
+            })
+            .collect();
+        let header = [
+            "SERVICE", "PORT", "CLIENT", "FRONTEND", "BACKEND", "REASON", "TIMEOUT",
+        ]
+        .map(String::from);
+        let mut widths = header.clone().map(|h| h.len());
+        for row in &table {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        for row in std::iter::once(&header).chain(&table) {
+            let line: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            writeln!(out, "{}", line.join("  ").trim_end())?;
+        }
+    }
+    let scanned: u64 = reports.iter().map(|(_, r)| r.scanned).sum();
+    let deleted: u64 = reports.iter().map(|(_, r)| r.deleted).sum();
+    let gone: u64 = reports.iter().map(|(_, r)| r.already_gone).sum();
+    let mut by_reason: Vec<(String, usize)> = Vec::new();
+    for s in &rows {
+        let reason = s.reason.to_string();
+        match by_reason.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => by_reason.push((reason, 1)),
+        }
+    }
+    let reasons: Vec<String> = by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    let reasons = if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reasons.join(", "))
+    };
+    let action = if deleting {
+        format!(
+            "deleted {deleted}{}",
+            if gone > 0 {
+                format!(", {gone} already gone")
+            } else {
+                String::new()
+            }
+        )
+    } else {
+        "deleted none (run with --delete to delete them)".to_owned()
+    };
+    writeln!(
+        out,
+        "scanned {scanned} UDP flows: {} stale{reasons}; {action}",
+        rows.len()
+    )?;
+    for (_, r) in reports {
+        for (key, err) in &r.failed {
+            writeln!(out, "delete failed for {}: {err}", key.orig)?;
+        }
+    }
+    Ok(())
+}
+
+fn sock(ip: &std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(*ip, port).to_string()
+}

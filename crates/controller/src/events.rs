@@ -1,0 +1,157 @@
+//! The event path: a new UDP flow whose backend is not allowed is deleted the moment the kernel
+//! announces it, instead of at the next pass.
+//!
+//! This is what catches flows re-created through rules kube-proxy has not rewritten yet (the
+//! watch can be ahead of kube-proxy). A per-frontend token bucket guards against delete storms;
+//! what it refuses is counted and left to the next pass. Lost events (ENOBUFS) ask for a full
+//! pass, since the flows they announced are now unknown.
+
+use crate::metrics::{KindLabels, Metrics, ReasonLabels};
+use crate::pass::flow_ref;
+use crate::ratelimit::RateLimiter;
+use ctdiff::{Frontend, Index, Verdict};
+use ctnetlink::{Conntrack, Event, EventKinds, Family};
+use futures::StreamExt;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// What the event path needs.
+pub struct EventPath {
+    /// The namespace whose events to follow (None: the current one).
+    pub netns: Option<PathBuf>,
+    /// The shared index.
+    pub index: Arc<RwLock<Index>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Families being reconciled.
+    pub families: Vec<Family>,
+    /// Decide, count, delete nothing.
+    pub dry_run: bool,
+    /// Deletions per frontend per second.
+    pub per_second: u32,
+    /// Becomes true once the index holds a complete state.
+    pub ready: watch::Receiver<bool>,
+    /// Told when events were lost (a full pass is needed).
+    pub lost: mpsc::UnboundedSender<()>,
+}
+
+impl EventPath {
+    /// Follows conntrack NEW events until the process ends; resubscribes after failures.
+    pub async fn run(mut self) {
+        let mut limiter = RateLimiter::<Frontend>::new(self.per_second);
+        let mut ct: Option<Conntrack> = None;
+        loop {
+            let stream = ctnetlink::events(self.netns.as_deref(), EventKinds::ALL);
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot subscribe to conntrack events; retrying in 5s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            tracing::info!("following conntrack events");
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(Event::New(flow)) => {
+                        self.metrics
+                            .events
+                            .get_or_create(&KindLabels { kind: "new" })
+                            .inc();
+                        self.on_new(&flow, &mut limiter, &mut ct);
+                    }
+                    Ok(Event::Destroy(_)) => {
+                        self.metrics
+                            .events
+                            .get_or_create(&KindLabels { kind: "destroy" })
+                            .inc();
+                    }
+                    Ok(Event::Lost) => {
+                        self.metrics.events_lost.inc();
+                        tracing::warn!("conntrack events were lost; scheduling a full pass");
+                        let _ = self.lost.send(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "conntrack event stream error");
+                        break;
+                    }
+                }
+            }
+            let _ = self.lost.send(());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if self.ready.has_changed().is_err() {
+                return; // the agent is shutting down
+            }
+        }
+    }
+
+    fn on_new(
+        &mut self,
+        flow: &ctnetlink::Flow,
+        limiter: &mut RateLimiter<Frontend>,
+        ct: &mut Option<Conntrack>,
+    ) {
+        if flow.orig.proto != ctnetlink::proto::UDP
+            || !self.families.contains(&flow.family)
+            || !*self.ready.borrow()
+        {
+            return;
+        }
+        let now = Instant::now();
+        let (frontend, reason, service) = {
+            let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+            let Verdict::Stale(stale) = index.classify(&flow_ref(flow), now) else {
+                return;
+            };
+            (stale.frontend, stale.reason, stale.service.to_string())
+        };
+        let labels = ReasonLabels {
+            ip_family: flow.family.into(),
+            reason: reason.to_string(),
+        };
+        if self.dry_run {
+            self.metrics.flows_not_deleted.get_or_create(&labels).inc();
+            tracing::info!(flow = %flow.orig, %service, %reason, "stale new flow (dry run: not deleted)");
+            return;
+        }
+        if !limiter.try_acquire(&frontend, now) {
+            self.metrics.event_deletes_rate_limited.inc();
+            return;
+        }
+        if ct.is_none() {
+            let opened = match &self.netns {
+                Some(path) => Conntrack::open_in(path),
+                None => Conntrack::open(),
+            };
+            match opened {
+                Ok(handle) => *ct = Some(handle),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open conntrack for event-path deletes");
+                    return;
+                }
+            }
+        }
+        let handle = ct.as_mut().expect("opened above");
+        match handle.delete([flow.key()]) {
+            Ok(report) if report.deleted > 0 => {
+                self.metrics.flows_deleted.get_or_create(&labels).inc();
+                tracing::debug!(flow = %flow.orig, backend = %flow.reply.src, %service, %reason, "deleted stale new flow");
+            }
+            Ok(report) if !report.failed.is_empty() => {
+                self.metrics
+                    .delete_errors
+                    .get_or_create(&crate::metrics::FamilyLabels {
+                        ip_family: flow.family.into(),
+                    })
+                    .inc();
+            }
+            Ok(_) => {} // already gone
+            Err(e) => {
+                tracing::warn!(error = %e, "event-path delete failed; reopening the socket");
+                *ct = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Kubernetes client setup and the selectors the agent shares with kube-proxy.
+
+use anyhow::{Context, Result};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use std::path::Path;
+
+/// Services kube-proxy programs: not claimed by another proxy.
+pub const SERVICE_LABELS: &str = "!service.kubernetes.io/service-proxy-name";
+/// Headless services get no rules, hence no stale flows.
+pub const SERVICE_FIELDS: &str = "spec.clusterIP!=None";
+/// EndpointSlices of non-headless services.
+pub const SLICE_LABELS: &str = "!service.kubernetes.io/headless";
+
+/// Field selector for this node's Node object.
+pub fn node_fields(node: &str) -> String {
+    format!("metadata.name={node}")
+}
+
+/// Field selector for the Pods scheduled on this node.
+pub fn pod_fields(node: &str) -> String {
+    format!("spec.nodeName={node}")
+}
+
+/// A client from `--kubeconfig`, else the in-cluster configuration, else the default kubeconfig.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => match Config::incluster() {
+            Ok(config) => config,
+            Err(_) => Config::infer()
+                .await
+                .context("no --kubeconfig, not in a cluster, and no default kubeconfig")?,
+        },
+    };
+    Client::try_from(config).context("building the Kubernetes client")
+}

@@ -1,0 +1,327 @@
+//! When passes run, and over what: the trigger state machine, free of I/O and clocks.
+//!
+//! Inputs are watch changes (with the frontends they touched), lost conntrack events and time;
+//! the output is the next pass to run. Rules:
+//! - a change starts a pass once the watch has been quiet for `debounce`, but never later than
+//!   `max_delay` after the first change of a burst, so constant churn cannot starve it;
+//! - each such pass is followed by passes over the same frontends after each `follow_ups` delay,
+//!   catching flows re-created through rules that kube-proxy had not yet rewritten;
+//! - lost events and the `resync` period cause full passes;
+//! - everything due at the same moment is merged into one pass.
+
+use crate::metrics::Trigger;
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// The flows a pass acts on: all of them, or those of some frontends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope<F: Hash + Eq> {
+    /// Every flow.
+    All,
+    /// Flows to these frontends.
+    Frontends(HashSet<F>),
+}
+
+impl<F: Hash + Eq> Scope<F> {
+    /// Widens `self` to cover `other` too.
+    pub fn merge(&mut self, other: Scope<F>) {
+        match (&mut *self, other) {
+            (Scope::All, _) => {}
+            (_, Scope::All) => *self = Scope::All,
+            (Scope::Frontends(a), Scope::Frontends(b)) => a.extend(b),
+        }
+    }
+
+    /// Whether the scope covers `frontend`.
+    pub fn covers(&self, frontend: &F) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Frontends(set) => set.contains(frontend),
+        }
+    }
+
+    /// Whether the scope covers nothing.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Scope::Frontends(set) if set.is_empty())
+    }
+}
+
+/// Timing parameters.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Quiet time after the last change.
+    pub debounce: Duration,
+    /// Longest delay after the first change of a burst.
+    pub max_delay: Duration,
+    /// Delays of the follow-up passes after a change pass.
+    pub follow_ups: Vec<Duration>,
+    /// Period of the full pass.
+    pub resync: Duration,
+}
+
+#[derive(Debug)]
+struct Burst<F: Hash + Eq> {
+    first: Instant,
+    last: Instant,
+    scope: Scope<F>,
+}
+
+/// A pass to run now.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Due<F: Hash + Eq> {
+    /// The most significant reason among the merged requests.
+    pub trigger: Trigger,
+    /// What the pass covers.
+    pub scope: Scope<F>,
+}
+
+/// The scheduler's state.
+#[derive(Debug)]
+pub struct Scheduler<F: Hash + Eq> {
+    timing: Timing,
+    burst: Option<Burst<F>>,
+    follow_ups: Vec<(Instant, Scope<F>)>,
+    next_periodic: Instant,
+    full_now: Option<Trigger>,
+}
+
+impl<F: Hash + Eq + Clone> Scheduler<F> {
+    /// A scheduler whose first full pass (`startup`) is due at once.
+    pub fn new(timing: Timing, now: Instant) -> Self {
+        Scheduler {
+            next_periodic: now + timing.resync,
+            timing,
+            burst: None,
+            follow_ups: Vec::new(),
+            full_now: Some(Trigger::startup),
+        }
+    }
+
+    /// Records a watch change that touched `scope`.
+    pub fn on_change(&mut self, scope: Scope<F>, now: Instant) {
+        if scope.is_empty() {
+            return;
+        }
+        match &mut self.burst {
+            Some(b) => {
+                b.last = now;
+                b.scope.merge(scope);
+            }
+            None => {
+                self.burst = Some(Burst {
+                    first: now,
+                    last: now,
+                    scope,
+                })
+            }
+        }
+    }
+
+    /// Records that conntrack events were lost: a full pass is due at once.
+    pub fn on_events_lost(&mut self) {
+        self.full_now.get_or_insert(Trigger::events_lost);
+    }
+
+    /// When the next pass is due (possibly in the past).
+    pub fn next_deadline(&self) -> Instant {
+        let mut next = self.next_periodic;
+        if self.full_now.is_some() {
+            return Instant::now().min(next);
+        }
+        if let Some(b) = &self.burst {
+            next = next.min(self.burst_due(b));
+        }
+        for (at, _) in &self.follow_ups {
+            next = next.min(*at);
+        }
+        next
+    }
+
+    fn burst_due(&self, b: &Burst<F>) -> Instant {
+        (b.last + self.timing.debounce).min(b.first + self.timing.max_delay)
+    }
+
+    /// Takes the pass due at `now`, merging everything that is due, or None.
+    pub fn take_due(&mut self, now: Instant) -> Option<Due<F>> {
+        let mut due: Option<Due<F>> = None;
+        let mut add = |trigger: Trigger, scope: Scope<F>| match &mut due {
+            Some(d) => {
+                d.trigger = d.trigger.max_significance(trigger);
+                d.scope.merge(scope);
+            }
+            None => due = Some(Due { trigger, scope }),
+        };
+        if let Some(trigger) = self.full_now.take() {
+            add(trigger, Scope::All);
+        }
+        if now >= self.next_periodic {
+            add(Trigger::periodic, Scope::All);
+            self.next_periodic = now + self.timing.resync;
+        }
+        if self
+            .burst
+            .as_ref()
+            .is_some_and(|b| now >= self.burst_due(b))
+        {
+            let burst = self.burst.take().expect("checked above");
+            for delay in &self.timing.follow_ups {
+                self.follow_ups.push((now + *delay, burst.scope.clone()));
+            }
+            add(Trigger::change, burst.scope);
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.follow_ups.drain(..).partition(|(at, _)| now >= *at);
+        self.follow_ups = waiting;
+        for (_, scope) in ready {
+            add(Trigger::follow_up, scope);
+        }
+        due
+    }
+}
+
+impl Trigger {
+    /// The label kept when passes of several triggers are merged into one.
+    fn max_significance(self, other: Trigger) -> Trigger {
+        fn rank(t: Trigger) -> u8 {
+            match t {
+                Trigger::follow_up => 0,
+                Trigger::change => 1,
+                Trigger::periodic => 2,
+                Trigger::events_lost => 3,
+                Trigger::startup => 4,
+            }
+        }
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            debounce: ms(100),
+            max_delay: ms(1000),
+            follow_ups: vec![ms(1000), ms(3000)],
+            resync: Duration::from_secs(60),
+        }
+    }
+
+    fn only(f: u32) -> Scope<u32> {
+        Scope::Frontends(HashSet::from([f]))
+    }
+
+    fn started(t0: Instant) -> Scheduler<u32> {
+        let mut s = Scheduler::new(timing(), t0);
+        let first = s.take_due(t0).unwrap();
+        assert_eq!(
+            first,
+            Due {
+                trigger: Trigger::startup,
+                scope: Scope::All
+            }
+        );
+        s
+    }
+
+    #[test]
+    fn change_waits_for_quiet_then_follows_up() {
+        let t0 = Instant::now();
+        let mut s = started(t0);
+        s.on_change(only(1), t0);
+        assert_eq!(s.next_deadline(), t0 + ms(100));
+        assert!(s.take_due(t0 + ms(50)).is_none());
+        let due = s.take_due(t0 + ms(100)).unwrap();
+        assert_eq!(
+            due,
+            Due {
+                trigger: Trigger::change,
+                scope: only(1)
+            }
+        );
+        assert_eq!(s.next_deadline(), t0 + ms(1100));
+        assert_eq!(
+            s.take_due(t0 + ms(1100)).unwrap().trigger,
+            Trigger::follow_up
+        );
+        assert_eq!(s.take_due(t0 + ms(3100)).unwrap().scope, only(1));
+        assert!(s.take_due(t0 + ms(10_000)).is_none());
+    }
+
+    #[test]
+    fn constant_churn_cannot_starve_a_pass() {
+        let t0 = Instant::now();
+        let mut s = started(t0);
+        let mut now = t0;
+        let mut ran_at = None;
+        for i in 0..40u32 {
+            s.on_change(only(i), now);
+            if let Some(due) = s.take_due(now) {
+                ran_at = Some((now, due));
+                break;
+            }
+            now += ms(50);
+        }
+        let (at, due) = ran_at.expect("a pass must run under churn");
+        assert!(at <= t0 + ms(1000), "ran at +{:?}", at - t0);
+        let Scope::Frontends(set) = due.scope else {
+            panic!("scoped pass expected")
+        };
+        assert_eq!(set.len(), 21, "every frontend touched so far is covered");
+    }
+
+    #[test]
+    fn due_requests_merge_into_one_pass() {
+        let t0 = Instant::now();
+        let mut s = started(t0);
+        s.on_change(only(1), t0);
+        s.on_events_lost();
+        let due = s.take_due(t0 + ms(100)).unwrap();
+        assert_eq!(due.trigger, Trigger::events_lost);
+        assert_eq!(due.scope, Scope::All);
+        assert!(s.take_due(t0 + ms(100)).is_none());
+    }
+
+    #[test]
+    fn periodic_pass_every_resync() {
+        let t0 = Instant::now();
+        let mut s = started(t0);
+        assert_eq!(s.next_deadline(), t0 + Duration::from_secs(60));
+        let due = s.take_due(t0 + Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            due,
+            Due {
+                trigger: Trigger::periodic,
+                scope: Scope::All
+            }
+        );
+        assert_eq!(s.next_deadline(), t0 + Duration::from_secs(120));
+    }
+
+    #[test]
+    fn empty_changes_are_ignored() {
+        let t0 = Instant::now();
+        let mut s = started(t0);
+        s.on_change(Scope::Frontends(HashSet::new()), t0);
+        assert!(s.take_due(t0 + ms(5000)).is_none());
+    }
+
+    #[test]
+    fn scope_merge_and_cover() {
+        let mut a = only(1);
+        a.merge(only(2));
+        assert!(a.covers(&1) && a.covers(&2) && !a.covers(&3));
+        a.merge(Scope::All);
+        assert!(a.covers(&3));
+    }
+}
