@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use crate::error::Error;
-use crate::model::{DumpFilter, Family, FlowKey, NewFlow, Tuple, proto};
+use crate::model::{DumpFilter, Family, FlowKey, NewFlow, Status, Tuple, proto};
 use crate::wire::*;
 
 /// Appends netlink messages to a buffer that is reused between batches.
@@ -183,9 +183,11 @@ impl MsgWriter {
             return Err(err);
         }
         self.attr_be32(CTA_TIMEOUT, flow.timeout);
-        if flow.status.0 != 0 {
-            self.attr_be32(CTA_STATUS, flow.status.0);
-        }
+        // The kernel marks a created entry CONFIRMED before applying CTA_STATUS and refuses
+        // (EBUSY) a status that would clear it or set bits only it may set.
+        let settable = flow.status
+            & !(Status::EXPECTED | Status::DYING | Status::TEMPLATE | Status::UNTRACKED);
+        self.attr_be32(CTA_STATUS, (settable | Status::CONFIRMED).bits());
         if flow.mark != 0 {
             self.attr_be32(CTA_MARK, flow.mark);
         }

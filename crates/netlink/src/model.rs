@@ -334,7 +334,9 @@ pub struct NewFlow {
     pub reply: Tuple,
     /// Seconds until expiry; the kernel requires one.
     pub timeout: u32,
-    /// Status bits to set (the kernel accepts e.g. `SEEN_REPLY | ASSURED`).
+    /// Status bits to set, e.g. `SEEN_REPLY | ASSURED`. `CONFIRMED` is always added (the
+    /// kernel requires it); `EXPECTED`, `DYING`, `TEMPLATE` and `UNTRACKED` are not settable
+    /// and are left out.
     pub status: Status,
     /// Connection mark.
     pub mark: u32,

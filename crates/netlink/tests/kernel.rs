@@ -1,0 +1,331 @@
+//! Tests against the real kernel, each in its own throwaway network namespace (root only).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::AsFd;
+
+use common::*;
+use ctnetlink::{
+    Capabilities, Conntrack, DumpFilter, Family, FilterPlacement, FlowKey, NewFlow, Status, proto,
+};
+
+#[test]
+fn create_then_dump_round_trips_ipv4_and_ipv6() {
+    let Some((_ns, mut ct)) = setup("create_then_dump_round_trips_ipv4_and_ipv6") else {
+        return;
+    };
+    let mut v4 = udp4(1);
+    v4.mark = 0xbeef;
+    v4.zone = 0;
+    v4.status = Status::SEEN_REPLY | Status::ASSURED;
+    let mut v6 = udp6(2);
+    v6.mark = 7;
+    v6.zone = 12;
+    let wanted = [v4, v6, icmp(3, false), icmp(4, true)];
+    create_all(&mut ct, &wanted);
+
+    let flows = dump_all(&mut ct, &DumpFilter::all());
+    assert_eq!(flows.len(), wanted.len(), "{flows:#?}");
+    for new in &wanted {
+        let flow = flows
+            .iter()
+            .find(|f| f.orig == new.orig && f.zone == new.zone)
+            .unwrap_or_else(|| panic!("{new:?} missing from {flows:#?}"));
+        assert_eq!(flow.family, Family::of(&new.orig.src));
+        assert_eq!(flow.reply, new.reply);
+        assert_eq!(flow.mark, new.mark);
+        assert!(
+            flow.status.contains(new.status | Status::CONFIRMED),
+            "{flow:?}"
+        );
+        assert!(
+            flow.timeout <= new.timeout && flow.timeout + 10 >= new.timeout,
+            "{flow:?}"
+        );
+        assert_ne!(flow.id, 0);
+    }
+    // The families filter splits them.
+    for family in Family::ALL {
+        let only = dump_all(
+            &mut ct,
+            &DumpFilter {
+                family: Some(family),
+                ..DumpFilter::default()
+            },
+        );
+        assert_eq!(only.len(), 2);
+        assert!(only.iter().all(|f| f.family == family));
+    }
+}
+
+#[test]
+fn handles_open_by_path_and_by_fd_see_the_same_namespace() {
+    let Some((ns, mut by_path)) = setup("handles_open_by_path_and_by_fd_see_the_same_namespace")
+    else {
+        return;
+    };
+    create_all(&mut by_path, &[udp4(9)]);
+    let file = std::fs::File::open(ns.path()).unwrap();
+    let mut by_fd = Conntrack::open_in_fd(file.as_fd()).unwrap();
+    let flows = dump_all(&mut by_fd, &DumpFilter::all());
+    assert_eq!(identities(&flows), new_identities(&[udp4(9)]));
+    // The test thread itself stayed where it was: its own namespace does not hold the entry.
+    let mut here = Conntrack::open().unwrap();
+    let mut seen_here = 0;
+    here.dump(&DumpFilter::all(), |flow| {
+        if flow.orig == udp4(9).orig {
+            seen_here += 1;
+        }
+    })
+    .unwrap();
+    assert_eq!(seen_here, 0);
+}
+
+#[test]
+fn filtered_dumps_return_exactly_the_subset_in_kernel_and_in_user_space() {
+    let Some((_ns, mut ct)) =
+        setup("filtered_dumps_return_exactly_the_subset_in_kernel_and_in_user_space")
+    else {
+        return;
+    };
+    let mut flows = Vec::new();
+    for i in 0..24u32 {
+        let mut flow = if i % 2 == 0 { udp4(i) } else { udp6(i) };
+        flow.mark = i % 3;
+        flow.zone = (i % 4) as u16;
+        flow.status = if i % 5 == 0 {
+            Status::SEEN_REPLY | Status::ASSURED
+        } else {
+            Status::NONE
+        };
+        flows.push(flow);
+    }
+    for i in 0..4u16 {
+        let mut flow = icmp(i + 1, i % 2 == 1);
+        flow.mark = 1;
+        flows.push(flow);
+    }
+    create_all(&mut ct, &flows);
+
+    let caps = ct.capabilities();
+    assert!(
+        caps.probed,
+        "the capability probe should run as root: {caps:?}"
+    );
+    // This project's kernels (6.8+) implement every filter; the probe must find them.
+    if Capabilities::from_running_kernel().zone {
+        assert!(
+            caps.proto && caps.mark && caps.status && caps.zone,
+            "{caps:?}"
+        );
+    }
+    let filters = [
+        DumpFilter::family_proto(Family::V4, proto::UDP),
+        DumpFilter::family_proto(Family::V6, proto::UDP),
+        DumpFilter::family_proto(Family::V6, proto::ICMPV6),
+        DumpFilter {
+            proto: Some(proto::UDP),
+            ..DumpFilter::default()
+        },
+        DumpFilter {
+            family: Some(Family::V4),
+            mark: Some((0xff, 1)),
+            ..DumpFilter::default()
+        },
+        DumpFilter {
+            mark: Some((0x2, 0x2)),
+            zone: Some(2),
+            ..DumpFilter::default()
+        },
+        DumpFilter {
+            family: Some(Family::V6),
+            status: Some((Status::ASSURED, Status::ASSURED)),
+            ..DumpFilter::default()
+        },
+        DumpFilter {
+            status: Some((Status::ASSURED, Status::NONE)),
+            proto: Some(proto::UDP),
+            family: Some(Family::V4),
+            ..DumpFilter::default()
+        },
+        DumpFilter {
+            zone: Some(3),
+            ..DumpFilter::default()
+        },
+        DumpFilter {
+            zone: Some(1),
+            family: Some(Family::V6),
+            proto: Some(proto::UDP),
+            mark: Some((u32::MAX, 0)),
+            status: Some((Status::SEEN_REPLY, Status::NONE)),
+        },
+    ];
+    for filter in &filters {
+        // Expected, computed from what was created, independently of DumpFilter::matches.
+        let expected = new_identities(flows.iter().filter(|f| {
+            let family = Family::of(&f.orig.src);
+            filter.family.is_none_or(|x| x == family)
+                && filter.proto.is_none_or(|x| x == f.orig.proto)
+                && filter.mark.is_none_or(|(m, v)| f.mark & m == v)
+                && filter.zone.is_none_or(|z| z == f.zone)
+                // The kernel adds CONFIRMED; the filters above only look at these two bits.
+                && filter
+                    .status
+                    .is_none_or(|(m, v)| f.status.bits() & m.bits() == v.bits())
+        }));
+        assert!(
+            !expected.is_empty(),
+            "filter {filter:?} should match something"
+        );
+        let mut in_kernel = Vec::new();
+        let stats = ct
+            .dump_with(filter, FilterPlacement::Auto, |f| in_kernel.push(*f))
+            .unwrap();
+        let mut in_user_space = Vec::new();
+        let user_stats = ct
+            .dump_with(filter, FilterPlacement::UserSpace, |f| {
+                in_user_space.push(*f)
+            })
+            .unwrap();
+        assert_eq!(identities(&in_kernel), expected, "kernel-side {filter:?}");
+        assert_eq!(
+            identities(&in_user_space),
+            expected,
+            "user-space {filter:?}"
+        );
+        assert_eq!(stats.matched, expected.len() as u64);
+        assert_eq!(user_stats.matched, expected.len() as u64);
+        // Where the kernel did all the work, it sent nothing else.
+        if stats.filtered_in_kernel {
+            assert_eq!(stats.messages, stats.matched, "{filter:?} {stats:?}");
+        }
+        assert!(user_stats.messages >= user_stats.matched);
+    }
+}
+
+#[test]
+fn batched_delete_of_10k_scattered_out_of_100k_removes_exactly_those() {
+    let Some((_ns, mut ct)) =
+        setup("batched_delete_of_10k_scattered_out_of_100k_removes_exactly_those")
+    else {
+        return;
+    };
+    let flows: Vec<NewFlow> = (0..100_000).map(udp4).collect();
+    create_all(&mut ct, &flows);
+    let mut keys = HashMap::new();
+    ct.dump(&DumpFilter::family_proto(Family::V4, proto::UDP), |flow| {
+        keys.insert(flow.orig, flow.key());
+    })
+    .unwrap();
+    assert_eq!(keys.len(), 100_000);
+
+    // Every 10th, in an order unrelated to creation.
+    let doomed: Vec<FlowKey> = (0..100_000u32)
+        .filter(|i| i % 10 == 7)
+        .map(|i| keys[&udp4((i * 7919) % 100_000 / 10 * 10 + 7).orig])
+        .collect();
+    let doomed_set: BTreeSet<String> = doomed.iter().map(|k| k.orig.to_string()).collect();
+    assert_eq!(doomed_set.len(), 10_000);
+    let report = ct.delete(doomed.iter().copied()).unwrap();
+    assert!(
+        report.failed.is_empty(),
+        "{:?}",
+        &report.failed[..3.min(report.failed.len())]
+    );
+    assert_eq!(
+        (report.deleted, report.already_gone, report.unconfirmed),
+        (10_000, 0, 0)
+    );
+
+    let left = dump_all(&mut ct, &DumpFilter::all());
+    assert_eq!(left.len(), 90_000);
+    assert!(
+        left.iter()
+            .all(|f| !doomed_set.contains(&f.orig.to_string()))
+    );
+}
+
+#[test]
+fn deleting_already_gone_or_recreated_entries_counts_them_as_gone() {
+    let Some((_ns, mut ct)) =
+        setup("deleting_already_gone_or_recreated_entries_counts_them_as_gone")
+    else {
+        return;
+    };
+    let flows: Vec<NewFlow> = (0..50).map(udp4).collect();
+    create_all(&mut ct, &flows);
+    let keys: Vec<FlowKey> = dump_all(&mut ct, &DumpFilter::all())
+        .iter()
+        .map(|f| f.key())
+        .collect();
+    let first = ct.delete(keys[..20].iter().copied()).unwrap();
+    assert_eq!((first.deleted, first.already_gone), (20, 0));
+    // Again, mixed with live ones: the gone ones are counted, the live ones deleted.
+    let again = ct.delete(keys[..25].iter().copied()).unwrap();
+    assert_eq!((again.deleted, again.already_gone), (5, 20));
+    assert!(again.failed.is_empty());
+    // A key whose id belongs to an earlier incarnation leaves the live entry alone.
+    let mut stale = keys[30];
+    stale.id = stale.id.map(|id| id.wrapping_add(1));
+    let report = ct.delete([stale]).unwrap();
+    assert_eq!((report.deleted, report.already_gone), (0, 1));
+    // Without an id it is deleted.
+    let report = ct.delete([FlowKey { id: None, ..stale }]).unwrap();
+    assert_eq!(report.deleted, 1);
+    assert_eq!(dump_all(&mut ct, &DumpFilter::all()).len(), 50 - 25 - 1);
+    // An invalid key (mixed families) is reported for itself, and never sent.
+    let mut invalid = keys[40];
+    invalid.orig.dst = "fd00::1".parse().unwrap();
+    let report = ct.delete([invalid, keys[41]]).unwrap();
+    assert_eq!(report.deleted, 1);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].0, invalid);
+}
+
+#[test]
+fn zoned_entries_are_dumped_and_deleted_by_zone() {
+    let Some((_ns, mut ct)) = setup("zoned_entries_are_dumped_and_deleted_by_zone") else {
+        return;
+    };
+    let base = udp4(5);
+    let zones = [0u16, 5, 65535];
+    let flows: Vec<NewFlow> = zones.iter().map(|&zone| NewFlow { zone, ..base }).collect();
+    create_all(&mut ct, &flows);
+    let dumped = dump_all(&mut ct, &DumpFilter::all());
+    let dumped_zones: BTreeSet<u16> = dumped.iter().map(|f| f.zone).collect();
+    assert_eq!(dumped_zones, zones.into_iter().collect());
+    let in_zone_5 = dumped.iter().find(|f| f.zone == 5).unwrap();
+    let report = ct.delete([in_zone_5.key()]).unwrap();
+    assert_eq!(report.deleted, 1);
+    let left: BTreeSet<u16> = dump_all(&mut ct, &DumpFilter::all())
+        .iter()
+        .map(|f| f.zone)
+        .collect();
+    assert_eq!(left, [0u16, 65535].into_iter().collect());
+    // A zoneless key for a zoned tuple does not touch the other zones' entries.
+    let report = ct
+        .delete([FlowKey {
+            zone: 0,
+            id: None,
+            ..in_zone_5.key()
+        }])
+        .unwrap();
+    assert_eq!(report.deleted, 1);
+    let left: Vec<u16> = dump_all(&mut ct, &DumpFilter::all())
+        .iter()
+        .map(|f| f.zone)
+        .collect();
+    assert_eq!(left, [65535]);
+}
+
+#[test]
+fn creating_an_existing_entry_is_counted_not_failed() {
+    let Some((_ns, mut ct)) = setup("creating_an_existing_entry_is_counted_not_failed") else {
+        return;
+    };
+    create_all(&mut ct, &[udp4(1), udp4(2)]);
+    let report = ct.create(&[udp4(2), udp4(3)]).unwrap();
+    assert_eq!((report.created, report.already_existed), (1, 1));
+    assert!(report.failed.is_empty());
+}
