@@ -136,6 +136,21 @@ pub fn kubectl_kustomize_with_images(
     String::from_utf8(output.stdout).context("kubectl kustomize printed non-UTF-8")
 }
 
+/// Renders `manifests/overlays/<overlay>` with kubectl, the agent's image replaced by `image`
+/// (for kind: a uniquely tagged local build).
+pub fn render_overlay_with_image(overlay: &str, image: &str) -> Result<String> {
+    let dir = manifests_dir().join("overlays").join(overlay);
+    let overlay_images = kustomization::Kustomization::load(&dir)?.images;
+    // The name the agent's image has once the overlay's own `images:` ran.
+    let current = overlay_images
+        .iter()
+        .find(|i| i.name == IMAGE_NAME)
+        .and_then(|i| i.new_name.clone())
+        .unwrap_or_else(|| IMAGE_NAME.to_string());
+    let over = ImageRef::parse(image)?.as_override(&current);
+    kubectl_kustomize_with_images(&dir, &[over], &format!("xtask-overlay-{overlay}"))
+}
+
 /// `--check`: the typed offline checks, then (with kubectl) a real build of the base and of
 /// every overlay.
 fn check_all() -> Result<()> {
@@ -207,6 +222,19 @@ mod tests {
         let tag = base.images[0].new_tag.as_deref().unwrap();
         assert!(
             out.contains(&format!("image: {IMAGE_NAME}:{tag}\n")),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn e2e_overlay_renders_with_a_unique_tag() {
+        if !util::have("kubectl") {
+            eprintln!("SKIP e2e_overlay_renders_with_a_unique_tag: kubectl is not on PATH");
+            return;
+        }
+        let out = render_overlay_with_image("e2e", "conntrack-reconciler:e2e-123-4").unwrap();
+        assert!(
+            out.contains("image: conntrack-reconciler:e2e-123-4\n"),
             "{out}"
         );
     }
