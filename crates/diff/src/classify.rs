@@ -4,16 +4,18 @@ use std::time::Instant;
 
 use crate::addr::{Key, unspecified_like};
 use crate::index::Index;
-use crate::tables::{GroupKind, Slot};
+use crate::tables::{Group, GroupKind, Slot};
 use crate::verdict::{FlowRef, Frontend, IPPROTO_UDP, Reason, Stale, Verdict};
 
 impl Index {
     /// Judges one flow. `now` decides whether tombstones are still in force.
     ///
-    /// Lookup order (first match decides): an address frontend (ClusterIP / ExternalIP /
-    /// LoadBalancer IP with the port), a host port bound to that exact IP, and — only when the
-    /// destination IP is one of this node's addresses — a host port on any node address, then a
-    /// NodePort. Anything else, and every non-UDP flow, is [`Verdict::Unrelated`].
+    /// Lookup order (the first frontend with a live owner decides): an address frontend
+    /// (ClusterIP / ExternalIP / LoadBalancer IP with the port), a host port bound to that exact
+    /// IP, and — only when the destination IP is one of this node's addresses — a host port on
+    /// any node address, then a NodePort. Only when no live owner matches does the first
+    /// unexpired tombstone among them decide. Anything else, and every non-UDP flow, is
+    /// [`Verdict::Unrelated`].
     #[inline]
     pub fn classify(&self, flow: &FlowRef, now: Instant) -> Verdict<'_> {
         if flow.proto != IPPROTO_UDP {
@@ -21,14 +23,27 @@ impl Index {
         }
         let dst = Key::from_socket(flow.orig_dst);
         let reply = Key::from_socket(flow.reply_src);
-        if let Some(slot) = self.frontends.addrs.get(&dst) {
-            return self.judge(slot, dst, reply, Frontend::Addr(dst.socket()), now);
+        let mut tomb: Option<(&Group, Frontend)> = None;
+        let mut consider = |slot: &Slot, frontend: Frontend| -> Option<Verdict<'_>> {
+            if !slot.live.is_empty() {
+                return Some(self.judge_live(slot, dst, reply, frontend));
+            }
+            if tomb.is_none() {
+                tomb = self.tombstone(slot, now).map(|g| (g, frontend));
+            }
+            None
+        };
+        if let Some(slot) = self.frontends.addrs.get(&dst)
+            && let Some(verdict) = consider(slot, Frontend::Addr(dst.socket()))
+        {
+            return verdict;
         }
         let host_ports = &self.frontends.host_ports;
         if !host_ports.is_empty()
             && let Some(slot) = host_ports.get(&dst)
+            && let Some(verdict) = consider(slot, Frontend::HostPort(dst.socket()))
         {
-            return self.judge(slot, dst, reply, Frontend::HostPort(dst.socket()), now);
+            return verdict;
         }
         let any_host = if host_ports.is_empty() {
             None
@@ -37,52 +52,55 @@ impl Index {
         };
         let node_port = self.frontends.node_ports.get(&dst.port);
         if (any_host.is_some() || node_port.is_some()) && self.this_node.contains(&dst.ip) {
-            if let Some(slot) = any_host {
-                return self.judge(slot, dst, reply, Frontend::HostPort(dst.socket()), now);
+            if let Some(slot) = any_host
+                && let Some(verdict) = consider(slot, Frontend::HostPort(dst.socket()))
+            {
+                return verdict;
             }
-            if let Some(slot) = node_port {
-                return self.judge(slot, dst, reply, Frontend::NodePort(dst.port), now);
+            if let Some(slot) = node_port
+                && let Some(verdict) = consider(slot, Frontend::NodePort(dst.port))
+            {
+                return verdict;
             }
         }
-        Verdict::Unrelated
+        match tomb {
+            Some((group, frontend)) => self.judge_tomb(group, frontend),
+            None => Verdict::Unrelated,
+        }
     }
 
+    /// Verdict for a frontend with live owners.
     #[inline]
-    fn judge(
-        &self,
-        slot: &Slot,
-        dst: Key,
-        reply: Key,
-        frontend: Frontend,
-        now: Instant,
-    ) -> Verdict<'_> {
-        if let Some(&first) = slot.live.first() {
-            // Several live owners only happen transiently (or by misconfiguration): the flow is
-            // kept if any of them allows it, and a stale verdict names the first one.
-            for &id in &slot.live {
-                let Some(group) = self.groups.get(id) else {
-                    return Verdict::Keep;
-                };
-                if group.skip || !self.kind_complete(group.kind) || group.allows(reply) {
-                    return Verdict::Keep;
-                }
-            }
-            let Some(group) = self.groups.get(first) else {
+    fn judge_live(&self, slot: &Slot, dst: Key, reply: Key, frontend: Frontend) -> Verdict<'_> {
+        // Several live owners only happen transiently (or by misconfiguration): the flow is
+        // kept if any of them allows it, and a stale verdict names the first one.
+        for &id in &slot.live {
+            let Some(group) = self.groups.get(id) else {
                 return Verdict::Keep;
             };
-            return Verdict::Stale(Stale {
-                service: group.name(),
-                port: &group.port_name,
-                frontend,
-                reason: group.reason(dst, reply),
-            });
+            if group.skip || !self.kind_complete(group.kind) || group.allows(reply) {
+                return Verdict::Keep;
+            }
         }
-        let Some(group) = slot.tomb.and_then(|id| self.groups.get(id)) else {
-            return Verdict::Unrelated;
+        let Some(group) = slot.live.first().and_then(|id| self.groups.get(*id)) else {
+            return Verdict::Keep;
         };
-        if group.expires.is_none_or(|at| now >= at) {
-            return Verdict::Unrelated;
-        }
+        Verdict::Stale(Stale {
+            service: group.name(),
+            port: &group.port_name,
+            frontend,
+            reason: group.reason(dst, reply),
+        })
+    }
+
+    /// The slot's tombstone, if it is still in force at `now`.
+    #[inline]
+    fn tombstone(&self, slot: &Slot, now: Instant) -> Option<&Group> {
+        let group = self.groups.get(slot.tomb?)?;
+        group.expires.is_some_and(|at| now < at).then_some(group)
+    }
+
+    fn judge_tomb<'a>(&'a self, group: &'a Group, frontend: Frontend) -> Verdict<'a> {
         if !self.kind_complete(group.kind) {
             return Verdict::Keep;
         }

@@ -1338,3 +1338,30 @@ fn stats_count_the_index() {
     assert_eq!(stats.tombstones, 0);
     assert_eq!(stats.node_addresses, 1);
 }
+
+#[test]
+fn a_tombstone_never_shadows_a_live_frontend_of_another_class() {
+    // A deleted service's ClusterIP:port tombstone on an address that is also this node's, where
+    // a live service has the same number as NodePort: the live NodePort decides.
+    let now = Instant::now();
+    let gone = mk_service("ns", "gone", &[NODE_IP], vec![udp("", 30053)]);
+    let mut index = mk_index(
+        &[dns_service(), gone.clone()],
+        &[dns_slice(vec![ep("10.244.1.5")])],
+        &[],
+        &[NODE_IP],
+        now,
+    );
+    let _ = index.delete_service(&gone, now);
+    assert_keep(
+        &index,
+        flow(&format!("{NODE_IP}:30053"), "10.244.1.5:5353"),
+        now,
+    );
+    assert_stale(
+        &index,
+        flow(&format!("{NODE_IP}:30053"), "10.244.9.9:5353"),
+        now,
+        Reason::EndpointGone,
+    );
+}
