@@ -1,0 +1,141 @@
+//! The emulated kube-proxy's sync loop: follows the API double and rewrites the node's rules
+//! a fixed lag after each Service / EndpointSlice change.
+//!
+//! The lag reproduces the window in which an agent watching the API sees a change before
+//! kube-proxy has rewritten its rules (and traffic still follows the old ones).
+
+use crate::apiserver::ApiServer;
+use crate::kinds::Kind;
+use crate::kubeproxy::{Family, render};
+use crate::timeline::Timeline;
+use crate::topology::pipe_into;
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// The running sync loop; stops when dropped.
+#[derive(Debug)]
+pub struct KubeProxy {
+    applied: watch::Receiver<u64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The state kube-proxy saw at one resourceVersion.
+struct Snapshot {
+    rv: u64,
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+}
+
+fn snapshot(api: &ApiServer) -> Snapshot {
+    // Version first: the lists may be newer, never older.
+    let rv = api.resource_version();
+    Snapshot {
+        rv,
+        services: api.list::<Service>(),
+        slices: api.list::<EndpointSlice>(),
+    }
+}
+
+fn apply(netns: &str, snapshot: &Snapshot) -> Result<()> {
+    for family in Family::BOTH {
+        let rules = render(family, &snapshot.services, &snapshot.slices);
+        pipe_into(netns, &[family.restore_command()], &rules)
+            .with_context(|| format!("{} at rv {}", family.restore_command(), snapshot.rv))?;
+    }
+    Ok(())
+}
+
+impl KubeProxy {
+    /// Programs the current state now, then follows changes with `lag`.
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        api: Arc<ApiServer>,
+        netns: &str,
+        lag: Duration,
+        timeline: Timeline,
+    ) -> Result<Self> {
+        let mut changes = api.subscribe();
+        let first = snapshot(&api);
+        apply(netns, &first)?;
+        let (applied_tx, applied) = watch::channel(first.rv);
+        let (queue_tx, mut queue_rx) =
+            mpsc::unbounded_channel::<(tokio::time::Instant, Snapshot)>();
+
+        let netns_owned = netns.to_string();
+        let applier = runtime.spawn(async move {
+            while let Some((deadline, snapshot)) = queue_rx.recv().await {
+                tokio::time::sleep_until(deadline).await;
+                let netns = netns_owned.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let result = apply(&netns, &snapshot);
+                    (snapshot.rv, result)
+                })
+                .await;
+                match result {
+                    Ok((rv, Ok(()))) => {
+                        timeline
+                            .record("kube-proxy", format!("rules rewritten (state at rv {rv})"));
+                        applied_tx.send_replace(rv);
+                    }
+                    Ok((rv, Err(err))) => {
+                        timeline.record(
+                            "kube-proxy",
+                            format!("rule sync at rv {rv} FAILED: {err:#}"),
+                        );
+                    }
+                    Err(err) => timeline.record("kube-proxy", format!("rule sync panicked: {err}")),
+                }
+            }
+        });
+        let follower = runtime.spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(change) if !matches!(change.kind, Kind::Service | Kind::EndpointSlice) => {}
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let deadline = tokio::time::Instant::now() + lag;
+                        if queue_tx.send((deadline, snapshot(&api))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Self {
+            applied,
+            tasks: vec![applier, follower],
+        })
+    }
+
+    /// The resourceVersion of the state the rules last reflected.
+    pub fn applied_rv(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits (blocking) until the rules reflect at least `rv`.
+    pub fn wait_applied(&self, rv: u64, timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.applied_rv() < rv {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "rules still at rv {} after {timeout:?}, wanted {rv}",
+                    self.applied_rv()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Every lab scenario, without the reconciler (the blackhole stays) and with it (recovery, and
+//! no false deletions). Needs root; each test builds its own uniquely named namespaces.
+//!
+//! The "with reconciler" tests run the real `conntrack-reconciler` binary when it is built and
+//! usable, unless `E2E_WITH_AGENT=0`; `E2E_WITH_AGENT=1` makes its absence a failure.
+
+use e2e::agent::agent_for_tests;
+use e2e::process::Binaries;
+use e2e::scenarios::{Outcome, RunConfig, Scenario, run};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const RULES_LAG: Duration = Duration::from_secs(1);
+/// Without the reconciler: long enough past the rules lag to show nothing recovers.
+const BASELINE_WINDOW: Duration = Duration::from_secs(5);
+/// With the reconciler: generous, so a slow CI machine does not fail it; the recovery targets
+/// are measured by `cargo xtask bench lab`, not asserted here.
+const AGENT_WINDOW: Duration = Duration::from_secs(10);
+
+fn binaries() -> Binaries {
+    Binaries {
+        echo: PathBuf::from(env!("CARGO_BIN_EXE_udp-echo")),
+        client: PathBuf::from(env!("CARGO_BIN_EXE_udp-client")),
+    }
+}
+
+fn explain(outcome: &Outcome) -> String {
+    format!(
+        "{}\ntimeline:\n{}\nclient flows at end: {:#?}\nagent log:\n{}",
+        outcome.summary(),
+        outcome.timeline,
+        outcome.client_flows_at_end,
+        outcome.agent_log
+    )
+}
+
+fn without_reconciler(scenario: Scenario) {
+    if !ctnetlink::testing::root_or_skip(scenario.name()) {
+        return;
+    }
+    let outcome = run(
+        scenario,
+        &RunConfig {
+            binaries: binaries(),
+            agent: None,
+            rules_lag: RULES_LAG,
+            window: BASELINE_WINDOW,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e:#}", scenario.name()));
+    eprintln!("{}", outcome.summary());
+    assert!(
+        outcome.recovery.is_none(),
+        "without the reconciler the client must stay blackholed:\n{}",
+        explain(&outcome)
+    );
+    assert!(
+        !outcome.client_flows_at_end.is_empty(),
+        "the stale flow must still be in the table:\n{}",
+        explain(&outcome)
+    );
+    assert!(
+        outcome.false_deletions.is_empty(),
+        "nothing deletes flows without the reconciler:\n{}",
+        explain(&outcome)
+    );
+}
+
+fn with_reconciler(scenario: Scenario) {
+    if !ctnetlink::testing::root_or_skip(scenario.name()) {
+        return;
+    }
+    let agent = match agent_for_tests() {
+        Ok(path) => path,
+        Err(why) => {
+            eprintln!("skipping {} with the reconciler: {why}", scenario.name());
+            return;
+        }
+    };
+    let outcome = run(
+        scenario,
+        &RunConfig {
+            binaries: binaries(),
+            agent: Some(agent),
+            rules_lag: RULES_LAG,
+            window: AGENT_WINDOW,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e:#}", scenario.name()));
+    eprintln!("{}", outcome.summary());
+    assert!(
+        outcome.recovery.is_some(),
+        "the reconciler must restore the client:\n{}",
+        explain(&outcome)
+    );
+    assert!(
+        outcome.false_deletions.is_empty(),
+        "flows to serving backends must survive:\n{}",
+        explain(&outcome)
+    );
+}
+
+macro_rules! scenario_tests {
+    ($($module:ident => $scenario:expr),* $(,)?) => {
+        $(
+            mod $module {
+                use super::*;
+
+                #[test]
+                fn without_the_reconciler_the_blackhole_stays() {
+                    without_reconciler($scenario);
+                }
+
+                #[test]
+                fn with_the_reconciler_the_client_recovers() {
+                    with_reconciler($scenario);
+                }
+            }
+        )*
+    };
+}
+
+scenario_tests! {
+    backend_deleted => Scenario::BackendDeleted,
+    nodeport => Scenario::NodePort,
+    external_ip => Scenario::ExternalIp,
+    hostnetwork_client => Scenario::HostNetworkClient,
+    ipv6 => Scenario::Ipv6,
+    dual_stack => Scenario::DualStack,
+    scale_to_zero_and_back => Scenario::ScaleToZeroAndBack,
+    service_deleted_vip_reused => Scenario::ServiceDeletedVipReused,
+    target_port_changed => Scenario::TargetPortChanged,
+    no_endpoints_then_one => Scenario::NoEndpointsThenOne,
+    not_serving => Scenario::NotServing,
+    watch_dropped_during_change => Scenario::WatchDroppedDuringChange,
+    race => Scenario::Race,
+}
