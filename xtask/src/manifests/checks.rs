@@ -297,12 +297,18 @@ fn node_name_comes_from_the_downward_api() {
 #[test]
 fn agent_runs_with_conntrack_events() {
     let base = load_base();
-    let args = agent_container(&base.daemon_set).args.clone().unwrap_or_default();
+    let args = agent_container(&base.daemon_set)
+        .args
+        .clone()
+        .unwrap_or_default();
     assert_eq!(args.first().map(String::as_str), Some("run"));
     // `--no-events` turns off the path that catches a stale flow the moment it is created;
     // it is a troubleshooting switch, not a default.
     assert!(!args.iter().any(|a| a == "--no-events"), "{args:?}");
-    assert!(!args.iter().any(|a| a.starts_with("--dry-run")), "dry-run is an overlay");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--dry-run")),
+        "dry-run is an overlay"
+    );
 }
 
 #[test]
