@@ -79,6 +79,14 @@ pub use events::{
 };
 pub use model::{DumpFilter, Family, Flow, FlowKey, NewFlow, Status, Tuple, proto};
 
+/// The exact `CT_GET` dump request [`Conntrack::dump`] sends for `filter` on a kernel with
+/// `caps`, for tools that read the dump themselves (e.g. a benchmark's raw recv loop).
+pub fn encode_dump_request(filter: &DumpFilter, caps: &Capabilities, seq: u32) -> Vec<u8> {
+    let mut writer = encode::MsgWriter::with_capacity(128);
+    writer.dump_request(filter, &caps.kernel_filter(filter), seq);
+    writer.as_bytes().to_vec()
+}
+
 /// Parses one netlink datagram of ctnetlink messages into flows, without a socket.
 ///
 /// For tests and tools that hold raw bytes (captures, fuzzing); `f` gets each conntrack
