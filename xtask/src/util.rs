@@ -25,14 +25,16 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Whether a program is on PATH.
 pub fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// Fails with a clear message unless running as root.
 pub fn require_root(what: &str) -> Result<()> {
-    let out = Command::new("id").arg("-u").output().context("running id -u")?;
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
     if String::from_utf8_lossy(&out.stdout).trim() != "0" {
         bail!(
             "{what} needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN): it creates network namespaces \

@@ -174,13 +174,15 @@ async fn index_loop(
                 .get_or_create(&KindLabels { kind })
                 .set(i64::from(is_ready));
         }
-        if feed.all_ready() && !*ready.borrow() {
-            tracing::info!(?stats, "every watch has listed: the state is complete");
-            let _ = ready.send(true);
-        }
+        // Changes before readiness are covered by the startup pass; the pass loop drains them
+        // when it sees `ready`, so they are sent first.
         let scope = scope_of(dirty);
         if !scope.is_empty() && signals.send(Signal::Changed(scope)).is_err() {
             return;
+        }
+        if feed.all_ready() && !*ready.borrow() {
+            tracing::info!(?stats, "every watch has listed: the state is complete");
+            let _ = ready.send(true);
         }
     }
 }

@@ -1,0 +1,511 @@
+//! `conntrack-reconciler run` end to end, against the lab's loopback API double and a real
+//! namespace's conntrack table (root).
+//!
+//! The agent runs in our namespace, talks to the API double on 127.0.0.1, and operates on a
+//! throwaway namespace's table through `--netns`. Each test fills the table with hand-made
+//! entries (healthy and stale) and checks what the agent deletes — and, above all, what it does
+//! not — across the situations the safety rules are about: incomplete lists, relists (410 Gone),
+//! API outages, services deleted while the watch was down, dry run, the deletion budget.
+
+use ctnetlink::testing::{TestNetns, root_or_skip};
+use ctnetlink::{Conntrack, DumpFilter, Family, NewFlow, Status, Tuple, proto};
+use e2e::apiserver::ApiServer;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_conntrack-reconciler");
+const NODE: &str = "node-1";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn service(name: &str, cluster_ip: &str, port: u16, target: u16) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                 "ports": [{"name": "p", "port": port, "protocol": "UDP", "targetPort": target}]}
+    }))
+    .unwrap()
+}
+
+fn slice(service: &str, port: u16, ready: &[&str]) -> EndpointSlice {
+    let endpoints: Vec<_> = ready
+        .iter()
+        .map(|a| json!({"addresses": [a], "conditions": {"ready": true}}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-x"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "p", "port": port, "protocol": "UDP"}]
+    }))
+    .unwrap()
+}
+
+fn node() -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.1"}]}
+    }))
+    .unwrap()
+}
+
+/// A DNATed UDP entry from a client port to `frontend`, answered by `backend`.
+fn flow(client_port: u16, frontend: (&str, u16), backend: (&str, u16)) -> NewFlow {
+    let client = ip("10.244.2.9");
+    NewFlow {
+        orig: Tuple::new(client, ip(frontend.0), proto::UDP, client_port, frontend.1),
+        reply: Tuple::new(ip(backend.0), client, proto::UDP, backend.1, client_port),
+        timeout: 600,
+        status: Status::CONFIRMED | Status::SEEN_REPLY | Status::DST_NAT,
+        mark: 0,
+        zone: 0,
+    }
+}
+
+/// The lab for one test: a namespace, a table handle, an API double and its runtime.
+struct Lab {
+    ns: TestNetns,
+    ct: Conntrack,
+    api: ApiServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Lab {
+    fn new(name: &str) -> Lab {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let api = ApiServer::start(rt.handle()).unwrap();
+        api.apply(&node()).unwrap();
+        let ns = TestNetns::new(name).unwrap();
+        let ct = Conntrack::open_in(&ns.path()).unwrap();
+        Lab {
+            ns,
+            ct,
+            api,
+            _rt: rt,
+        }
+    }
+
+    fn create(&mut self, flows: &[NewFlow]) {
+        let report = self.ct.create(flows).unwrap();
+        assert!(report.failed.is_empty(), "{report:?}");
+    }
+
+    /// Client ports of the UDP entries present.
+    fn ports(&mut self) -> BTreeSet<u16> {
+        let mut ports = BTreeSet::new();
+        let filter = DumpFilter {
+            family: Some(Family::V4),
+            proto: Some(proto::UDP),
+            ..Default::default()
+        };
+        self.ct
+            .dump(&filter, |f| {
+                ports.insert(f.orig.sport);
+            })
+            .unwrap();
+        ports
+    }
+
+    fn start_agent(&self, extra: &[&str]) -> Agent {
+        let metrics = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(BIN)
+            .args(["--log-format", "json", "run", "--node-name", NODE])
+            .args(["--kubeconfig", self.api.kubeconfig().to_str().unwrap()])
+            .args(["--netns", self.ns.path().to_str().unwrap()])
+            .args(["--metrics-addr", &metrics.to_string(), "--family", "ipv4"])
+            .args(extra)
+            .env("RUST_LOG", "info,conntrack_reconciler=debug")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            metrics,
+            log,
+        }
+    }
+}
+
+struct Agent {
+    child: Child,
+    metrics: SocketAddr,
+    log: tempfile::NamedTempFile,
+}
+
+impl Agent {
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
+    }
+
+    fn ready(&self) -> bool {
+        self.get("/readyz").is_some_and(|(status, _)| status == 200)
+    }
+
+    /// The sum of a metric's samples whose line contains every `filters` substring.
+    fn metric(&self, name: &str, filters: &[&str]) -> f64 {
+        let (_, body) = self.get("/metrics").expect("metrics endpoint");
+        body.lines()
+            .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn wait_ready(&self) {
+        wait_for(
+            "agent ready",
+            Duration::from_secs(20),
+            || self.ready(),
+            self,
+        );
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop on SIGTERM\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool, agent: &Agent) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\nagent log:\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Holds for `duration`, failing as soon as `invariant` breaks.
+fn hold(what: &str, duration: Duration, mut invariant: impl FnMut() -> bool, agent: &Agent) {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        assert!(invariant(), "{what} broke\nagent log:\n{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// dns: 10.96.0.10:53 → 10.244.1.1:5353 and 10.244.1.2:5353.
+fn dns_state(lab: &Lab) {
+    lab.api
+        .apply(&service("dns", "10.96.0.10", 53, 5353))
+        .unwrap();
+    lab.api
+        .apply(&slice("dns", 5353, &["10.244.1.1", "10.244.1.2"]))
+        .unwrap();
+}
+
+fn healthy() -> Vec<NewFlow> {
+    vec![
+        flow(1001, ("10.96.0.10", 53), ("10.244.1.1", 5353)),
+        flow(1002, ("10.96.0.10", 53), ("10.244.1.2", 5353)),
+        // Not ours: a flow to an address no service uses, and a NodePort-looking foreign one.
+        flow(1003, ("10.0.0.1", 53), ("10.0.0.1", 53)),
+    ]
+}
+
+fn healthy_ports() -> BTreeSet<u16> {
+    healthy().iter().map(|f| f.orig.sport).collect()
+}
+
+#[test]
+fn nothing_is_deleted_before_every_list_completes() {
+    if !root_or_skip("nothing_is_deleted_before_every_list_completes") {
+        return;
+    }
+    let mut lab = Lab::new("runlist");
+    dns_state(&lab);
+    lab.create(&healthy());
+    lab.create(&[flow(2001, ("10.96.0.10", 53), ("10.244.1.9", 5353))]);
+    lab.api.stall_for(Duration::from_secs(3));
+    let agent = lab.start_agent(&[]);
+    let started = Instant::now();
+    hold(
+        "no deletion while the lists are stalled",
+        Duration::from_millis(2500),
+        || {
+            let ports = lab.ports();
+            ports.contains(&2001) && !agent.ready()
+        },
+        &agent,
+    );
+    wait_for(
+        "stale flow deleted",
+        Duration::from_secs(15),
+        || !lab.ports().contains(&2001),
+        &agent,
+    );
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    assert_eq!(lab.ports(), healthy_ports(), "healthy flows untouched");
+    agent.wait_ready();
+    assert_eq!(
+        agent.metric(
+            "conntrack_reconciler_flows_deleted_total",
+            &["endpoint-gone"]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn relists_and_api_outages_delete_nothing_healthy() {
+    if !root_or_skip("relists_and_api_outages_delete_nothing_healthy") {
+        return;
+    }
+    let mut lab = Lab::new("runrelist");
+    dns_state(&lab);
+    lab.create(&healthy());
+    let agent = lab.start_agent(&["--resync-interval", "1s"]);
+    agent.wait_ready();
+    let expected = healthy_ports();
+    // 410 Gone on resume: the watcher relists.
+    lab.api.compact();
+    lab.api.drop_watches();
+    hold(
+        "healthy flows after a 410 relist",
+        Duration::from_secs(2),
+        || lab.ports() == expected,
+        &agent,
+    );
+    // An outage: every request fails, watches drop; periodic passes keep running on the last state.
+    lab.api.fail_for(Duration::from_secs(3));
+    lab.api.drop_watches();
+    hold(
+        "healthy flows during an outage",
+        Duration::from_secs(4),
+        || lab.ports() == expected,
+        &agent,
+    );
+    // And the agent still acts on the last complete state during and after it.
+    lab.create(&[flow(2002, ("10.96.0.10", 53), ("10.244.1.9", 5353))]);
+    wait_for(
+        "stale flow deleted after the outage",
+        Duration::from_secs(10),
+        || !lab.ports().contains(&2002),
+        &agent,
+    );
+    assert_eq!(lab.ports(), expected);
+    assert!(
+        agent.metric("conntrack_reconciler_watch_errors_total", &[]) >= 1.0,
+        "outage counted"
+    );
+}
+
+#[test]
+fn a_service_deleted_while_the_watch_was_down_is_still_cleaned() {
+    if !root_or_skip("a_service_deleted_while_the_watch_was_down_is_still_cleaned") {
+        return;
+    }
+    let mut lab = Lab::new("runtomb");
+    dns_state(&lab);
+    lab.api
+        .apply(&service("statsd", "10.96.0.30", 8125, 8125))
+        .unwrap();
+    lab.api
+        .apply(&slice("statsd", 8125, &["10.244.1.30"]))
+        .unwrap();
+    lab.create(&healthy());
+    lab.create(&[flow(3001, ("10.96.0.30", 8125), ("10.244.1.30", 8125))]);
+    let agent = lab.start_agent(&["--no-events"]);
+    agent.wait_ready();
+    hold(
+        "statsd flow is healthy",
+        Duration::from_millis(500),
+        || lab.ports().contains(&3001),
+        &agent,
+    );
+    // The watch goes down; meanwhile the service is deleted (its slice lingers, as it does until
+    // the garbage collector removes it) and history is compacted, so the agent learns of the
+    // deletion only from the relist's difference.
+    lab.api.fail_for(Duration::from_secs(2));
+    lab.api.drop_watches();
+    std::thread::sleep(Duration::from_millis(500)); // the streams are closed, reconnects fail
+    lab.api.delete::<Service>("default", "statsd").unwrap();
+    lab.api.compact();
+    wait_for(
+        "deleted service's flow cleaned",
+        Duration::from_secs(20),
+        || !lab.ports().contains(&3001),
+        &agent,
+    );
+    assert_eq!(lab.ports(), healthy_ports());
+    assert_eq!(
+        agent.metric(
+            "conntrack_reconciler_flows_deleted_total",
+            &["service-deleted"]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn endpoint_removal_cleans_its_flows_and_sigterm_exits_zero() {
+    if !root_or_skip("endpoint_removal_cleans_its_flows_and_sigterm_exits_zero") {
+        return;
+    }
+    let mut lab = Lab::new("runchange");
+    dns_state(&lab);
+    lab.create(&healthy());
+    let mut agent = lab.start_agent(&["--no-events"]);
+    agent.wait_ready();
+    lab.api.apply(&slice("dns", 5353, &["10.244.1.1"])).unwrap();
+    wait_for(
+        "flow to the removed endpoint deleted",
+        Duration::from_secs(5),
+        || !lab.ports().contains(&1002),
+        &agent,
+    );
+    let left = lab.ports();
+    assert!(left.contains(&1001) && left.contains(&1003), "{left:?}");
+    assert!(agent.metric("conntrack_reconciler_passes_total", &["change"]) >= 1.0);
+    let status = agent.terminate();
+    assert!(status.success(), "exit status {status}\n{}", agent.logs());
+}
+
+#[test]
+fn event_path_deletes_a_stale_new_flow_at_once() {
+    if !root_or_skip("event_path_deletes_a_stale_new_flow_at_once") {
+        return;
+    }
+    let mut lab = Lab::new("runevent");
+    dns_state(&lab);
+    let agent = lab.start_agent(&["--resync-interval", "1h", "--follow-ups", "1h"]);
+    agent.wait_ready();
+    std::thread::sleep(Duration::from_millis(300)); // let the startup pass finish
+    let created = Instant::now();
+    lab.create(&[flow(4001, ("10.96.0.10", 53), ("10.244.1.9", 5353))]);
+    lab.create(&[flow(4002, ("10.96.0.10", 53), ("10.244.1.1", 5353))]);
+    wait_for(
+        "event path deletion",
+        Duration::from_secs(3),
+        || !lab.ports().contains(&4001),
+        &agent,
+    );
+    eprintln!("stale NEW flow deleted within {:?}", created.elapsed());
+    assert!(lab.ports().contains(&4002), "the healthy new flow stays");
+    assert!(agent.metric("conntrack_reconciler_events_total", &["new"]) >= 2.0);
+    // Only the startup pass ran: the event path did the deletion.
+    assert_eq!(
+        agent.metric("conntrack_reconciler_passes_total", &[]),
+        1.0,
+        "{}",
+        agent.logs()
+    );
+}
+
+#[test]
+fn dry_run_reports_and_deletes_nothing() {
+    if !root_or_skip("dry_run_reports_and_deletes_nothing") {
+        return;
+    }
+    let mut lab = Lab::new("rundry");
+    dns_state(&lab);
+    lab.create(&healthy());
+    lab.create(&[flow(5001, ("10.96.0.10", 53), ("10.244.1.9", 5353))]);
+    let agent = lab.start_agent(&["--dry-run"]);
+    agent.wait_ready();
+    wait_for(
+        "dry-run count",
+        Duration::from_secs(5),
+        || {
+            agent.metric(
+                "conntrack_reconciler_flows_not_deleted_total",
+                &["endpoint-gone"],
+            ) >= 1.0
+        },
+        &agent,
+    );
+    assert!(lab.ports().contains(&5001));
+    assert_eq!(
+        agent.metric("conntrack_reconciler_flows_deleted_total", &[]),
+        0.0
+    );
+}
+
+#[test]
+fn the_budget_caps_each_pass_and_later_passes_finish_the_job() {
+    if !root_or_skip("the_budget_caps_each_pass_and_later_passes_finish_the_job") {
+        return;
+    }
+    let mut lab = Lab::new("runbudget");
+    dns_state(&lab);
+    lab.create(&healthy());
+    let stale: Vec<NewFlow> = (0..25)
+        .map(|i| flow(6000 + i, ("10.96.0.10", 53), ("10.244.1.9", 5353)))
+        .collect();
+    lab.create(&stale);
+    let agent = lab.start_agent(&[
+        "--max-deletes-per-pass",
+        "10",
+        "--resync-interval",
+        "1s",
+        "--no-events",
+    ]);
+    wait_for(
+        "all stale flows deleted",
+        Duration::from_secs(15),
+        || lab.ports() == healthy_ports(),
+        &agent,
+    );
+    assert!(agent.metric("conntrack_reconciler_budget_exhausted_total", &[]) >= 2.0);
+    assert_eq!(
+        agent.metric("conntrack_reconciler_flows_deleted_total", &[]),
+        25.0
+    );
+}
