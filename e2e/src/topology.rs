@@ -3,16 +3,22 @@
 //! ```text
 //!   external (192.168.77.2, fd00:77::2)
 //!       │ eth0 ── ext0
-//!     node (192.168.77.1, fd00:77::1; 10.244.0.1 / fd00:10:244::1 on every pod link)
-//!       │ pN ── eth0
-//!   pod N (10.244.x.y/32, fd00:10:244::N/128)
+//!     node (192.168.77.1, fd00:77::1; bridge cni0 = 10.244.0.1/16, fd00:10:244::1/64)
+//!       │ pN (port of cni0) ── eth0
+//!   pod N (10.244.x.y/32, fd00:10:244::N/128, default via the bridge address)
 //! ```
 //!
 //! Every test gets its own namespaces (unique names from [`TestNetns`]), so the addresses can be
-//! the same in every test. Like a point-to-point CNI, each pod has a /32 (/128) and a route on
-//! the node; a deleted pod's address falls into the node's blackhole route for the pod CIDR, as
-//! on a real node whose pod is gone. The node's default route leads to the external host, which
-//! does not forward: traffic to an address nobody owns is dropped there, and never leaves the lab.
+//! the same in every test. Pods hang off a bridge, like kind's or flannel's `cni0`: deleting a
+//! pod removes a bridge port but never takes down the interface that masqueraded traffic leaves
+//! through, so the kernel does not flush those flows by itself (it would, on `NETDEV_DOWN`, with
+//! a point-to-point CNI that puts the gateway address on every veth). Pods have host addresses
+//! (/32, /128) and a default route via the node, so pod-to-pod traffic is routed by the node —
+//! conntrack sees both directions of every service flow without `br_netfilter` — and the node
+//! sends no ICMP redirects that would let pods bypass it. A deleted pod's address
+//! stays in the bridge's subnet and goes unanswered: a blackhole, as on a real node. The node's
+//! default route leads to the external host, which does not forward: traffic to an address nobody
+//! owns is dropped there, and never leaves the lab.
 
 use anyhow::{Context, Result, bail};
 use ctnetlink::testing::TestNetns;
@@ -30,9 +36,9 @@ pub const NODE_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
 pub const EXTERNAL_IPV4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 /// The external host's IPv6 address.
 pub const EXTERNAL_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
-/// The node's address on every pod link: the pods' gateway.
+/// The node's address on the pod bridge: the pods' gateway.
 pub const POD_GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
-/// The node's IPv6 address on every pod link.
+/// The node's IPv6 address on the pod bridge.
 pub const POD_GATEWAY_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
 /// The pod CIDR (kube-proxy's `--cluster-cidr`), IPv4.
 pub const POD_CIDR_IPV4: &str = "10.244.0.0/16";
@@ -42,6 +48,9 @@ pub const POD_CIDR_IPV6: &str = "fd00:10:244::/64";
 pub const EXTERNAL_IP_RANGE_IPV4: &str = "192.168.100.0/24";
 /// Where IPv6 ExternalIPs come from.
 pub const EXTERNAL_IP_RANGE_IPV6: &str = "fd00:77::e:0/112";
+
+/// The node's pod bridge.
+pub const BRIDGE: &str = "cni0";
 
 /// The first pod index handed out; lower addresses are left to the gateway.
 const FIRST_POD_INDEX: u16 = 10;
@@ -55,7 +64,7 @@ pub struct PodNet {
     pub ipv4: Ipv4Addr,
     /// The pod's IPv6 address.
     pub ipv6: Ipv6Addr,
-    /// The node-side end of the pod's veth pair.
+    /// The node-side end of the pod's veth pair (a port of the bridge).
     pub host_if: String,
     netns: TestNetns,
 }
@@ -92,6 +101,8 @@ impl Topology {
                 "net.ipv6.conf.all.accept_dad=0",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0",
             ],
         )?;
         sysctl(
@@ -110,8 +121,10 @@ impl Topology {
                  addr add {NODE_IPV6}/64 dev ext0 nodad\n\
                  route add default via {EXTERNAL_IPV4}\n\
                  route add default via {EXTERNAL_IPV6}\n\
-                 route add blackhole {POD_CIDR_IPV4}\n\
-                 route add blackhole {POD_CIDR_IPV6}\n",
+                 link add {BRIDGE} type bridge\n\
+                 link set {BRIDGE} up\n\
+                 addr add {POD_GATEWAY_IPV4}/16 dev {BRIDGE}\n\
+                 addr add {POD_GATEWAY_IPV6}/64 dev {BRIDGE} nodad\n",
                 ext = external.name()
             ),
         )?;
@@ -170,11 +183,7 @@ impl Topology {
             &self.node,
             &format!(
                 "link add {host_if} type veth peer name eth0 netns {pod}\n\
-                 link set {host_if} up\n\
-                 addr add {POD_GATEWAY_IPV4}/32 dev {host_if}\n\
-                 addr add {POD_GATEWAY_IPV6}/128 dev {host_if} nodad\n\
-                 route add {ipv4}/32 dev {host_if}\n\
-                 route add {ipv6}/128 dev {host_if}\n",
+                 link set {host_if} master {BRIDGE} up\n",
                 pod = netns.name()
             ),
         )?;
@@ -212,7 +221,7 @@ impl Topology {
     }
 
     /// Removes a pod's namespace (its processes must be gone first, or the namespace lingers
-    /// until they exit). The node's route to it disappears with the veth pair.
+    /// until they exit) and its bridge port.
     pub fn remove_pod(&self, name: &str) -> Result<()> {
         let pod = {
             let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,7 +231,7 @@ impl Topology {
             bail!("no pod named {name}");
         };
         // Delete the link explicitly: the namespace itself may outlive `ip netns del` for a
-        // moment while the kernel tears it down, and the route must be gone now.
+        // moment while the kernel tears it down, and the pod must be unreachable now.
         let _ = self.node.exec(["ip", "link", "del", pod.host_if.as_str()]);
         drop(pod);
         Ok(())
@@ -285,15 +294,21 @@ mod tests {
         assert_eq!(v4, Ipv4Addr::new(10, 244, 0, 10));
         let (v4b, _) = topo.add_pod("b").unwrap();
         assert_eq!(v4b, Ipv4Addr::new(10, 244, 0, 11));
-        let routes = topo.node().exec_checked(["ip", "route"]).unwrap();
-        let routes = String::from_utf8_lossy(&routes.stdout).to_string();
-        assert!(routes.contains("10.244.0.10 dev p10"), "{routes}");
-        let routes6 = topo.node().exec_checked(["ip", "-6", "route"]).unwrap();
-        assert!(String::from_utf8_lossy(&routes6.stdout).contains(&format!("{v6} dev p10")));
+        assert_eq!(v6, "fd00:10:244::a".parse::<Ipv6Addr>().unwrap());
+        let ports = topo.node().exec_checked(["ip", "link", "show", "master", BRIDGE]).unwrap();
+        let ports = String::from_utf8_lossy(&ports.stdout).to_string();
+        assert!(ports.contains("p10@") && ports.contains("p11@"), "{ports}");
         let pod_ns = topo.pod_netns_name("a").unwrap();
+        // The pod reaches the node through the bridge, over both families.
+        let b_ns = topo.pod_netns_name("b").unwrap();
+        let route = Command::new("ip")
+            .args(["netns", "exec", &b_ns, "ip", "-6", "route", "get", "fd00:77::1"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&route.stdout).contains("via fd00:10:244::1"));
         topo.remove_pod("a").unwrap();
-        let routes = topo.node().exec_checked(["ip", "route"]).unwrap();
-        assert!(!String::from_utf8_lossy(&routes.stdout).contains("10.244.0.10 dev"));
+        let ports = topo.node().exec_checked(["ip", "link", "show", "master", BRIDGE]).unwrap();
+        assert!(!String::from_utf8_lossy(&ports.stdout).contains("p10@"));
         let node_ns = topo.node().name().to_string();
         drop(topo);
         let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
