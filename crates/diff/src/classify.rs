@@ -1,10 +1,11 @@
 //! The hot path: one flow → one verdict, O(1), no allocation.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::addr::{Key, unspecified_like};
 use crate::index::Index;
-use crate::tables::{Group, GroupKind, Slot};
+use crate::tables::{Group, GroupKind, Slot, pack4};
 use crate::verdict::{FlowRef, Frontend, IPPROTO_UDP, Reason, Stale, Verdict};
 
 impl Index {
@@ -25,7 +26,7 @@ impl Index {
         let reply = Key::from_socket(flow.reply_src);
         let mut tomb: Option<(&Group, Frontend)> = None;
         let mut consider = |slot: &Slot, frontend: Frontend| -> Option<Verdict<'_>> {
-            if !slot.live.is_empty() {
+            if slot.has_live() {
                 return Some(self.judge_live(slot, dst, reply, frontend));
             }
             if tomb.is_none() {
@@ -33,7 +34,11 @@ impl Index {
             }
             None
         };
-        if let Some(slot) = self.frontends.addrs.get(&dst)
+        let addr_slot = match dst.ip {
+            IpAddr::V4(ip) => self.frontends.addrs4.get(&pack4(ip, dst.port)),
+            IpAddr::V6(_) => self.frontends.addrs6.get(&dst),
+        };
+        if let Some(slot) = addr_slot
             && let Some(verdict) = consider(slot, Frontend::Addr(dst.socket()))
         {
             return verdict;
@@ -74,7 +79,7 @@ impl Index {
     fn judge_live(&self, slot: &Slot, dst: Key, reply: Key, frontend: Frontend) -> Verdict<'_> {
         // Several live owners only happen transiently (or by misconfiguration): the flow is
         // kept if any of them allows it, and a stale verdict names the first one.
-        for &id in &slot.live {
+        for id in slot.live() {
             let Some(group) = self.groups.get(id) else {
                 return Verdict::Keep;
             };
@@ -82,7 +87,7 @@ impl Index {
                 return Verdict::Keep;
             }
         }
-        let Some(group) = slot.live.first().and_then(|id| self.groups.get(*id)) else {
+        let Some(group) = slot.first().and_then(|id| self.groups.get(id)) else {
             return Verdict::Keep;
         };
         Verdict::Stale(Stale {
@@ -96,7 +101,7 @@ impl Index {
     /// The slot's tombstone, if it is still in force at `now`.
     #[inline]
     fn tombstone(&self, slot: &Slot, now: Instant) -> Option<&Group> {
-        let group = self.groups.get(slot.tomb?)?;
+        let group = self.groups.get(slot.tomb()?)?;
         group.expires.is_some_and(|at| now < at).then_some(group)
     }
 

@@ -13,7 +13,7 @@ use crate::addr::{Key, unspecified_like};
 use crate::dirty::Dirty;
 use crate::parse::{self, ObjKey, ParsedService, PodSpec, ServiceSpec, SliceSpec};
 use crate::report::{Report, SkipReason};
-use crate::tables::{Backend, FrontendKey, Frontends, Group, GroupId, GroupKind, Groups};
+use crate::tables::{Backend, Backends, FrontendKey, Frontends, Group, GroupId, GroupKind, Groups};
 use crate::verdict::Frontend;
 
 /// Default time a deleted service's (or pod's) frontends stay judged as stale.
@@ -91,7 +91,7 @@ pub struct Index {
     slices: FxHashMap<ObjKey, SliceSpec>,
     /// Service key → keys of the slices labelled with it (kept even while the service is
     /// unknown: a slice may arrive first).
-    slices_of: FxHashMap<ObjKey, FxHashSet<ObjKey>>,
+    slices_of: FxHashMap<ObjKey, Vec<ObjKey>>,
     pods: FxHashMap<ObjKey, PodEntry>,
     node_addrs: Vec<IpAddr>,
     local_addrs: Vec<IpAddr>,
@@ -236,8 +236,7 @@ impl Index {
                 port_name: port.name.clone(),
                 kind: GroupKind::ServicePort,
                 skip: spec.skip,
-                backends: Box::default(),
-                serving: 0,
+                backends: Backends::default(),
                 frontends: fks.into_boxed_slice(),
                 expires: None,
             };
@@ -383,10 +382,11 @@ impl Index {
         {
             touched.push(old);
         }
+        // drop_slice above removed any previous entry of this key.
         self.slices_of
             .entry(spec.service.clone())
             .or_default()
-            .insert(key.clone());
+            .push(key.clone());
         self.slices.insert(key, spec);
         Some(touched)
     }
@@ -395,7 +395,7 @@ impl Index {
     fn drop_slice(&mut self, key: &ObjKey) -> Option<ObjKey> {
         let old = self.slices.remove(key)?;
         if let Some(set) = self.slices_of.get_mut(&old.service) {
-            set.remove(key);
+            set.retain(|k| k != key);
             if set.is_empty() {
                 self.slices_of.remove(&old.service);
             }
@@ -485,8 +485,7 @@ impl Index {
                 port_name: hp.name.clone(),
                 kind: GroupKind::HostPort,
                 skip: false,
-                backends: Box::default(),
-                serving: 0,
+                backends: Backends::default(),
                 frontends: fks.into_boxed_slice(),
                 expires: None,
             };
@@ -577,8 +576,7 @@ impl Index {
         match now {
             Some(now) => {
                 group.expires = Some(now + self.cfg.tombstone_ttl);
-                group.backends = Box::default();
-                group.serving = 0;
+                group.backends = Backends::default();
                 self.tombstones.push(id);
             }
             None => {
