@@ -161,14 +161,18 @@ impl FrontendKey {
 
 /// One service port or one pod host port: the frontends it owns and the backends allowed
 /// behind them. A tombstone is a group whose owner is gone (`expires` set, no backends).
+///
+/// `repr(C)` with the fields `classify` reads on every flow first, so that they share one
+/// cache line.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Group {
-    pub(crate) owner: Arc<ObjKey>,
-    pub(crate) port_name: Box<str>,
+    pub(crate) backends: Backends,
     pub(crate) kind: GroupKind,
     /// Opted out: every flow to its frontends is kept.
     pub(crate) skip: bool,
-    pub(crate) backends: Backends,
+    pub(crate) owner: Arc<ObjKey>,
+    pub(crate) port_name: Box<str>,
     pub(crate) frontends: Box<[FrontendKey]>,
     pub(crate) expires: Option<Instant>,
 }
