@@ -509,3 +509,48 @@ fn the_budget_caps_each_pass_and_later_passes_finish_the_job() {
         25.0
     );
 }
+
+#[test]
+fn malformed_objects_are_skipped_and_nothing_healthy_is_deleted() {
+    if !root_or_skip("malformed_objects_are_skipped_and_nothing_healthy_is_deleted") {
+        return;
+    }
+    let mut lab = Lab::new("runbad");
+    dns_state(&lab);
+    // A Service with no ports, an odd ClusterIP; a slice with an invalid address, an
+    // out-of-range port and an endpoint without addresses, next to a valid endpoint.
+    let bad_service: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "noports", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.999", "clusterIPs": ["10.96.0.999"]}
+    }))
+    .unwrap();
+    let bad_slice: EndpointSlice = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "dns-bad", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "dns"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.244.1.999"], "conditions": {"ready": true}},
+            {"addresses": [], "conditions": {"ready": true}},
+            {"addresses": ["10.244.1.3"], "conditions": {"ready": true}}
+        ],
+        "ports": [{"name": "p", "port": 70000, "protocol": "UDP"}]
+    }))
+    .unwrap();
+    lab.api.apply(&bad_service).unwrap();
+    lab.api.apply(&bad_slice).unwrap();
+    lab.create(&healthy());
+    let agent = lab.start_agent(&["--resync-interval", "1s"]);
+    agent.wait_ready();
+    hold(
+        "healthy flows beside malformed objects",
+        Duration::from_secs(2),
+        || lab.ports() == healthy_ports(),
+        &agent,
+    );
+    assert!(agent.metric("conntrack_reconciler_objects_skipped_total", &[]) >= 2.0, "{}", agent.logs());
+    let logs = agent.logs();
+    assert!(logs.contains("10.244.1.999") || logs.contains("70000"), "skips are logged: {logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+}
