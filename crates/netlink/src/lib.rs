@@ -66,6 +66,7 @@ mod events;
 mod model;
 mod parse;
 mod socket;
+mod stats;
 mod wire;
 
 #[cfg(feature = "testing")]
@@ -78,6 +79,10 @@ pub use events::{
     DEFAULT_EVENT_BUFFER, Event, EventKinds, EventStream, events, events_with_buffer,
 };
 pub use model::{DumpFilter, Family, Flow, FlowKey, NewFlow, Status, Tuple, proto};
+pub use stats::{
+    CpuStats, ProcStat, StatCounters, Stats, StatsReader, StatsSource, TableCount, parse_cpu_stats,
+    parse_proc_stat, parse_sysctl_number, parse_table_count, read_proc_in,
+};
 
 /// The exact `CT_GET` dump request [`Conntrack::dump`] sends for `filter` on a kernel with
 /// `caps`, for tools that read the dump themselves (e.g. a benchmark's raw recv loop).
