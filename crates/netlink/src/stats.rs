@@ -227,10 +227,7 @@ impl StatsReader {
     /// A reader for the namespace at `netns` (e.g. `/run/netns/NAME`); the calling thread's
     /// namespace is never changed.
     pub fn open_in(netns: &Path) -> Result<Self, Error> {
-        Self::from_socket(
-            socket::open(Netns::Path(netns))?,
-            Some(netns.to_path_buf()),
-        )
+        Self::from_socket(socket::open(Netns::Path(netns))?, Some(netns.to_path_buf()))
     }
 
     /// [`StatsReader::open_in`] when `netns` is given, else [`StatsReader::open`].
@@ -259,7 +256,11 @@ impl StatsReader {
         self.writer.clear();
         let start = self.writer.begin_ct_msg(msg, flags, seq, 0);
         self.writer.end_msg(start);
-        socket::send_all(&self.socket, self.writer.as_bytes(), "request conntrack stats")?;
+        socket::send_all(
+            &self.socket,
+            self.writer.as_bytes(),
+            "request conntrack stats",
+        )?;
         Ok(seq)
     }
 

@@ -18,7 +18,10 @@ fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
         scope
             .spawn(|| {
                 // SAFETY: moves this scoped thread only; `ns` outlives it.
-                assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+                assert_eq!(
+                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                    0
+                );
                 f()
             })
             .join()
@@ -69,7 +72,11 @@ fn conntrack_s(ns: &TestNetns) -> (usize, BTreeMap<String, u64>) {
 
 fn conntrack_c(ns: &TestNetns) -> u64 {
     let out = ns.exec_checked(["conntrack", "-C"]).unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn nf_conntrack_max() -> u64 {
