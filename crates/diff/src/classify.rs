@@ -77,6 +77,9 @@ impl Index {
     /// Verdict for a frontend with live owners.
     #[inline]
     fn judge_live(&self, slot: &Slot, dst: Key, reply: Key, frontend: Frontend) -> Verdict<'_> {
+        if slot.hot_allows(reply) {
+            return Verdict::Keep;
+        }
         // Several live owners only happen transiently (or by misconfiguration): the flow is
         // kept if any of them allows it, and a stale verdict names the first one.
         for id in slot.live() {

@@ -299,8 +299,11 @@ impl Index {
                 continue;
             };
             if group.set_backends(backends) {
-                self.dirty
-                    .extend(group.frontends.iter().map(|fk| fk.public()));
+                let fks = group.frontends.clone();
+                for fk in fks.iter().copied() {
+                    self.frontends.refresh_hot(fk, &self.groups);
+                    self.dirty.insert(fk.public());
+                }
             }
         }
     }
@@ -564,15 +567,18 @@ impl Index {
 
     /// Takes a group out of service: removed, or with `now` turned into a tombstone.
     fn retire(&mut self, id: GroupId, now: Option<Instant>) {
-        let Some(group) = self.groups.get_mut(id) else {
+        let Some(group) = self.groups.get(id) else {
             return;
         };
         let fks = group.frontends.clone();
         let tombstone = now.is_some();
         for fk in fks.iter().copied() {
-            self.frontends.release(fk, id, tombstone);
+            self.frontends.release(&self.groups, fk, id, tombstone);
             self.dirty.insert(fk.public());
         }
+        let Some(group) = self.groups.get_mut(id) else {
+            return;
+        };
         match now {
             Some(now) => {
                 group.expires = Some(now + self.cfg.tombstone_ttl);
@@ -599,7 +605,7 @@ impl Index {
                 continue;
             }
             for fk in group.frontends.iter().copied() {
-                self.frontends.release(fk, id, false);
+                self.frontends.release(&self.groups, fk, id, false);
             }
             self.groups.remove(id);
             expired += 1;

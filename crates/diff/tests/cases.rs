@@ -1365,3 +1365,52 @@ fn a_tombstone_never_shadows_a_live_frontend_of_another_class() {
         Reason::EndpointGone,
     );
 }
+
+#[test]
+fn backends_changing_after_the_service_is_known_are_seen_on_every_frontend() {
+    // Service first, then its slice, then the slice changes: every frontend (ClusterIP,
+    // ExternalIP, NodePort) must see each new backend set, not a cached one.
+    let now = Instant::now();
+    let svc = with_external_ips(dns_service(), &["203.0.113.7"]);
+    let mut index = mk_index(
+        &[],
+        &[dns_slice(vec![ep("10.244.1.5")])],
+        &[],
+        &[NODE_IP],
+        now,
+    );
+    let _ = index.apply_service(&svc, now);
+    let dsts = [
+        "10.96.0.10:53".to_owned(),
+        "203.0.113.7:53".to_owned(),
+        format!("{NODE_IP}:30053"),
+    ];
+    for dst in &dsts {
+        assert_keep(&index, flow(dst, "10.244.1.5:5353"), now);
+    }
+    let _ = index.apply_endpoint_slice(
+        &dns_slice(vec![
+            ep_cond("10.244.1.5", Some(false), Some(false), None),
+            ep("10.244.1.6"),
+        ]),
+        now,
+    );
+    for dst in &dsts {
+        assert_stale(
+            &index,
+            flow(dst, "10.244.1.5:5353"),
+            now,
+            Reason::EndpointNotServing,
+        );
+        assert_keep(&index, flow(dst, "10.244.1.6:5353"), now);
+    }
+    let _ = index.delete_endpoint_slice(&dns_slice(vec![]), now);
+    for dst in &dsts {
+        assert_stale(
+            &index,
+            flow(dst, "10.244.1.6:5353"),
+            now,
+            Reason::NoEndpoints,
+        );
+    }
+}

@@ -765,6 +765,31 @@ fn play(index: &mut Index, state: &mut Cluster, e: &Event, now: Instant) {
 
 const TTL: Duration = Duration::from_secs(300);
 
+/// Flows aimed at what the cluster holds (every frontend address × every endpoint × every slice
+/// port), capped: random flows alone rarely hit an exact serving backend.
+fn aimed_flows(c: &Cluster, cap: usize) -> Vec<FlowRef> {
+    let mut out = Vec::new();
+    for svc in c.services.values() {
+        let addrs = svc.cluster_ips.iter().chain(&svc.external_ips);
+        for (addr, p) in addrs.flat_map(|a| svc.ports.iter().map(move |p| (a, p))) {
+            for slice in c.slices.values().filter(|s| s.ns == svc.ns) {
+                for (e, (_, _, number)) in slice
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| slice.ports.iter().map(move |p| (e, p)))
+                {
+                    out.push(FlowRef::udp(
+                        SocketAddr::new(*addr, p.port),
+                        SocketAddr::new(e.ip, *number),
+                    ));
+                }
+            }
+        }
+    }
+    out.truncate(cap);
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 6000, ..ProptestConfig::default() })]
 
@@ -773,7 +798,7 @@ proptest! {
     fn index_agrees_with_reference_model(c in cluster(), flows in proptest::collection::vec(flow_ref(), 1..40)) {
         let now = Instant::now();
         let index = build(&c, now);
-        for f in &flows {
+        for f in flows.iter().chain(&aimed_flows(&c, 48)) {
             prop_assert_eq!(observed(index.classify(f, now)), reference(&c, f), "flow {:?}", f);
         }
     }
@@ -795,7 +820,7 @@ proptest! {
         }
         let fresh = build(&state, now);
         let later = now + TTL;
-        for f in &flows {
+        for f in flows.iter().chain(&aimed_flows(&state, 48)) {
             let before = observed(index.classify(f, now));
             match observed(fresh.classify(f, now)) {
                 Expected::Unrelated => prop_assert!(
