@@ -436,6 +436,31 @@ impl Lab {
         DestroyMonitor::start(self.topology.node().name())
     }
 
+    /// The node's state for a failure message: conntrack entries, neighbours, routes, rules.
+    pub fn diagnostics(&self) -> String {
+        let node = self.topology.node();
+        let mut out = String::new();
+        for argv in [
+            &["conntrack", "-L", "-p", "udp"][..],
+            &["conntrack", "-L", "-p", "udp", "-f", "ipv6"],
+            &["ip", "neigh"],
+            &["ip", "-6", "neigh"],
+            &["ip", "-6", "route"],
+            &["ip6tables-save", "-t", "nat"],
+        ] {
+            let text = match node.exec(argv) {
+                Ok(o) => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => e.to_string(),
+            };
+            out.push_str(&format!("$ {}\n{text}\n", argv.join(" ")));
+        }
+        out
+    }
+
     /// The destroyed flows whose backend was still serving when they went: false deletions.
     pub fn false_deletions(&self, monitor: &DestroyMonitor) -> Vec<FlowEntry> {
         monitor

@@ -271,7 +271,16 @@ pub fn run(scenario: Scenario, config: &RunConfig) -> Result<Outcome> {
         std::thread::sleep(Duration::from_millis(500));
         "nobody (no endpoints)".to_string()
     } else {
-        client.wait_steady(5, Duration::from_secs(10))?.backend
+        client
+            .wait_steady(5, Duration::from_secs(10))
+            .with_context(|| {
+                format!(
+                    "timeline:\n{}\n{}",
+                    tl.render(unix_micros()),
+                    lab.diagnostics()
+                )
+            })?
+            .backend
     };
     for b in &bystanders {
         b.wait_steady(3, Duration::from_secs(10))?;

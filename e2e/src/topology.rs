@@ -15,7 +15,9 @@
 //! a point-to-point CNI that puts the gateway address on every veth). Pods have host addresses
 //! (/32, /128) and a default route via the node, so pod-to-pod traffic is routed by the node —
 //! conntrack sees both directions of every service flow without `br_netfilter` — and the node
-//! sends no ICMP redirects that would let pods bypass it. A deleted pod's address
+//! sends no ICMP redirects that would let pods bypass it. MAC addresses are fixed and neighbour
+//! entries permanent (what a CNI knows, it can pin): neighbour discovery under the load of many
+//! parallel tests must not make a healthy flow look blackholed. A deleted pod's address
 //! stays in the bridge's subnet and goes unanswered: a blackhole, as on a real node. The node's
 //! default route leads to the external host, which does not forward: traffic to an address nobody
 //! owns is dropped there, and never leaves the lab.
@@ -51,6 +53,9 @@ pub const EXTERNAL_IP_RANGE_IPV6: &str = "fd00:77::e:0/112";
 
 /// The node's pod bridge.
 pub const BRIDGE: &str = "cni0";
+
+/// The bridge's MAC address (the pods' gateway).
+const BRIDGE_MAC: &str = "02:00:0a:f4:00:01";
 
 /// The first pod index handed out; lower addresses are left to the gateway.
 const FIRST_POD_INDEX: u16 = 10;
@@ -121,7 +126,7 @@ impl Topology {
                  addr add {NODE_IPV6}/64 dev ext0 nodad\n\
                  route add default via {EXTERNAL_IPV4}\n\
                  route add default via {EXTERNAL_IPV6}\n\
-                 link add {BRIDGE} type bridge\n\
+                 link add {BRIDGE} address {BRIDGE_MAC} type bridge mcast_snooping 0\n\
                  link set {BRIDGE} up\n\
                  addr add {POD_GATEWAY_IPV4}/16 dev {BRIDGE}\n\
                  addr add {POD_GATEWAY_IPV6}/64 dev {BRIDGE} nodad\n",
@@ -171,6 +176,7 @@ impl Topology {
         let ipv4 = Ipv4Addr::new(10, 244, hi, lo);
         let ipv6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, index);
         let host_if = format!("p{index}");
+        let mac = format!("02:00:0a:f4:{hi:02x}:{lo:02x}");
         let netns = TestNetns::new("e2e-pod").context("creating a pod netns")?;
         sysctl(
             &netns,
@@ -182,8 +188,10 @@ impl Topology {
         ip_batch(
             &self.node,
             &format!(
-                "link add {host_if} type veth peer name eth0 netns {pod}\n\
-                 link set {host_if} master {BRIDGE} up\n",
+                "link add {host_if} type veth peer name eth0 address {mac} netns {pod}\n\
+                 link set {host_if} master {BRIDGE} up\n\
+                 neigh replace {ipv4} lladdr {mac} dev {BRIDGE} nud permanent\n\
+                 neigh replace {ipv6} lladdr {mac} dev {BRIDGE} nud permanent\n",
                 pod = netns.name()
             ),
         )?;
@@ -196,7 +204,9 @@ impl Topology {
                  route add {POD_GATEWAY_IPV4} dev eth0 scope link\n\
                  route add default via {POD_GATEWAY_IPV4} dev eth0\n\
                  route add {POD_GATEWAY_IPV6} dev eth0\n\
-                 route add default via {POD_GATEWAY_IPV6} dev eth0\n"
+                 route add default via {POD_GATEWAY_IPV6} dev eth0\n\
+                 neigh replace {POD_GATEWAY_IPV4} lladdr {BRIDGE_MAC} dev eth0 nud permanent\n\
+                 neigh replace {POD_GATEWAY_IPV6} lladdr {BRIDGE_MAC} dev eth0 nud permanent\n"
             ),
         )?;
         let pod = PodNet {
@@ -232,7 +242,13 @@ impl Topology {
         };
         // Delete the link explicitly: the namespace itself may outlive `ip netns del` for a
         // moment while the kernel tears it down, and the pod must be unreachable now.
-        let _ = self.node.exec(["ip", "link", "del", pod.host_if.as_str()]);
+        let _ = ip_batch(
+            &self.node,
+            &format!(
+                "link del {}\nneigh del {} dev {BRIDGE}\nneigh del {} dev {BRIDGE}\n",
+                pod.host_if, pod.ipv4, pod.ipv6
+            ),
+        );
         drop(pod);
         Ok(())
     }
@@ -295,19 +311,34 @@ mod tests {
         let (v4b, _) = topo.add_pod("b").unwrap();
         assert_eq!(v4b, Ipv4Addr::new(10, 244, 0, 11));
         assert_eq!(v6, "fd00:10:244::a".parse::<Ipv6Addr>().unwrap());
-        let ports = topo.node().exec_checked(["ip", "link", "show", "master", BRIDGE]).unwrap();
+        let ports = topo
+            .node()
+            .exec_checked(["ip", "link", "show", "master", BRIDGE])
+            .unwrap();
         let ports = String::from_utf8_lossy(&ports.stdout).to_string();
         assert!(ports.contains("p10@") && ports.contains("p11@"), "{ports}");
         let pod_ns = topo.pod_netns_name("a").unwrap();
         // The pod reaches the node through the bridge, over both families.
         let b_ns = topo.pod_netns_name("b").unwrap();
         let route = Command::new("ip")
-            .args(["netns", "exec", &b_ns, "ip", "-6", "route", "get", "fd00:77::1"])
+            .args([
+                "netns",
+                "exec",
+                &b_ns,
+                "ip",
+                "-6",
+                "route",
+                "get",
+                "fd00:77::1",
+            ])
             .output()
             .unwrap();
         assert!(String::from_utf8_lossy(&route.stdout).contains("via fd00:10:244::1"));
         topo.remove_pod("a").unwrap();
-        let ports = topo.node().exec_checked(["ip", "link", "show", "master", BRIDGE]).unwrap();
+        let ports = topo
+            .node()
+            .exec_checked(["ip", "link", "show", "master", BRIDGE])
+            .unwrap();
         assert!(!String::from_utf8_lossy(&ports.stdout).contains("p10@"));
         let node_ns = topo.node().name().to_string();
         drop(topo);
