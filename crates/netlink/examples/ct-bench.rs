@@ -1,14 +1,20 @@
 //! Benchmark: dump, parse and delete against a namespace holding N UDP entries (root).
 //!
 //! `cargo run --release -p ctnetlink --example ct-bench -- [--entries N] [--rounds R]
-//! [--deletes D] [--json]`
+//! [--deletes D] [--hashsize keep|auto|BUCKETS] [--no-conntrack-tools] [--json]`
 //!
 //! In a fresh namespace, fills N entries with batched `CT_NEW` (raising the init namespace's
-//! `net.netfilter.nf_conntrack_max` for the run and restoring it afterwards), then alternates R
-//! rounds of (a) the floor: a raw recv loop that only counts messages, (b) ctnetlink's dump and
-//! parse, (c) `conntrack -L -p udp > /dev/null`; then deletes D scattered entries. Prints a
-//! table of medians and ratios; with `--json`, the table goes to stderr and one JSON line to
-//! stdout.
+//! `net.netfilter.nf_conntrack_max` for the run and restoring it afterwards), then runs R
+//! rounds, alternating the order of (a) the floor: a raw recv loop that only counts messages,
+//! on a socket set up like ctnetlink's (same receive buffer, buffer size and flags), and (b)
+//! ctnetlink's dump and parse; then (c) `conntrack -L -p udp > /dev/null`; then one batch
+//! delete of D scattered entries (a different set each round). With `--hashsize auto` (the
+//! default) every round also deletes a second set after resizing the conntrack hash table to
+//! one bucket per allowed entry, as an operator raising `nf_conntrack_max` would, and resizes
+//! it back (the original size is restored at exit). Wall time is noisy on a shared machine, so
+//! the table also shows each side's CPU time (user/system) and an in-memory replay of captured
+//! datagrams that isolates the parser's cost per entry. With `--json`, the table goes to
+//! stderr and one JSON line to stdout.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,11 +28,30 @@ use ctnetlink::{
 };
 
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+const HASHSIZE: &str = "/sys/module/nf_conntrack/parameters/hashsize";
+/// What ctnetlink's handle uses: receive buffer per recv and asked-for `SO_RCVBUF`.
+const RECV_BUF: usize = 64 * 1024;
+const RCVBUF: libc::c_int = 8 * 1024 * 1024;
+/// Datagrams captured for the in-memory parser replay: 256 KiB, which stays in the CPU's
+/// caches like the datagram a live dump has just received.
+const REPLAY_DATAGRAMS: usize = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hashsize {
+    /// Leave the kernel's table size alone.
+    Keep,
+    /// Also measure deletes with one bucket per allowed entry.
+    Auto,
+    /// Also measure deletes with this many buckets.
+    Buckets(u64),
+}
 
 struct Options {
     entries: u32,
     rounds: usize,
     deletes: u32,
+    hashsize: Hashsize,
+    conntrack_tools: bool,
     json: bool,
 }
 
@@ -40,58 +65,72 @@ fn main() -> ExitCode {
     }
 }
 
+const USAGE: &str = "usage: ct-bench [--entries N] [--rounds R] [--deletes D] \
+                     [--hashsize keep|auto|BUCKETS] [--no-conntrack-tools] [--json]";
+
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
         entries: 1_000_000,
         rounds: 5,
         deletes: 16_000,
+        hashsize: Hashsize::Auto,
+        conntrack_tools: true,
         json: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut number = || -> Result<u64, String> {
-            args.next()
-                .ok_or(format!("{arg} needs a value"))?
-                .replace('_', "")
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        let number = |text: String| -> Result<u64, String> {
+            text.replace('_', "")
                 .parse()
                 .map_err(|e| format!("{arg}: {e}"))
         };
         match arg.as_str() {
-            "--entries" => options.entries = number()?.clamp(1, 16_000_000) as u32,
-            "--rounds" => options.rounds = number()?.clamp(1, 100) as usize,
-            "--deletes" => options.deletes = number()? as u32,
-            "--json" => options.json = true,
-            "-h" | "--help" => {
-                return Err(
-                    "usage: ct-bench [--entries N] [--rounds R] [--deletes D] [--json]".into(),
-                );
+            "--entries" => options.entries = number(value()?)?.clamp(1, 16_000_000) as u32,
+            "--rounds" => options.rounds = number(value()?)?.clamp(1, 100) as usize,
+            "--deletes" => options.deletes = number(value()?)?.max(1) as u32,
+            "--hashsize" => {
+                options.hashsize = match value()?.as_str() {
+                    "keep" => Hashsize::Keep,
+                    "auto" => Hashsize::Auto,
+                    other => Hashsize::Buckets(number(other.to_string())?.max(1024)),
+                }
             }
-            other => return Err(format!("unknown argument {other}")),
+            "--no-conntrack-tools" => options.conntrack_tools = false,
+            "--json" => options.json = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
     options.deletes = options.deletes.min(options.entries);
     Ok(options)
 }
 
-/// Restores `nf_conntrack_max` when dropped.
-struct SysctlGuard {
+/// Writes a kernel knob and restores its original value when dropped.
+struct KnobGuard {
+    path: &'static str,
     original: String,
 }
 
-impl SysctlGuard {
-    fn raise_to(at_least: u64) -> Result<Self, Box<dyn std::error::Error>> {
-        let original = std::fs::read_to_string(CONNTRACK_MAX)?.trim().to_string();
-        if original.parse::<u64>()? < at_least {
-            std::fs::write(CONNTRACK_MAX, at_least.to_string())?;
-        }
-        Ok(Self { original })
+impl KnobGuard {
+    fn new(path: &'static str) -> std::io::Result<Self> {
+        let original = std::fs::read_to_string(path)?.trim().to_string();
+        Ok(Self { path, original })
+    }
+
+    fn original(&self) -> Result<u64, Box<dyn std::error::Error>> {
+        Ok(self.original.parse()?)
+    }
+
+    fn set(&self, value: u64) -> std::io::Result<()> {
+        std::fs::write(self.path, value.to_string())
     }
 }
 
-impl Drop for SysctlGuard {
+impl Drop for KnobGuard {
     fn drop(&mut self) {
-        if let Err(err) = std::fs::write(CONNTRACK_MAX, &self.original) {
-            eprintln!("ct-bench: could not restore {CONNTRACK_MAX}: {err}");
+        if let Err(err) = std::fs::write(self.path, &self.original) {
+            eprintln!("ct-bench: could not restore {}: {err}", self.path);
         }
     }
 }
@@ -112,12 +151,64 @@ fn entry(i: u32) -> NewFlow {
     }
 }
 
+/// Wall time and CPU time of one measured step.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    wall: Duration,
+    user: Duration,
+    sys: Duration,
+}
+
+/// CPU time (user, system) of the calling thread, or of the waited-for children.
+fn cpu_time(who: libc::c_int) -> (Duration, Duration) {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut usage);
+        usage
+    };
+    let time = |tv: libc::timeval| {
+        Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
+    };
+    (time(usage.ru_utime), time(usage.ru_stime))
+}
+
+/// Runs `f`, measuring wall time and the CPU time of `who` (`RUSAGE_THREAD` or
+/// `RUSAGE_CHILDREN`).
+fn measure<T>(who: libc::c_int, f: impl FnOnce() -> T) -> (T, Sample) {
+    let (user0, sys0) = cpu_time(who);
+    let started = Instant::now();
+    let out = f();
+    let wall = started.elapsed();
+    let (user1, sys1) = cpu_time(who);
+    let sample = Sample {
+        wall,
+        user: user1.saturating_sub(user0),
+        sys: sys1.saturating_sub(sys0),
+    };
+    (out, sample)
+}
+
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let options = parse_options()?;
     if !ctnetlink::testing::is_root() {
         return Err("needs root (network namespaces, CAP_NET_ADMIN, sysctl)".into());
     }
-    let _sysctl = SysctlGuard::raise_to(u64::from(options.entries) + 65_536)?;
+    let max = u64::from(options.entries) + 65_536;
+    let conntrack_max = KnobGuard::new(CONNTRACK_MAX)?;
+    if conntrack_max.original()? < max {
+        conntrack_max.set(max)?;
+    }
+    // Declared before the namespace, so that it is restored after the namespace (and its
+    // entries) are gone: a smaller table is then quick to rebuild.
+    let hashsize = KnobGuard::new(HASHSIZE)?;
+    let default_buckets = hashsize.original()?;
+    let big_buckets = match options.hashsize {
+        Hashsize::Keep => None,
+        Hashsize::Auto => Some(max.max(default_buckets)),
+        Hashsize::Buckets(n) => Some(n),
+    }
+    .filter(|&buckets| buckets != default_buckets);
     let ns = TestNetns::new("bench")?;
     let mut ct = Conntrack::open_in(&ns.path())?;
     let filter = DumpFilter::family_proto(Family::V4, proto::UDP);
@@ -144,105 +235,193 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let caps = ct.capabilities();
     let request = encode_dump_request(&filter, &caps, 1);
     let raw = raw_socket_in(&ns)?;
-    let (mut floor, mut ours, mut tools) = (Vec::new(), Vec::new(), Vec::new());
-    let mut peak_rss_growth = 0u64;
-    let mut peak_rss = 0u64;
-    for round in 0..options.rounds {
-        let started = Instant::now();
-        let messages = raw_dump_count(&raw, &request)?;
-        floor.push(started.elapsed());
-        check_count("floor", messages, options.entries)?;
 
-        let base_rss = reset_peak_rss()?;
-        let started = Instant::now();
-        let mut checksum = 0u64;
-        let stats = ct.dump(&filter, |flow| {
-            checksum = checksum.wrapping_add(u64::from(flow.orig.sport) ^ u64::from(flow.id));
-        })?;
-        ours.push(started.elapsed());
-        let hwm = peak_rss_kib()?;
-        peak_rss = peak_rss.max(hwm);
-        peak_rss_growth = peak_rss_growth.max(hwm.saturating_sub(base_rss));
-        check_count("ctnetlink", stats.matched, options.entries)?;
-        std::hint::black_box(checksum);
-
-        let started = Instant::now();
-        let status = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "conntrack", "-L", "-p", "udp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        tools.push(started.elapsed());
-        if !status.success() {
-            return Err(format!("conntrack -L failed: {status}").into());
-        }
-        eprintln!(
-            "round {}: floor {:.3}s ctnetlink {:.3}s conntrack {:.3}s",
-            round + 1,
-            floor[round].as_secs_f64(),
-            ours[round].as_secs_f64(),
-            tools[round].as_secs_f64()
-        );
-    }
-
-    // Delete scattered entries: every k-th of the table, in dump order.
-    let stride = (options.entries / options.deletes.max(1)).max(1) as u64;
-    let mut keys: Vec<FlowKey> = Vec::with_capacity(options.deletes as usize);
-    let mut seen = 0u64;
+    // Key sets to delete, one per delete round (two per round when the table is resized):
+    // every `stride`-th entry in dump order, set `k` starting at offset `k`.
+    let sets_per_round = if big_buckets.is_some() { 2 } else { 1 };
+    let stride = (options.entries / options.deletes).max(1) as usize;
+    let sets = (options.rounds * sets_per_round).min(stride);
+    let mut key_sets: Vec<Vec<FlowKey>> = vec![Vec::new(); sets];
+    let mut seen = 0usize;
     ct.dump(&filter, |flow| {
-        if seen.is_multiple_of(stride) && keys.len() < options.deletes as usize {
+        let set = seen % stride;
+        if let Some(keys) = key_sets.get_mut(set)
+            && keys.len() < options.deletes as usize
+        {
             keys.push(flow.key());
         }
         seen += 1;
     })?;
-    let started = Instant::now();
-    let report = ct.delete(keys.iter().copied())?;
-    let delete_time = started.elapsed();
-    if report.deleted != keys.len() as u64 {
-        return Err(format!("deleted {} of {} ({report:?})", report.deleted, keys.len()).into());
+    if sets < options.rounds * sets_per_round {
+        eprintln!("ct-bench: only {sets} distinct delete sets fit; fewer delete rounds");
     }
 
-    let (a, b, c) = (median(&floor), median(&ours), median(&tools));
-    let delete_rate = keys.len() as f64 / delete_time.as_secs_f64();
-    let table = format!(
-        "ct-bench: {} UDPv4 entries, {} rounds (medians), kernel filters {:?}\n\
-         | what | time | ratio |\n|---|---|---|\n\
-         | (a) floor: raw recv loop, counts messages | {:.3} s | 1.00 |\n\
-         | (b) ctnetlink dump + parse | {:.3} s | (b)/(a) = {:.3} |\n\
-         | (c) conntrack -L -p udp > /dev/null | {:.3} s | (b)/(c) = {:.3} |\n\
-         | fill {} entries, batched CT_NEW | {:.2} s | {:.0} entries/s |\n\
-         | delete {} scattered entries, batched | {:.1} ms | {:.0} entries/s |\n\
-         | (b) peak RSS growth during dump | {:.2} MiB | process peak {:.1} MiB |\n",
+    // The parser alone, on captured datagrams replayed from memory.
+    let replay = capture_datagrams(&raw, &request, REPLAY_DATAGRAMS)?;
+
+    let (mut floor, mut ours, mut tools) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut parse_ns, mut walk_ns) = (Vec::new(), Vec::new());
+    let (mut delete_default, mut delete_big, mut resizes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut peak_rss_growth = 0u64;
+    let mut peak_rss = 0u64;
+    let mut sets = key_sets.iter();
+    let mut remaining = u64::from(options.entries);
+    for round in 0..options.rounds {
+        let run_floor = |floor: &mut Vec<Sample>| -> Result<(), Box<dyn std::error::Error>> {
+            let (messages, sample) =
+                measure(libc::RUSAGE_THREAD, || raw_dump_count(&raw, &request));
+            check_count("floor", messages?, remaining)?;
+            floor.push(sample);
+            Ok(())
+        };
+        // Alternate which goes first, so that drift on a shared machine hits both alike.
+        if round % 2 == 0 {
+            run_floor(&mut floor)?;
+        }
+        let base_rss = reset_peak_rss()?;
+        let mut checksum = 0u64;
+        let (stats, sample) = measure(libc::RUSAGE_THREAD, || {
+            ct.dump(&filter, |flow| {
+                checksum = checksum.wrapping_add(u64::from(flow.orig.sport) ^ u64::from(flow.id));
+            })
+        });
+        let hwm = peak_rss_kib()?;
+        peak_rss = peak_rss.max(hwm);
+        peak_rss_growth = peak_rss_growth.max(hwm.saturating_sub(base_rss));
+        check_count("ctnetlink", stats?.matched, remaining)?;
+        std::hint::black_box(checksum);
+        ours.push(sample);
+        if round % 2 == 1 {
+            run_floor(&mut floor)?;
+        }
+
+        let (per_entry_parse, per_entry_walk) = replay_cost(&replay);
+        parse_ns.push(per_entry_parse);
+        walk_ns.push(per_entry_walk);
+
+        if options.conntrack_tools {
+            let (status, sample) = measure(libc::RUSAGE_CHILDREN, || {
+                Command::new("ip")
+                    .args(["netns", "exec", ns.name(), "conntrack", "-L", "-p", "udp"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+            });
+            let status = status?;
+            if !status.success() {
+                return Err(format!("conntrack -L failed: {status}").into());
+            }
+            tools.push(sample);
+        }
+
+        let mut line = format!(
+            "round {}: floor {:.3}s ctnetlink {:.3}s parse {:.1} ns/entry",
+            round + 1,
+            floor[round].wall.as_secs_f64(),
+            ours[round].wall.as_secs_f64(),
+            per_entry_parse,
+        );
+        if let Some(sample) = tools.last() {
+            line += &format!(" conntrack {:.3}s", sample.wall.as_secs_f64());
+        }
+        if let Some(keys) = sets.next() {
+            let rate = delete_rate(&mut ct, keys)?;
+            remaining -= keys.len() as u64;
+            delete_default.push(rate);
+            line += &format!(" delete {rate:.0}/s");
+        }
+        if let Some(buckets) = big_buckets
+            && let Some(keys) = sets.next()
+        {
+            let started = Instant::now();
+            hashsize.set(buckets)?;
+            resizes.push(started.elapsed());
+            let rate = delete_rate(&mut ct, keys)?;
+            remaining -= keys.len() as u64;
+            delete_big.push(rate);
+            hashsize.set(default_buckets)?;
+            line += &format!(" delete {rate:.0}/s with {buckets} buckets");
+        }
+        eprintln!("{line}");
+    }
+
+    let wall = |samples: &[Sample]| median_by(samples, |s| s.wall.as_secs_f64());
+    let user = |samples: &[Sample]| median_by(samples, |s| s.user.as_secs_f64());
+    let sys = |samples: &[Sample]| median_by(samples, |s| s.sys.as_secs_f64());
+    let (a, b) = (wall(&floor), wall(&ours));
+    let cpu = |samples: &[Sample]| median_by(samples, |s| (s.user + s.sys).as_secs_f64());
+    let (a_cpu, b_cpu) = (cpu(&floor), cpu(&ours));
+    let parse = median_by(&parse_ns, |&x| x);
+    let walk = median_by(&walk_ns, |&x| x);
+    let deletes = key_sets.first().map_or(0, Vec::len);
+    let rate_default = median_by(&delete_default, |&x| x);
+    let rate_big = median_by(&delete_big, |&x| x);
+    let mut table = format!(
+        "ct-bench: {} UDPv4 entries, {} rounds (medians), hash table {} buckets, kernel filters {:?}\n\
+         | what | wall | CPU user + sys | ratio |\n|---|---|---|---|\n\
+         | (a) floor: raw recv loop, counts messages | {:.3} s | {:.3} + {:.3} s | 1.00 |\n\
+         | (b) ctnetlink dump + parse | {:.3} s | {:.3} + {:.3} s | (b)/(a) = {:.3} wall, {:.3} CPU |\n",
         options.entries,
         options.rounds,
+        default_buckets,
         caps,
-        a.as_secs_f64(),
-        b.as_secs_f64(),
-        b.as_secs_f64() / a.as_secs_f64(),
-        c.as_secs_f64(),
-        b.as_secs_f64() / c.as_secs_f64(),
+        a,
+        user(&floor),
+        sys(&floor),
+        b,
+        user(&ours),
+        sys(&ours),
+        b / a,
+        b_cpu / a_cpu,
+    );
+    let c = (!tools.is_empty()).then(|| wall(&tools));
+    if let Some(c) = c {
+        table += &format!(
+            "| (c) conntrack -L -p udp > /dev/null | {c:.3} s | {:.3} + {:.3} s | (b)/(c) = {:.3} |\n",
+            user(&tools),
+            sys(&tools),
+            b / c,
+        );
+    }
+    table += &format!(
+        "| parser alone: {REPLAY_DATAGRAMS} captured datagrams replayed from memory | {parse:.1} ns/entry | header walk only {walk:.1} ns/entry | |\n\
+         | fill {} entries, batched CT_NEW | {:.2} s | | {:.0} entries/s |\n\
+         | delete {deletes} scattered entries, {} buckets | | | {rate_default:.0} entries/s |\n",
         options.entries,
         fill.as_secs_f64(),
         f64::from(options.entries) / fill.as_secs_f64(),
-        keys.len(),
-        delete_time.as_secs_f64() * 1e3,
-        delete_rate,
+        default_buckets,
+    );
+    if let Some(buckets) = big_buckets {
+        table += &format!(
+            "| delete {deletes} scattered entries, {buckets} buckets | | resize {:.2} s | {rate_big:.0} entries/s |\n",
+            median_by(&resizes, Duration::as_secs_f64),
+        );
+    }
+    table += &format!(
+        "| (b) peak RSS growth during dump | {:.2} MiB | process peak {:.1} MiB | |\n",
         peak_rss_growth as f64 / 1024.0,
         peak_rss as f64 / 1024.0,
     );
     let json = format!(
-        "{{\"bench\":\"ctnetlink\",\"entries\":{},\"rounds\":{},\"floor_s\":{:.4},\"dump_parse_s\":{:.4},\"conntrack_tools_s\":{:.4},\"ratio_dump_floor\":{:.4},\"ratio_dump_conntrack\":{:.4},\"fill_s\":{:.3},\"deleted\":{},\"delete_s\":{:.5},\"delete_per_s\":{:.0},\"dump_peak_rss_growth_kib\":{},\"process_peak_rss_kib\":{}}}",
+        "{{\"bench\":\"ctnetlink\",\"entries\":{},\"rounds\":{},\"buckets\":{},\"floor_s\":{:.4},\"floor_cpu_s\":{:.4},\"dump_parse_s\":{:.4},\"dump_parse_cpu_s\":{:.4},\"conntrack_tools_s\":{},\"ratio_dump_floor\":{:.4},\"ratio_dump_floor_cpu\":{:.4},\"ratio_dump_conntrack\":{},\"parse_ns_per_entry\":{:.2},\"fill_s\":{:.3},\"deleted_per_round\":{},\"delete_per_s\":{:.0},\"big_buckets\":{},\"delete_per_s_big_buckets\":{},\"dump_peak_rss_growth_kib\":{},\"process_peak_rss_kib\":{}}}",
         options.entries,
         options.rounds,
-        a.as_secs_f64(),
-        b.as_secs_f64(),
-        c.as_secs_f64(),
-        b.as_secs_f64() / a.as_secs_f64(),
-        b.as_secs_f64() / c.as_secs_f64(),
+        default_buckets,
+        a,
+        a_cpu,
+        b,
+        b_cpu,
+        c.map_or("null".to_string(), |c| format!("{c:.4}")),
+        b / a,
+        b_cpu / a_cpu,
+        c.map_or("null".to_string(), |c| format!("{:.4}", b / c)),
+        parse,
         fill.as_secs_f64(),
-        keys.len(),
-        delete_time.as_secs_f64(),
-        delete_rate,
+        deletes,
+        rate_default,
+        big_buckets.map_or("null".to_string(), |n| n.to_string()),
+        big_buckets.map_or("null".to_string(), |_| format!("{rate_big:.0}")),
         peak_rss_growth,
         peak_rss,
     );
@@ -256,18 +435,29 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn check_count(what: &str, got: u64, want: u32) -> Result<(), String> {
+/// Deletes `keys` in one call and returns the rate, checking that all were deleted.
+fn delete_rate(ct: &mut Conntrack, keys: &[FlowKey]) -> Result<f64, Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let report = ct.delete(keys.iter().copied())?;
+    let elapsed = started.elapsed();
+    if report.deleted != keys.len() as u64 {
+        return Err(format!("deleted {} of {} ({report:?})", report.deleted, keys.len()).into());
+    }
+    Ok(keys.len() as f64 / elapsed.as_secs_f64())
+}
+
+fn check_count(what: &str, got: u64, want: u64) -> Result<(), String> {
     // A dump may repeat entries while the table changes; here nothing changes it.
-    if got != u64::from(want) {
+    if got != want {
         return Err(format!("{what} dump saw {got} entries, expected {want}"));
     }
     Ok(())
 }
 
-fn median(samples: &[Duration]) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    sorted[sorted.len() / 2]
+fn median_by<T>(samples: &[T], key: impl Fn(&T) -> f64) -> f64 {
+    let mut values: Vec<f64> = samples.iter().map(key).collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Resets the process's peak RSS (VmHWM) to its current RSS and returns that, in KiB.
@@ -290,10 +480,11 @@ fn status_kib(field: &str) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("no {field} in /proc/self/status")))
 }
 
-/// A plain netfilter netlink socket made inside the namespace (on a thread that enters it).
+/// A netfilter netlink socket made inside the namespace (on a thread that enters it), with
+/// the receive buffer ctnetlink's handle asks for, so that the kernel fills datagrams alike.
 fn raw_socket_in(ns: &TestNetns) -> std::io::Result<OwnedFd> {
     let file = std::fs::File::open(ns.path())?;
-    std::thread::scope(|scope| {
+    let fd = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // SAFETY: changes the namespace of this short-lived thread only.
@@ -316,20 +507,46 @@ fn raw_socket_in(ns: &TestNetns) -> std::io::Result<OwnedFd> {
             })
             .join()
             .map_err(|_| std::io::Error::other("namespace thread panicked"))?
-    })
+    })?;
+    // SAFETY: a valid socket and a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&RCVBUF as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
-/// The floor: sends the dump request and reads until NLMSG_DONE, only counting messages.
-fn raw_dump_count(fd: &OwnedFd, request: &[u8]) -> std::io::Result<u64> {
+/// Reads a dump's datagrams into `buf`, calling `on_datagram` for each until it returns
+/// `Some(messages)` (it saw `NLMSG_DONE` or an error message).
+fn raw_dump(
+    fd: &OwnedFd,
+    request: &[u8],
+    mut on_datagram: impl FnMut(&[u8]) -> std::io::Result<Option<u64>>,
+) -> std::io::Result<u64> {
     // SAFETY: valid socket and buffer.
     if unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut messages = 0u64;
+    let mut buf = vec![0u8; RECV_BUF];
     loop {
+        // The same flags as ctnetlink's receive (MSG_TRUNC to detect truncation).
         // SAFETY: valid socket and buffer.
-        let len = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let len = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+            )
+        };
         if len < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -337,21 +554,89 @@ fn raw_dump_count(fd: &OwnedFd, request: &[u8]) -> std::io::Result<u64> {
             }
             return Err(err);
         }
-        let datagram = &buf[..len as usize];
-        let mut offset = 0;
-        while offset + 16 <= datagram.len() {
-            let msg_len =
-                u32::from_ne_bytes(datagram[offset..offset + 4].try_into().unwrap_or_default())
-                    as usize;
-            let ty = u16::from_ne_bytes([datagram[offset + 4], datagram[offset + 5]]);
-            if ty == 3 || ty == 2 {
-                return Ok(messages); // NLMSG_DONE, or NLMSG_ERROR
-            }
-            messages += 1;
-            if msg_len < 16 {
-                return Err(std::io::Error::other("bad netlink message length"));
-            }
-            offset += (msg_len + 3) & !3;
+        let len = (len as usize).min(buf.len());
+        if let Some(messages) = on_datagram(&buf[..len])? {
+            return Ok(messages);
         }
     }
+}
+
+/// Walks the message headers of one datagram, counting conntrack messages into `messages`;
+/// `Some(total)` at `NLMSG_DONE` or `NLMSG_ERROR`.
+fn count_messages(datagram: &[u8], messages: &mut u64) -> std::io::Result<Option<u64>> {
+    let mut offset = 0;
+    while let Some(header) = datagram.get(offset..offset + 16) {
+        let msg_len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let ty = u16::from_ne_bytes([header[4], header[5]]);
+        if ty == 3 || ty == 2 {
+            return Ok(Some(*messages)); // NLMSG_DONE, or NLMSG_ERROR
+        }
+        *messages += 1;
+        if msg_len < 16 {
+            return Err(std::io::Error::other("bad netlink message length"));
+        }
+        offset += (msg_len + 3) & !3;
+    }
+    Ok(None)
+}
+
+/// The floor: sends the dump request and reads until NLMSG_DONE, only counting messages.
+fn raw_dump_count(fd: &OwnedFd, request: &[u8]) -> std::io::Result<u64> {
+    let mut messages = 0u64;
+    raw_dump(fd, request, |datagram| {
+        count_messages(datagram, &mut messages)
+    })
+}
+
+/// Runs a whole dump, keeping copies of its first `keep` datagrams.
+fn capture_datagrams(fd: &OwnedFd, request: &[u8], keep: usize) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut kept = Vec::with_capacity(keep);
+    let mut messages = 0u64;
+    raw_dump(fd, request, |datagram| {
+        if kept.len() < keep {
+            kept.push(datagram.to_vec());
+        }
+        count_messages(datagram, &mut messages)
+    })?;
+    Ok(kept)
+}
+
+/// Nanoseconds per entry to parse the captured datagrams into flows, and to only walk their
+/// headers (what the floor does); each the fastest of several passes, which is the least
+/// disturbed by other work on the machine.
+fn replay_cost(datagrams: &[Vec<u8>]) -> (f64, f64) {
+    let mut entries = 0u64;
+    for datagram in datagrams {
+        let _ = count_messages(datagram, &mut entries);
+    }
+    let entries = entries.max(1) as f64;
+    let fastest = |pass: &dyn Fn() -> u64| {
+        (0..201)
+            .map(|_| {
+                let started = Instant::now();
+                std::hint::black_box(pass());
+                started.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let parse = fastest(&|| {
+        let mut checksum = 0u64;
+        for datagram in datagrams {
+            ctnetlink::parse_datagram(std::hint::black_box(datagram), |flow| {
+                if let Ok(flow) = flow {
+                    checksum =
+                        checksum.wrapping_add(u64::from(flow.orig.sport) ^ u64::from(flow.id));
+                }
+            });
+        }
+        checksum
+    });
+    let walk = fastest(&|| {
+        let mut messages = 0u64;
+        for datagram in datagrams {
+            let _ = count_messages(std::hint::black_box(datagram), &mut messages);
+        }
+        messages
+    });
+    (parse / entries * 1e9, walk / entries * 1e9)
 }
