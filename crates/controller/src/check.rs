@@ -6,6 +6,7 @@ use crate::local_addrs::local_addrs;
 use crate::pass::{PassConfig, PassReport, StaleFlow, run_pass};
 use crate::scheduler::Scope;
 use crate::state_files::ClusterState;
+use crate::stats_summary::{StatsSampler, StatsSummary};
 use anyhow::{Context, Result};
 use ctdiff::{Index, IndexConfig};
 use ctnetlink::{Conntrack, Family, Tuple};
@@ -34,15 +35,20 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     let netns = args.target.netns.clone();
     let families = args.target.family.families().to_vec();
     let delete = args.delete;
-    let reports = tokio::task::spawn_blocking(move || -> Result<Vec<(Family, PassReport)>> {
+    let with_stats = args.stats;
+    type Outcome = (Vec<(Family, PassReport)>, Option<StatsSummary>);
+    let (reports, summary) = tokio::task::spawn_blocking(move || -> Result<Outcome> {
         let mut ct = match &netns {
             Some(path) => Conntrack::open_in(path),
             None => Conntrack::open(),
         }
         .context("opening the conntrack table")?;
+        let sampler = with_stats
+            .then(|| StatsSampler::start(netns.as_deref()))
+            .transpose()?;
         let index = RwLock::new(index);
         let now = Instant::now();
-        families
+        let reports = families
             .iter()
             .map(|&family| {
                 let cfg = PassConfig {
@@ -54,13 +60,32 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                     .map(|r| (family, r))
                     .with_context(|| format!("reading the {family} conntrack table"))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let summary = match sampler {
+            Some(sampler) => {
+                let mut tally = crate::flow_tally::FlowTally::default();
+                for (_, r) in &reports {
+                    tally.merge(r.tally.clone());
+                }
+                let index = index
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                Some(sampler.finish(&tally, &index, now)?)
+            }
+            None => None,
+        };
+        Ok((reports, summary))
     })
     .await
     .context("check task failed")??;
     match args.output {
-        OutputFormat::Json => print_json(&reports, out)?,
-        OutputFormat::Text => print_text(&reports, delete, out)?,
+        OutputFormat::Json => print_json(&reports, summary.as_ref(), out)?,
+        OutputFormat::Text => {
+            print_text(&reports, delete, out)?;
+            if let Some(summary) = &summary {
+                summary.write_text(out)?;
+            }
+        }
     }
     let failures: usize = reports.iter().map(|(_, r)| r.failed.len()).sum();
     if failures > 0 {
@@ -198,6 +223,9 @@ struct JsonReport {
     scanned: u64,
     stale: Vec<JsonStale>,
     deleted: u64,
+    /// With `--stats` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<serde_json::Value>,
 }
 
 fn family_name(f: Family) -> &'static str {
@@ -207,8 +235,13 @@ fn family_name(f: Family) -> &'static str {
     }
 }
 
-fn print_json(reports: &[(Family, PassReport)], out: &mut dyn Write) -> Result<()> {
+fn print_json(
+    reports: &[(Family, PassReport)],
+    summary: Option<&StatsSummary>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let doc = JsonReport {
+        stats: summary.map(StatsSummary::to_json),
         scanned: reports.iter().map(|(_, r)| r.scanned).sum(),
         deleted: reports.iter().map(|(_, r)| r.deleted).sum(),
         stale: reports

@@ -179,6 +179,12 @@ pub struct CheckArgs {
     /// Delete the stale flows it reports.
     #[arg(long)]
     pub delete: bool,
+
+    /// Also summarise the table's health: size and limit, the kernel's counters (as
+    /// `conntrack -S`) and how they move, UDP flows per Service frontend, and a diagnosis of
+    /// known patterns (a nearly full table, the A/AAAA DNS insert race, stale flows).
+    #[arg(long)]
+    pub stats: bool,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod check;
 mod cli;
 mod events;
 mod feed;
+mod flow_tally;
 mod http;
 mod kube_client;
 mod local_addrs;
@@ -18,6 +19,8 @@ mod ratelimit;
 mod run;
 mod scheduler;
 mod state_files;
+mod stats_summary;
+mod table_stats;
 mod watch;
 
 use clap::Parser;

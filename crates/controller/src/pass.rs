@@ -5,6 +5,7 @@
 //! `feed`), so each flow is judged against complete knowledge. Dumps may repeat an entry while
 //! the table changes: stale keys are de-duplicated before deletion.
 
+use crate::flow_tally::FlowTally;
 use crate::scheduler::Scope;
 use ctdiff::{Frontend, Index, Reason, Verdict};
 use ctnetlink::{Conntrack, DumpFilter, Family, Flow, FlowKey};
@@ -54,6 +55,8 @@ pub struct PassReport {
     pub already_gone: u64,
     /// Deletions the kernel refused, with why.
     pub failed: Vec<(FlowKey, String)>,
+    /// Flows per frontend and stale flows left behind, for the table metrics.
+    pub tally: FlowTally,
 }
 
 impl PassReport {
@@ -112,15 +115,28 @@ pub fn run_pass(
         }
         report.scanned += 1;
         let index = index.read().unwrap_or_else(PoisonError::into_inner);
-        let Verdict::Stale(stale) = index.classify(&flow_ref(flow), now) else {
-            return;
+        let fref = flow_ref(flow);
+        let stale = match index.classify(&fref, now) {
+            Verdict::Unrelated => return,
+            Verdict::Keep => {
+                report.tally.flow(fref.orig_dst);
+                return;
+            }
+            Verdict::Stale(stale) => {
+                report.tally.flow(fref.orig_dst);
+                stale
+            }
         };
         if !in_scope(scope, &stale.frontend) {
+            report.tally.left(fref.orig_dst, stale.reason);
             return;
         }
         if (report.stale.len() as u64) < budget {
             if !seen.insert(flow.key()) {
                 return; // a dump may hand out an entry twice while the table changes
+            }
+            if cfg.dry_run {
+                report.tally.left(fref.orig_dst, stale.reason);
             }
             report.stale.push(StaleFlow {
                 flow: *flow,
@@ -130,6 +146,7 @@ pub fn run_pass(
                 reason: stale.reason,
             });
         } else {
+            report.tally.left(fref.orig_dst, stale.reason);
             match report
                 .over_budget
                 .iter_mut()

@@ -18,6 +18,7 @@ use crate::local_addrs::local_addrs;
 use crate::metrics::{FamilyLabels, KindLabels, Metrics, ReasonLabels, Trigger, TriggerLabels};
 use crate::pass::{PassConfig, PassReport, run_pass};
 use crate::scheduler::{Scheduler, Scope, Timing};
+use crate::table_stats::TableMetrics;
 use crate::watch::{self, Update};
 use anyhow::{Context, Result};
 use ctdiff::{Dirty, Frontend, Index, IndexConfig};
@@ -52,6 +53,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     })));
     refresh_local_addrs(&index, &args);
 
+    let table = TableMetrics::register(&mut registry, args.target.netns.as_deref(), health.clone());
     let admin = tokio::spawn(http::serve(
         args.metrics_addr,
         http::router(registry, health.clone()),
@@ -91,6 +93,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ct: Some(ct),
         index,
         metrics,
+        table,
         health,
         signals: signal_rx,
         lost: lost_rx,
@@ -200,6 +203,7 @@ struct PassLoop {
     ct: Option<Conntrack>,
     index: Arc<RwLock<Index>>,
     metrics: Arc<Metrics>,
+    table: Arc<TableMetrics>,
     health: Arc<Health>,
     signals: mpsc::UnboundedReceiver<Signal>,
     lost: mpsc::UnboundedReceiver<()>,
@@ -296,6 +300,7 @@ async fn run_passes(
     .await
     .context("pass thread panicked")?;
     let mut all_ok = true;
+    let mut tally = crate::flow_tally::FlowTally::default();
     for (family, result, elapsed) in results {
         let fam = FamilyLabels {
             ip_family: family.into(),
@@ -305,7 +310,10 @@ async fn run_passes(
             .get_or_create(&fam)
             .observe(elapsed.as_secs_f64());
         match result {
-            Ok(report) => record_pass(&p.metrics, family, trigger, &report, elapsed, dry_run),
+            Ok(mut report) => {
+                record_pass(&p.metrics, family, trigger, &report, elapsed, dry_run);
+                tally.merge(std::mem::take(&mut report.tally));
+            }
             Err(e) => {
                 all_ok = false;
                 p.metrics.pass_failures.get_or_create(&fam).inc();
@@ -319,6 +327,12 @@ async fn run_passes(
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         p.metrics.last_successful_pass.set(unix);
+        // Every family's table was read whole: the per-frontend figures are complete.
+        let figures = {
+            let index = p.index.read().unwrap_or_else(PoisonError::into_inner);
+            tally.resolve(&index, Instant::now(), crate::flow_tally::MAX_SERIES)
+        };
+        p.table.record_pass(figures);
     }
     Ok((ct, all_ok))
 }
