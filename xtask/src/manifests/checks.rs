@@ -611,3 +611,322 @@ fn builtin_render_matches_kubectl_kustomize() {
         assert_eq!(ours, theirs, "{} differs from kubectl kustomize", key(ours));
     }
 }
+
+// --- The monitoring overlay: alerts and dashboard, held to the metrics the agent exports. ---
+
+const MONITORING: &str = "monitoring";
+
+/// The metric names `docs/metrics.md` lists (as they appear in `/metrics`), with their types.
+/// The agent's own test (`crates/controller/tests/table_stats.rs`) checks this list against a
+/// running agent's `/metrics`, so names checked against it here are names the binary exports.
+fn documented_metrics() -> BTreeMap<String, String> {
+    let path = crate::util::workspace_root().join("docs/metrics.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("| `conntrack_reconciler_") else {
+            continue;
+        };
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`');
+        let kind = cells[2];
+        assert!(
+            ["counter", "gauge", "histogram"].contains(&kind),
+            "docs/metrics.md: {name} has type {kind:?}"
+        );
+        assert!(!rest.is_empty());
+        assert!(
+            out.insert(name.to_string(), kind.to_string()).is_none(),
+            "docs/metrics.md lists {name} twice"
+        );
+    }
+    assert!(
+        out.len() > 10,
+        "docs/metrics.md lists too few metrics: {out:?}"
+    );
+    out
+}
+
+/// Alert names in the alerts table of `docs/metrics.md`.
+fn documented_alerts() -> BTreeSet<String> {
+    let path = crate::util::workspace_root().join("docs/metrics.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("| `Conntrack"))
+        .map(|rest| format!("Conntrack{}", rest.split('`').next().unwrap()))
+        .collect()
+}
+
+/// The agent's metric names a PromQL expression uses (identifiers outside string literals).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            current.push(c);
+            continue;
+        }
+        if current.starts_with("conntrack_reconciler_") {
+            names.push(std::mem::take(&mut current));
+        }
+        current.clear();
+        if c == '"' || c == '\'' || c == '`' {
+            quote = Some(c);
+        }
+    }
+    names
+}
+
+/// Brackets balance outside string literals, and the expression is not empty.
+fn assert_well_formed_promql(what: &str, expr: &str) {
+    assert!(!expr.trim().is_empty(), "{what}: empty expression");
+    let mut stack = Vec::new();
+    let mut quote: Option<char> = None;
+    for c in expr.chars() {
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '(' | '{' | '[' => stack.push(c),
+            ')' | '}' | ']' => {
+                let open = stack.pop();
+                let expected = match c {
+                    ')' => '(',
+                    '}' => '{',
+                    _ => '[',
+                };
+                assert_eq!(open, Some(expected), "{what}: unbalanced {c:?} in {expr}");
+            }
+            _ => {}
+        }
+    }
+    assert!(quote.is_none(), "{what}: unterminated string in {expr}");
+    assert!(stack.is_empty(), "{what}: unclosed {stack:?} in {expr}");
+}
+
+/// Every agent metric `expr` uses is exported: documented directly, or a histogram's
+/// `_bucket` / `_sum` / `_count` series.
+fn assert_uses_exported_metrics(what: &str, expr: &str, exported: &BTreeMap<String, String>) {
+    let names = metric_names(expr);
+    assert!(
+        !names.is_empty(),
+        "{what}: uses none of the agent's metrics: {expr}"
+    );
+    for name in names {
+        if exported.contains_key(&name) {
+            continue;
+        }
+        let histogram_series = ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .is_some_and(|base| exported.get(base).is_some_and(|k| k == "histogram"))
+        });
+        assert!(
+            histogram_series,
+            "{what}: {name} is not a metric the agent exports (docs/metrics.md)"
+        );
+    }
+}
+
+fn monitoring_object(file: &str) -> Value {
+    single_object(&manifests_dir().join("overlays").join(MONITORING).join(file))
+}
+
+#[test]
+fn monitoring_overlay_adds_rules_and_dashboard_to_the_servicemonitor_overlay() {
+    let (dir, kustomization) = overlay(MONITORING);
+    assert_eq!(
+        kustomization.resources,
+        ["../servicemonitor", "prometheusrule.yaml", "dashboard.yaml"]
+    );
+    assert!(kustomization.patches.is_empty());
+    let yaml = single_object(&dir.join("kustomization.yaml"));
+    assert_eq!(yaml["kind"].as_str(), Some("Kustomization"));
+    let files = kustomization::resource_files(&dir).unwrap();
+    let kinds: BTreeSet<String> = files
+        .iter()
+        .map(|(file, _)| single_object(file)["kind"].as_str().unwrap().to_string())
+        .collect();
+    for kind in ["DaemonSet", "ServiceMonitor", "PrometheusRule", "ConfigMap"] {
+        assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
+    }
+    for file in ["prometheusrule.yaml", "dashboard.yaml"] {
+        let object = monitoring_object(file);
+        assert_eq!(object["metadata"]["namespace"].as_str(), Some(NAMESPACE));
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/name"].as_str(),
+            Some(CONTAINER)
+        );
+    }
+}
+
+#[test]
+fn prometheus_rule_alerts_are_well_formed_documented_and_use_exported_metrics() {
+    let exported = documented_metrics();
+    let rule = monitoring_object("prometheusrule.yaml");
+    assert_eq!(
+        rule["apiVersion"].as_str(),
+        Some("monitoring.coreos.com/v1")
+    );
+    assert_eq!(rule["kind"].as_str(), Some("PrometheusRule"));
+    let groups = rule["spec"]["groups"].as_sequence().expect("spec.groups");
+    let mut alerts: BTreeMap<String, Value> = BTreeMap::new();
+    let mut group_names = BTreeSet::new();
+    for group in groups {
+        let name = group["name"].as_str().expect("group name");
+        assert!(group_names.insert(name), "group {name} twice");
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let alert = rule["alert"]
+                .as_str()
+                .expect("only alerting rules")
+                .to_string();
+            let expr = rule["expr"].as_str().expect("expr");
+            assert_well_formed_promql(&alert, expr);
+            assert_uses_exported_metrics(&alert, expr, &exported);
+            let duration = rule["for"].as_str().expect("for");
+            let minutes = duration
+                .strip_suffix('m')
+                .and_then(|m| m.parse::<u32>().ok())
+                .unwrap_or_else(|| panic!("{alert}: for {duration:?} is not whole minutes"));
+            assert!(minutes <= 60, "{alert}: for {duration}");
+            let severity = rule["labels"]["severity"].as_str();
+            assert!(
+                matches!(severity, Some("warning" | "critical")),
+                "{alert}: severity {severity:?}"
+            );
+            for key in ["summary", "description"] {
+                let text = rule["annotations"][key].as_str().unwrap_or_default();
+                assert!(!text.trim().is_empty(), "{alert}: annotation {key}");
+            }
+            assert!(
+                alerts.insert(alert.clone(), rule.clone()).is_none(),
+                "{alert} twice"
+            );
+        }
+    }
+    let names: BTreeSet<String> = alerts.keys().cloned().collect();
+    assert_eq!(
+        names,
+        documented_alerts(),
+        "alerts and docs/metrics.md disagree"
+    );
+    for required in [
+        "ConntrackTableNearlyFull",
+        "ConntrackInsertFailedRising",
+        "ConntrackStaleFlowsNotDeleted",
+        "ConntrackReconcilerNotReady",
+    ] {
+        assert!(names.contains(required), "{required} missing");
+    }
+    let full = &alerts["ConntrackTableNearlyFull"];
+    assert_eq!(full["for"].as_str(), Some("5m"));
+    let expr = full["expr"].as_str().unwrap();
+    assert!(expr.contains("conntrack_reconciler_table_entries_limit") && expr.contains("> 0.8"));
+    let insert = alerts["ConntrackInsertFailedRising"]["expr"]
+        .as_str()
+        .unwrap();
+    assert!(
+        insert.contains("increase(conntrack_reconciler_table_insert_failed_total")
+            || insert.contains("rate(conntrack_reconciler_table_insert_failed_total"),
+        "insert_failed is a counter: alert on its growth"
+    );
+    let stale = alerts["ConntrackStaleFlowsNotDeleted"]["expr"]
+        .as_str()
+        .unwrap();
+    assert!(stale.contains("conntrack_reconciler_stale_flows_left"));
+    let ready = alerts["ConntrackReconcilerNotReady"]["expr"]
+        .as_str()
+        .unwrap();
+    assert!(ready.contains("conntrack_reconciler_ready == 0"));
+}
+
+#[test]
+fn dashboard_is_well_formed_json_whose_queries_use_exported_metrics() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::serde_json::{self, Value as Json};
+    let exported = documented_metrics();
+    let path = manifests_dir()
+        .join("overlays")
+        .join(MONITORING)
+        .join("dashboard.yaml");
+    let map: ConfigMap = typed(&path, &single_object(&path));
+    let labels = map.metadata.labels.as_ref().expect("labels");
+    assert_eq!(
+        labels.get("grafana_dashboard").map(String::as_str),
+        Some("1")
+    );
+    let data = map.data.as_ref().expect("data");
+    assert_eq!(data.len(), 1, "one dashboard");
+    let (key, text) = data.iter().next().unwrap();
+    assert!(key.ends_with(".json"), "{key}");
+    let dashboard: Json = serde_json::from_str(text).expect("the dashboard is valid JSON");
+    assert_eq!(dashboard["uid"].as_str(), Some("conntrack-reconciler"));
+    assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+    let variables: BTreeSet<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(variables, BTreeSet::from(["datasource", "node"]));
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut titles = BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().expect("panel title");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "{title}: id"
+        );
+        titles.insert(title);
+        assert_eq!(
+            panel["datasource"]["uid"].as_str(),
+            Some("${datasource}"),
+            "{title}: datasource"
+        );
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(w > 0 && x + w <= 24, "{title}: gridPos {grid}");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no queries");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("expr");
+            assert_well_formed_promql(title, expr);
+            assert_uses_exported_metrics(title, expr, &exported);
+            assert!(
+                expr.contains("$node"),
+                "{title}: not filtered by node: {expr}"
+            );
+        }
+    }
+    for required in [
+        "Table fill",
+        "Insert failures and drops",
+        "Deletions by reason",
+        "Pass latency",
+        "Stale flows not deleted",
+    ] {
+        assert!(
+            titles.contains(required),
+            "panel {required:?} missing: {titles:?}"
+        );
+    }
+}
+
+#[test]
+fn metric_names_skip_label_values_and_functions() {
+    let names = metric_names(
+        r#"rate(conntrack_reconciler_x_total{node=~"conntrack_reconciler_not_a_metric"}[5m]) or up{job="a"} == 0"#,
+    );
+    assert_eq!(names, ["conntrack_reconciler_x_total"]);
+}
