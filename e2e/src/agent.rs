@@ -174,26 +174,45 @@ impl Agent {
 
 /// A JSON log line's message and fields, flattened for the timeline.
 fn summarize_log(line: &str) -> String {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_str::<serde_json::Value>(line)
+    else {
         return line.to_string();
     };
-    let message = value
-        .pointer("/fields/message")
-        .or_else(|| value.get("message"))
-        .or_else(|| value.get("msg"))
-        .and_then(|m| m.as_str())
-        .unwrap_or("")
-        .to_string();
+    // tracing-subscriber's JSON puts fields at the top level (flattened) or under "fields".
+    let mut fields = object.clone();
+    if let Some(serde_json::Value::Object(nested)) = fields.remove("fields") {
+        fields.extend(nested);
+    }
+    let message = fields
+        .remove("message")
+        .and_then(|m| m.as_str().map(str::to_string))
+        .unwrap_or_default();
     let mut parts = vec![message];
-    if let Some(fields) = value.get("fields").and_then(|f| f.as_object()) {
-        for (key, v) in fields {
-            if key != "message" {
-                parts.push(format!(
-                    "{key}={}",
-                    v.as_str().map_or(v.to_string(), str::to_string)
-                ));
-            }
+    for (key, value) in &fields {
+        if matches!(
+            key.as_str(),
+            "timestamp" | "level" | "target" | "span" | "spans"
+        ) {
+            continue;
         }
+        let text = value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_string);
+        parts.push(format!("{key}={text}"));
     }
     parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize_log;
+
+    #[test]
+    fn log_lines_are_flattened_for_the_timeline() {
+        let line = r#"{"timestamp":"t","level":"INFO","message":"pass","family":"ipv4","deleted":1,"target":"x"}"#;
+        assert_eq!(summarize_log(line), "pass deleted=1 family=ipv4");
+        let nested = r#"{"fields":{"message":"deleted","flow":"a"},"level":"INFO"}"#;
+        assert_eq!(summarize_log(nested), "deleted flow=a");
+        assert_eq!(summarize_log("plain text"), "plain text");
+    }
 }

@@ -308,6 +308,10 @@ impl Lab {
 
     /// Deletes a backend pod: its process and network go, its endpoint and Pod object too.
     pub fn remove_backend(&self, service: &str, pod_name: &str) -> Result<()> {
+        self.timeline.record(
+            "lab",
+            format!("backend pod {pod_name} deleted (process, network, endpoint, Pod object)"),
+        );
         if let Some(mut process) = lock(&self.processes).remove(pod_name) {
             process.stop(Duration::ZERO);
         }
@@ -322,8 +326,6 @@ impl Lab {
         drop(services);
         self.publish_slices(&snapshot)?;
         self.api.delete::<Pod>("default", pod_name)?;
-        self.timeline
-            .record("lab", format!("backend pod {pod_name} deleted"));
         self.record_serving();
         Ok(())
     }

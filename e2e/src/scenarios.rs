@@ -60,11 +60,14 @@ pub enum Scenario {
     WatchDroppedDuringChange,
     /// kube-proxy's rules lag 3 s behind the API: the agent sees the change first.
     Race,
+    /// The agent is restarted while flows are healthy (none may be touched), then a backend
+    /// is deleted.
+    AgentRestarted,
 }
 
 impl Scenario {
     /// Every scenario, headline first.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::BackendDeleted,
         Scenario::NodePort,
         Scenario::ExternalIp,
@@ -78,6 +81,7 @@ impl Scenario {
         Scenario::NotServing,
         Scenario::WatchDroppedDuringChange,
         Scenario::Race,
+        Scenario::AgentRestarted,
     ];
 
     /// A short name (namespace prefixes, test names).
@@ -96,6 +100,7 @@ impl Scenario {
             Scenario::NotServing => "not-serving",
             Scenario::WatchDroppedDuringChange => "watch-drop",
             Scenario::Race => "race",
+            Scenario::AgentRestarted => "agent-restart",
         }
     }
 
@@ -285,6 +290,21 @@ pub fn run(scenario: Scenario, config: &RunConfig) -> Result<Outcome> {
     for b in &bystanders {
         b.wait_steady(3, Duration::from_secs(10))?;
     }
+    if scenario == Scenario::AgentRestarted
+        && let Some(agent) = &config.agent
+    {
+        tl.record("lab", "restarting the agent");
+        lab.stop_agent();
+        lab.start_agent(agent, &["--resync-interval".into(), "60s".into()])?;
+        // Its first pass over a healthy table must delete nothing.
+        std::thread::sleep(Duration::from_millis(500));
+        client.wait_steady(5, Duration::from_secs(10))?;
+    }
+    let before = if scenario == Scenario::AgentRestarted {
+        client.last_answer().map_or(before, |a| a.backend)
+    } else {
+        before
+    };
     let victim = before
         .rsplit_once(':')
         .map(|(pod, _)| pod.to_string())

@@ -134,4 +134,5 @@ scenario_tests! {
     not_serving => Scenario::NotServing,
     watch_dropped_during_change => Scenario::WatchDroppedDuringChange,
     race => Scenario::Race,
+    agent_restarted => Scenario::AgentRestarted,
 }

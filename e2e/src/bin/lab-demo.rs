@@ -78,7 +78,15 @@ fn recovery(outcome: &Outcome) -> String {
 fn print_run(title: &str, outcome: &Outcome) {
     println!("== {title}");
     println!("   time (relative to the deletion), source, event");
-    for line in outcome.timeline.lines() {
+    // Setup (the initial rule syncs) happens before; show the story from the steady client on.
+    let story: Vec<&str> = outcome
+        .timeline
+        .lines()
+        .skip_while(|line| {
+            !line.contains("answered steadily") && !line.contains("agent      ready")
+        })
+        .collect();
+    for line in story {
         println!("   {line}");
     }
     for flow in &outcome.client_flows_at_end {
