@@ -83,7 +83,49 @@ pub fn error_code(payload: &[u8]) -> Result<i32, Error> {
     Ok(i32::from_ne_bytes(bytes).saturating_neg())
 }
 
+/// Why a message is unreadable, with the byte offset of the problem inside the buffer being
+/// parsed. Kept small (unlike [`Error`]) so that the hot path passes results in registers.
+#[derive(Clone, Copy, Debug)]
+struct Bad {
+    what: &'static str,
+    offset: usize,
+}
+
+impl Bad {
+    const fn at(what: &'static str, offset: usize) -> Self {
+        Self { what, offset }
+    }
+
+    /// The public error, with the offset counted from the start of the netlink message.
+    fn into_error(self, base: usize) -> Error {
+        Error::Malformed {
+            what: self.what,
+            offset: base + self.offset,
+        }
+    }
+}
+
+/// The attribute at `at` in `buf`: `(type without flag bits, payload, offset of the next)`.
+///
+/// The next offset may lie past the end of `buf` (a last attribute without its padding); loops
+/// stop there.
+#[inline(always)]
+fn attr_at(buf: &[u8], at: usize) -> Result<(u16, &[u8], usize), Bad> {
+    let Some(&[l0, l1, t0, t1]) = buf.get(at..at + NLA_HDR_LEN) else {
+        return Err(Bad::at("truncated attribute header", at));
+    };
+    let len = usize::from(u16::from_ne_bytes([l0, l1]));
+    let ty = u16::from_ne_bytes([t0, t1]) & NLA_TYPE_MASK;
+    // A length below the header size makes the range empty-reversed, which `get` refuses.
+    match buf.get(at + NLA_HDR_LEN..at + len) {
+        Some(payload) if len >= NLA_HDR_LEN => Ok((ty, payload, at + align4(len))),
+        _ => Err(Bad::at("attribute length out of bounds", at)),
+    }
+}
+
 /// Iterates over the attributes in a buffer: `(type without flag bits, payload)`.
+///
+/// After the first error the iterator is exhausted: a bad length makes the rest unreadable.
 #[derive(Clone, Debug)]
 pub struct Attrs<'a> {
     buf: &'a [u8],
@@ -101,105 +143,176 @@ impl<'a> Iterator for Attrs<'a> {
     type Item = Result<(u16, &'a [u8]), Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let rest = self.buf.get(self.offset..)?;
-        if rest.is_empty() {
+        if self.offset >= self.buf.len() {
             return None;
         }
-        let at = self.offset;
-        self.offset = self.buf.len();
-        if rest.len() < NLA_HDR_LEN {
-            return Some(Err(Error::Malformed {
-                what: "truncated attribute header",
-                offset: at,
-            }));
+        match attr_at(self.buf, self.offset) {
+            Ok((ty, payload, next)) => {
+                self.offset = next;
+                Some(Ok((ty, payload)))
+            }
+            Err(bad) => {
+                self.offset = self.buf.len();
+                Some(Err(bad.into_error(0)))
+            }
         }
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        if len < NLA_HDR_LEN || len > rest.len() {
-            return Some(Err(Error::Malformed {
-                what: "attribute length out of bounds",
-                offset: at,
-            }));
-        }
-        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
-        self.offset = at + align4(len).min(rest.len());
-        Some(Ok((ty, &rest[NLA_HDR_LEN..len])))
     }
 }
 
-fn be_u16(payload: &[u8], what: &'static str) -> Result<u16, Error> {
-    match payload.get(..2) {
-        Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
-        None => Err(Error::Malformed { what, offset: 0 }),
+#[inline(always)]
+fn be_u16(payload: &[u8], what: &'static str) -> Result<u16, Bad> {
+    match payload {
+        [b0, b1, ..] => Ok(u16::from_be_bytes([*b0, *b1])),
+        _ => Err(Bad::at(what, 0)),
     }
 }
 
-fn be_u32(payload: &[u8], what: &'static str) -> Result<u32, Error> {
-    match payload.get(..4) {
-        Some(b) => Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        None => Err(Error::Malformed { what, offset: 0 }),
+#[inline(always)]
+fn be_u32(payload: &[u8], what: &'static str) -> Result<u32, Bad> {
+    match payload {
+        [b0, b1, b2, b3, ..] => Ok(u32::from_be_bytes([*b0, *b1, *b2, *b3])),
+        _ => Err(Bad::at(what, 0)),
     }
 }
 
-fn first_u8(payload: &[u8], what: &'static str) -> Result<u8, Error> {
-    payload
-        .first()
-        .copied()
-        .ok_or(Error::Malformed { what, offset: 0 })
+fn first_u8(payload: &[u8], what: &'static str) -> Result<u8, Bad> {
+    payload.first().copied().ok_or(Bad::at(what, 0))
 }
 
-fn ipv4(payload: &[u8]) -> Result<IpAddr, Error> {
-    let octets: [u8; 4] = payload.try_into().map_err(|_| Error::Malformed {
-        what: "IPv4 address is not 4 bytes",
-        offset: 0,
-    })?;
+fn ipv4(payload: &[u8]) -> Result<IpAddr, Bad> {
+    let octets: [u8; 4] = payload
+        .try_into()
+        .map_err(|_| Bad::at("IPv4 address is not 4 bytes", 0))?;
     Ok(IpAddr::V4(Ipv4Addr::from(octets)))
 }
 
-fn ipv6(payload: &[u8]) -> Result<IpAddr, Error> {
-    let octets: [u8; 16] = payload.try_into().map_err(|_| Error::Malformed {
-        what: "IPv6 address is not 16 bytes",
-        offset: 0,
-    })?;
+fn ipv6(payload: &[u8]) -> Result<IpAddr, Bad> {
+    let octets: [u8; 16] = payload
+        .try_into()
+        .map_err(|_| Bad::at("IPv6 address is not 16 bytes", 0))?;
     Ok(IpAddr::V6(Ipv6Addr::from(octets)))
 }
 
-/// Parses `CTA_TUPLE_ORIG` / `CTA_TUPLE_REPLY` contents.
-fn parse_tuple(buf: &[u8]) -> Result<Tuple, Error> {
+/// An attribute header as the native-endian `u32` that starts the attribute.
+const fn attr_header(len: usize, ty: u16) -> u32 {
+    let len = (len as u16).to_ne_bytes();
+    let ty = ty.to_ne_bytes();
+    u32::from_ne_bytes([len[0], len[1], ty[0], ty[1]])
+}
+
+/// Clears the flag bits (`NLA_F_NESTED`, `NLA_F_NET_BYTEORDER`) of an attribute header word.
+const HEADER_FLAGS_OFF: u32 = attr_header(0xffff, NLA_TYPE_MASK);
+
+/// Size of the `CTA_TUPLE_PROTO` nest the kernel writes for a protocol with ports: the
+/// protocol number (padded to 8 bytes) and two ports (8 bytes each).
+const PORTS_NEST_LEN: usize = NLA_HDR_LEN + 3 * 8;
+
+/// Parses a tuple in exactly the layout the kernel writes for protocols with ports
+/// (`CTA_TUPLE_IP {SRC, DST}`, `CTA_TUPLE_PROTO {NUM, SRC_PORT, DST_PORT}`), `A` being the
+/// address size and `N` the tuple's size. Every header is compared with what that layout
+/// implies, so `Some` means the generic parser would have read the same values; any other
+/// shape (ICMP, a tuple zone, other attribute orders, anything malformed) gives `None` and is
+/// left to the generic parser.
+#[inline(always)]
+fn canonical_tuple<const A: usize, const N: usize>(buf: &[u8]) -> Option<Tuple>
+where
+    [u8; A]: Into<IpAddr>,
+{
+    const { assert!(N == NLA_HDR_LEN + 2 * (NLA_HDR_LEN + A) + PORTS_NEST_LEN) };
+    // A fixed-size array: the constant offsets below need no run-time bounds checks, and
+    // neighbouring byte reads merge into single loads.
+    let buf: &[u8; N] = buf.try_into().ok()?;
+    let bytes = |at: usize| -> [u8; 4] { [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]] };
+    let word = |at: usize| u32::from_ne_bytes(bytes(at)) & HEADER_FLAGS_OFF;
+    let (src_ty, dst_ty) = if A == 4 {
+        (CTA_IP_V4_SRC, CTA_IP_V4_DST)
+    } else {
+        (CTA_IP_V6_SRC, CTA_IP_V6_DST)
+    };
+    let ip_len = N - PORTS_NEST_LEN;
+    let src_at = 2 * NLA_HDR_LEN;
+    let dst_at = src_at + A + NLA_HDR_LEN;
+    let p = ip_len;
+    let layout_matches = word(0) == attr_header(ip_len, CTA_TUPLE_IP)
+        && word(src_at - NLA_HDR_LEN) == attr_header(NLA_HDR_LEN + A, src_ty)
+        && word(dst_at - NLA_HDR_LEN) == attr_header(NLA_HDR_LEN + A, dst_ty)
+        && word(p) == attr_header(PORTS_NEST_LEN, CTA_TUPLE_PROTO)
+        && word(p + 4) == attr_header(NLA_HDR_LEN + 1, CTA_PROTO_NUM)
+        && word(p + 12) == attr_header(NLA_HDR_LEN + 2, CTA_PROTO_SRC_PORT)
+        && word(p + 20) == attr_header(NLA_HDR_LEN + 2, CTA_PROTO_DST_PORT);
+    let protonum = buf[p + 8];
+    // ICMP's "dport" is built from type and code, which this layout does not carry.
+    if !layout_matches || proto::is_icmp(protonum) {
+        return None;
+    }
+    let address = |at: usize| -> IpAddr { std::array::from_fn::<u8, A, _>(|i| buf[at + i]).into() };
+    Some(Tuple {
+        src: address(src_at),
+        dst: address(dst_at),
+        proto: protonum,
+        sport: u16::from_be_bytes([buf[p + 16], buf[p + 17]]),
+        dport: u16::from_be_bytes([buf[p + 24], buf[p + 25]]),
+    })
+}
+
+/// Parses `CTA_TUPLE_ORIG` / `CTA_TUPLE_REPLY` contents: the kernel's usual layout directly,
+/// anything else attribute by attribute.
+#[inline(always)]
+fn parse_tuple(buf: &[u8], family: Family) -> Result<Tuple, Bad> {
+    let fast = match family {
+        Family::V4 => canonical_tuple::<4, 48>(buf),
+        Family::V6 => canonical_tuple::<16, 72>(buf),
+    };
+    match fast {
+        Some(tuple) => Ok(tuple),
+        None => parse_tuple_generic(buf),
+    }
+}
+
+/// Parses tuple contents in any order, with any extra attributes.
+#[cold]
+fn parse_tuple_generic(buf: &[u8]) -> Result<Tuple, Bad> {
     let mut src = None;
     let mut dst = None;
     let mut protonum = None;
     let (mut sport, mut dport) = (0u16, 0u16);
     let (mut icmp_type, mut icmp_code) = (0u8, 0u8);
-    for attr in Attrs::new(buf) {
-        let (ty, payload) = attr?;
+    let mut at = 0;
+    while at < buf.len() {
+        let (ty, payload, next) = attr_at(buf, at)?;
+        at = next;
         match ty {
             CTA_TUPLE_IP => {
-                for attr in Attrs::new(payload) {
-                    let (ty, payload) = attr?;
+                let mut at = 0;
+                while at < payload.len() {
+                    let (ty, value, next) = attr_at(payload, at)?;
+                    at = next;
                     match ty {
-                        CTA_IP_V4_SRC => src = Some(ipv4(payload)?),
-                        CTA_IP_V4_DST => dst = Some(ipv4(payload)?),
-                        CTA_IP_V6_SRC => src = Some(ipv6(payload)?),
-                        CTA_IP_V6_DST => dst = Some(ipv6(payload)?),
+                        CTA_IP_V4_SRC => src = Some(ipv4(value)?),
+                        CTA_IP_V4_DST => dst = Some(ipv4(value)?),
+                        CTA_IP_V6_SRC => src = Some(ipv6(value)?),
+                        CTA_IP_V6_DST => dst = Some(ipv6(value)?),
                         _ => {}
                     }
                 }
             }
             CTA_TUPLE_PROTO => {
-                for attr in Attrs::new(payload) {
-                    let (ty, payload) = attr?;
+                let mut at = 0;
+                while at < payload.len() {
+                    let (ty, value, next) = attr_at(payload, at)?;
+                    at = next;
                     match ty {
-                        CTA_PROTO_NUM => protonum = Some(first_u8(payload, "short protocol")?),
-                        CTA_PROTO_SRC_PORT => sport = be_u16(payload, "short source port")?,
-                        CTA_PROTO_DST_PORT => dport = be_u16(payload, "short destination port")?,
+                        CTA_PROTO_NUM => protonum = Some(first_u8(value, "short protocol")?),
+                        CTA_PROTO_SRC_PORT => sport = be_u16(value, "short source port")?,
+                        CTA_PROTO_DST_PORT => dport = be_u16(value, "short destination port")?,
                         CTA_PROTO_ICMP_ID | CTA_PROTO_ICMPV6_ID => {
-                            sport = be_u16(payload, "short ICMP id")?
+                            sport = be_u16(value, "short ICMP id")?
                         }
                         CTA_PROTO_ICMP_TYPE | CTA_PROTO_ICMPV6_TYPE => {
-                            icmp_type = first_u8(payload, "short ICMP type")?
+                            icmp_type = first_u8(value, "short ICMP type")?
                         }
                         CTA_PROTO_ICMP_CODE | CTA_PROTO_ICMPV6_CODE => {
-                            icmp_code = first_u8(payload, "short ICMP code")?
+                            icmp_code = first_u8(value, "short ICMP code")?
                         }
                         _ => {}
                     }
@@ -209,10 +322,7 @@ fn parse_tuple(buf: &[u8]) -> Result<Tuple, Error> {
         }
     }
     let (Some(src), Some(dst), Some(protonum)) = (src, dst, protonum) else {
-        return Err(Error::Malformed {
-            what: "tuple without addresses or protocol",
-            offset: 0,
-        });
+        return Err(Bad::at("tuple without addresses or protocol", 0));
     };
     if proto::is_icmp(protonum) {
         dport = u16::from(icmp_type) << 8 | u16::from(icmp_code);
@@ -227,26 +337,34 @@ fn parse_tuple(buf: &[u8]) -> Result<Tuple, Error> {
 }
 
 /// Parses the payload (after `nlmsghdr`) of a ctnetlink `CT_NEW` / `CT_DELETE` message.
+///
+/// One pass over the top-level attributes; the tuples take the direct path when they have
+/// the kernel's usual layout. Errors carry offsets from the start of the netlink message.
 pub fn parse_flow(payload: &[u8]) -> Result<Flow, Error> {
-    if payload.len() < NFGEN_HDR_LEN {
-        return Err(Error::Malformed {
-            what: "truncated nfgenmsg",
-            offset: NLMSG_HDR_LEN,
-        });
-    }
-    let family = Family::from_af(payload[0]).ok_or(Error::Malformed {
-        what: "unknown address family",
-        offset: NLMSG_HDR_LEN,
-    })?;
+    parse_flow_inner(payload).map_err(|bad| bad.into_error(NLMSG_HDR_LEN))
+}
+
+#[inline(always)]
+fn parse_flow_inner(payload: &[u8]) -> Result<Flow, Bad> {
+    let Some(&[af, ..]) = payload.get(..NFGEN_HDR_LEN) else {
+        return Err(Bad::at("truncated nfgenmsg", 0));
+    };
+    let family = Family::from_af(af).ok_or(Bad::at("unknown address family", 0))?;
+    let attrs = &payload[NFGEN_HDR_LEN..];
     let mut orig = None;
     let mut reply = None;
     let mut flow_status = Status::NONE;
     let (mut mark, mut zone, mut timeout, mut id) = (0u32, 0u16, 0u32, 0u32);
-    for attr in Attrs::new(&payload[NFGEN_HDR_LEN..]) {
-        let (ty, value) = attr.map_err(|err| shift(err, NLMSG_HDR_LEN + NFGEN_HDR_LEN))?;
+    let mut at = 0;
+    while at < attrs.len() {
+        let (ty, value, next) = attr_at(attrs, at).map_err(|bad| Bad {
+            offset: bad.offset + NFGEN_HDR_LEN,
+            ..bad
+        })?;
+        at = next;
         match ty {
-            CTA_TUPLE_ORIG => orig = Some(parse_tuple(value)?),
-            CTA_TUPLE_REPLY => reply = Some(parse_tuple(value)?),
+            CTA_TUPLE_ORIG => orig = Some(parse_tuple(value, family)?),
+            CTA_TUPLE_REPLY => reply = Some(parse_tuple(value, family)?),
             CTA_STATUS => flow_status = Status(be_u32(value, "short status")?),
             CTA_MARK => mark = be_u32(value, "short mark")?,
             CTA_ZONE => zone = be_u16(value, "short zone")?,
@@ -256,10 +374,7 @@ pub fn parse_flow(payload: &[u8]) -> Result<Flow, Error> {
         }
     }
     let (Some(orig), Some(reply)) = (orig, reply) else {
-        return Err(Error::Malformed {
-            what: "conntrack message without both tuples",
-            offset: NLMSG_HDR_LEN,
-        });
+        return Err(Bad::at("conntrack message without both tuples", 0));
     };
     Ok(Flow {
         family,
@@ -271,16 +386,6 @@ pub fn parse_flow(payload: &[u8]) -> Result<Flow, Error> {
         timeout,
         id,
     })
-}
-
-fn shift(err: Error, by: usize) -> Error {
-    match err {
-        Error::Malformed { what, offset } => Error::Malformed {
-            what,
-            offset: offset + by,
-        },
-        other => other,
-    }
 }
 
 /// What one message of a ctnetlink reply stream means.
@@ -313,4 +418,89 @@ pub fn classify<'a>(msg: &NlMsg<'a>) -> Result<Reply<'a>, Error> {
         },
         _ => Reply::Other,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn attr(ty: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&((NLA_HDR_LEN + value.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&ty.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(align4(out.len()), 0);
+        out
+    }
+
+    /// A tuple as the kernel lays it out for a protocol with ports.
+    fn kernel_tuple(src: &[u8], dst: &[u8], protonum: u8, sport: u16, dport: u16) -> Vec<u8> {
+        let (src_ty, dst_ty) = if src.len() == 4 {
+            (CTA_IP_V4_SRC, CTA_IP_V4_DST)
+        } else {
+            (CTA_IP_V6_SRC, CTA_IP_V6_DST)
+        };
+        let ip = [attr(src_ty, src), attr(dst_ty, dst)].concat();
+        let l4 = [
+            attr(CTA_PROTO_NUM, &[protonum]),
+            attr(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
+            attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
+        ]
+        .concat();
+        [
+            attr(CTA_TUPLE_IP | NLA_F_NESTED, &ip),
+            attr(CTA_TUPLE_PROTO | NLA_F_NESTED, &l4),
+        ]
+        .concat()
+    }
+
+    fn fast(buf: &[u8], family: Family) -> Option<Tuple> {
+        match family {
+            Family::V4 => canonical_tuple::<4, 48>(buf),
+            Family::V6 => canonical_tuple::<16, 72>(buf),
+        }
+    }
+
+    #[test]
+    fn kernel_layout_takes_the_direct_path() {
+        let v4 = kernel_tuple(&[10, 0, 0, 1], &[10, 0, 0, 2], proto::UDP, 1000, 53);
+        let tuple = fast(&v4, Family::V4).expect("canonical IPv4 tuple");
+        assert_eq!(tuple, parse_tuple_generic(&v4).expect("valid tuple"));
+        assert_eq!(
+            (tuple.sport, tuple.dport, tuple.proto),
+            (1000, 53, proto::UDP)
+        );
+        let v6 = kernel_tuple(&[0xfd; 16], &[0xfe; 16], proto::TCP, 4242, 443);
+        let tuple = fast(&v6, Family::V6).expect("canonical IPv6 tuple");
+        assert_eq!(tuple, parse_tuple_generic(&v6).expect("valid tuple"));
+        // ICMP carries type and code in `dport`: always the generic path.
+        let icmp = kernel_tuple(&[10, 0, 0, 1], &[10, 0, 0, 2], proto::ICMP, 7, 0);
+        assert_eq!(fast(&icmp, Family::V4), None);
+    }
+
+    proptest! {
+        /// Whatever the bytes, the direct path either declines or agrees with the generic
+        /// parser.
+        #[test]
+        fn direct_path_agrees_with_generic_parser(
+            v6 in any::<bool>(),
+            protonum in any::<u8>(),
+            sport in any::<u16>(),
+            dport in any::<u16>(),
+            flips in proptest::collection::vec((0usize..72, any::<u8>()), 0..4),
+        ) {
+            let (family, len) = if v6 { (Family::V6, 16) } else { (Family::V4, 4) };
+            let mut buf = kernel_tuple(&vec![1; len], &vec![2; len], protonum, sport, dport);
+            for (at, byte) in flips {
+                if let Some(slot) = buf.get_mut(at) {
+                    *slot = byte;
+                }
+            }
+            if let Some(tuple) = fast(&buf, family) {
+                prop_assert_eq!(Ok(tuple), parse_tuple_generic(&buf).map_err(|bad| bad.what));
+            }
+        }
+    }
 }
