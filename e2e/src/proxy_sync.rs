@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -20,6 +21,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 #[derive(Debug)]
 pub struct KubeProxy {
     applied: watch::Receiver<u64>,
+    /// The resourceVersion of the last change of any kind the follower has seen.
+    seen: Arc<AtomicU64>,
+    /// The resourceVersion of the last Service / EndpointSlice change it has seen.
+    wanted: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -91,9 +96,19 @@ impl KubeProxy {
                 }
             }
         });
+        let seen = Arc::new(AtomicU64::new(first.rv));
+        let wanted = Arc::new(AtomicU64::new(first.rv));
+        let (seen_by_follower, wanted_by_follower) = (seen.clone(), wanted.clone());
         let follower = runtime.spawn(async move {
             loop {
-                match changes.recv().await {
+                let received = changes.recv().await;
+                if let Ok(change) = &received {
+                    seen_by_follower.fetch_max(change.rv, Ordering::SeqCst);
+                    if matches!(change.kind, Kind::Service | Kind::EndpointSlice) {
+                        wanted_by_follower.fetch_max(change.rv, Ordering::SeqCst);
+                    }
+                }
+                match received {
                     Ok(change) if !matches!(change.kind, Kind::Service | Kind::EndpointSlice) => {}
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                         let deadline = tokio::time::Instant::now() + lag;
@@ -107,6 +122,8 @@ impl KubeProxy {
         });
         Ok(Self {
             applied,
+            seen,
+            wanted,
             tasks: vec![applier, follower],
         })
     }
@@ -116,9 +133,17 @@ impl KubeProxy {
         *self.applied.borrow()
     }
 
-    /// Waits (blocking) until the rules reflect at least `rv`.
+    /// Waits (blocking) until the rules reflect every Service / EndpointSlice change up to
+    /// the API's resourceVersion `rv` (changes to other kinds need no sync).
     pub fn wait_applied(&self, rv: u64, timeout: Duration) -> Result<()> {
         let deadline = std::time::Instant::now() + timeout;
+        while self.seen.load(Ordering::SeqCst) < rv {
+            if std::time::Instant::now() > deadline {
+                bail!("kube-proxy has not seen rv {rv} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rv = self.wanted.load(Ordering::SeqCst);
         while self.applied_rv() < rv {
             if std::time::Instant::now() > deadline {
                 bail!(

@@ -382,7 +382,9 @@ pub fn run(scenario: Scenario, config: &RunConfig) -> Result<Outcome> {
     if let Some(a) = &first {
         tl.record_at(a.t_us, "client", format!("first answer from {}", a.backend));
     }
-    // Let a late, wrong deletion show up before judging.
+    // The agent's passes after kube-proxy's rewrite count too: wait for the rules, then let a
+    // late, wrong deletion show up before judging.
+    lab.wait_rules_synced()?;
     std::thread::sleep(Duration::from_millis(300));
     let false_deletions = lab.false_deletions(&monitor);
     for flow in &false_deletions {
