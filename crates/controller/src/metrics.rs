@@ -219,7 +219,36 @@ impl Metrics {
             "Objects held by the stale-flow index, by kind",
             m.index_size.clone(),
         );
+        m.preinit();
         m
+    }
+
+    /// Creates at 0 every series whose labels are known in advance, so that each metric is
+    /// listed from the first scrape (docs/metrics.md is checked against it) and `increase()`
+    /// sees the first event instead of a series appearing at 1.
+    fn preinit(&self) {
+        for ip_family in [IpFamily::ipv4, IpFamily::ipv6] {
+            let fam = FamilyLabels {
+                ip_family: ip_family.clone(),
+            };
+            let _ = self.pass_failures.get_or_create(&fam);
+            let _ = self.delete_errors.get_or_create(&fam);
+            for reason in ctdiff::Reason::ALL {
+                let labels = ReasonLabels {
+                    ip_family: ip_family.clone(),
+                    reason: reason.to_string(),
+                };
+                let _ = self.flows_deleted.get_or_create(&labels);
+                let _ = self.flows_not_deleted.get_or_create(&labels);
+            }
+        }
+        for kind in ["new", "destroy"] {
+            let _ = self.events.get_or_create(&KindLabels { kind });
+        }
+        for kind in ["services", "endpointslices", "nodes", "pods"] {
+            let _ = self.watch_errors.get_or_create(&KindLabels { kind });
+            let _ = self.objects_skipped.get_or_create(&KindLabels { kind });
+        }
     }
 
     /// Records the index's sizes.
