@@ -1,12 +1,14 @@
 //! Feeds watch events into the stale-flow index, kind by kind.
 //!
-//! A relist (`Init` … `InitApply`* … `InitDone`) is buffered and applied as one `reset_*` at
-//! `InitDone`, so the index never sees a half-listed kind: objects that vanished while the watch
-//! was down become tombstones at that moment, and until then the last complete state keeps
-//! serving. A kind is *ready* after its first `InitDone`; nothing may be deleted before all four
-//! are.
+//! A relist (`Init` … `InitApply`* … `InitDone`) is streamed into the index through a
+//! `ctdiff::Relist`: each listed object is applied as it arrives (it is current truth, like a
+//! watch update), and only at `InitDone` do the objects the relist did not list go away
+//! (tombstones for Services). So the index never loses what a half-finished relist has not
+//! reached yet, and nothing buffers a whole list: memory stays at the index's own size even for
+//! 10,000 Services. A kind is *ready* after its first `InitDone`; ctdiff judges nothing stale
+//! before then, and the agent deletes nothing before all four kinds are ready.
 
-use ctdiff::{Index, Report};
+use ctdiff::{Index, Relist, Report};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
@@ -20,8 +22,10 @@ pub trait IndexedKind: Sized {
     fn apply(index: &mut Index, obj: &Self, now: Instant) -> Report;
     /// An object was deleted.
     fn delete(index: &mut Index, obj: &Self, now: Instant) -> Report;
-    /// The complete list after a (re)list.
-    fn reset(index: &mut Index, all: &[Self], now: Instant) -> Report;
+    /// One object of a relist in progress.
+    fn relist(index: &mut Index, relist: &mut Relist, obj: &Self, now: Instant) -> Report;
+    /// The end of a relist: what it did not list is gone.
+    fn finish(index: &mut Index, relist: Relist, now: Instant) -> Report;
 }
 
 impl IndexedKind for Service {
@@ -32,8 +36,11 @@ impl IndexedKind for Service {
     fn delete(index: &mut Index, obj: &Self, now: Instant) -> Report {
         index.delete_service(obj, now)
     }
-    fn reset(index: &mut Index, all: &[Self], now: Instant) -> Report {
-        index.reset_services(all, now)
+    fn relist(index: &mut Index, relist: &mut Relist, obj: &Self, now: Instant) -> Report {
+        index.relist_service(relist, obj, now)
+    }
+    fn finish(index: &mut Index, relist: Relist, now: Instant) -> Report {
+        index.finish_service_relist(relist, now)
     }
 }
 
@@ -45,8 +52,11 @@ impl IndexedKind for EndpointSlice {
     fn delete(index: &mut Index, obj: &Self, now: Instant) -> Report {
         index.delete_endpoint_slice(obj, now)
     }
-    fn reset(index: &mut Index, all: &[Self], now: Instant) -> Report {
-        index.reset_endpoint_slices(all, now)
+    fn relist(index: &mut Index, relist: &mut Relist, obj: &Self, now: Instant) -> Report {
+        index.relist_endpoint_slice(relist, obj, now)
+    }
+    fn finish(index: &mut Index, relist: Relist, now: Instant) -> Report {
+        index.finish_endpoint_slice_relist(relist, now)
     }
 }
 
@@ -58,8 +68,11 @@ impl IndexedKind for Pod {
     fn delete(index: &mut Index, obj: &Self, now: Instant) -> Report {
         index.delete_pod(obj, now)
     }
-    fn reset(index: &mut Index, all: &[Self], now: Instant) -> Report {
-        index.reset_pods(all, now)
+    fn relist(index: &mut Index, relist: &mut Relist, obj: &Self, now: Instant) -> Report {
+        index.relist_pod(relist, obj, now)
+    }
+    fn finish(index: &mut Index, relist: Relist, now: Instant) -> Report {
+        index.finish_pod_relist(relist, now)
     }
 }
 
@@ -73,27 +86,28 @@ impl IndexedKind for Node {
         // addresses rather than forget which flows were NodePort traffic.
         Report::default()
     }
-    fn reset(index: &mut Index, all: &[Self], _now: Instant) -> Report {
-        let mut report = Report::default();
-        for node in all {
-            report.merge(index.apply_node(node));
-        }
-        report
+    fn relist(index: &mut Index, _relist: &mut Relist, obj: &Self, _now: Instant) -> Report {
+        index.apply_node(obj)
+    }
+    fn finish(_index: &mut Index, _relist: Relist, _now: Instant) -> Report {
+        Report::default() // only our own Node is watched, and its absence changes nothing
     }
 }
 
-/// Relist buffering and readiness of one kind.
+/// The relist in progress and the readiness of one kind.
 #[derive(Debug)]
 pub struct KindFeed<K> {
-    buffer: Option<Vec<K>>,
+    relist: Option<Relist>,
     ready: bool,
+    kind: std::marker::PhantomData<fn(K)>,
 }
 
 impl<K> Default for KindFeed<K> {
     fn default() -> Self {
         KindFeed {
-            buffer: None,
+            relist: None,
             ready: false,
+            kind: std::marker::PhantomData,
         }
     }
 }
@@ -103,17 +117,17 @@ impl<K: IndexedKind> KindFeed<K> {
     pub fn handle(&mut self, index: &mut Index, event: Event<K>, now: Instant) -> Report {
         match event {
             Event::Init => {
-                self.buffer = Some(Vec::new());
+                self.relist = Some(Relist::default());
                 Report::default()
             }
             Event::InitApply(obj) => {
-                self.buffer.get_or_insert_with(Vec::new).push(obj);
-                Report::default()
+                let relist = self.relist.get_or_insert_with(Relist::default);
+                K::relist(index, relist, &obj, now)
             }
             Event::InitDone => {
-                let all = self.buffer.take().unwrap_or_default();
+                let relist = self.relist.take().unwrap_or_default();
                 self.ready = true;
-                K::reset(index, &all, now)
+                K::finish(index, relist, now)
             }
             Event::Apply(obj) => K::apply(index, &obj, now),
             Event::Delete(obj) => K::delete(index, &obj, now),
@@ -156,5 +170,133 @@ impl Feed {
             (Node::KIND, self.nodes.is_ready()),
             (Pod::KIND, self.pods.is_ready()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctdiff::{FlowRef, IndexConfig, Reason, Verdict};
+    use serde_json::json;
+
+    fn service(name: &str, ip: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "d"},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 53, "protocol": "UDP"}]}
+        }))
+        .unwrap()
+    }
+
+    fn slice(service: &str, ip: &str) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-1"), "namespace": "d",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+            "ports": [{"port": 53, "protocol": "UDP"}]
+        }))
+        .unwrap()
+    }
+
+    fn flow(vip: &str, backend: &str) -> FlowRef {
+        FlowRef::udp(
+            format!("{vip}:53").parse().unwrap(),
+            format!("{backend}:53").parse().unwrap(),
+        )
+    }
+
+    fn list_all(feed: &mut Feed, index: &mut Index, now: Instant) {
+        for event in [
+            Event::Init,
+            Event::InitApply(service("a", "10.96.0.1")),
+            Event::InitDone,
+        ] {
+            let _ = feed.services.handle(index, event, now);
+        }
+        for event in [
+            Event::Init,
+            Event::InitApply(slice("a", "10.244.0.1")),
+            Event::InitDone,
+        ] {
+            let _ = feed.slices.handle(index, event, now);
+        }
+        let _ = feed.nodes.handle(index, Event::Init, now);
+        let _ = feed.nodes.handle(index, Event::InitDone, now);
+        let _ = feed.pods.handle(index, Event::Init, now);
+        let _ = feed.pods.handle(index, Event::InitDone, now);
+    }
+
+    #[test]
+    fn ready_only_after_every_kind_listed() {
+        let now = Instant::now();
+        let mut index = Index::new(IndexConfig::new("n1"));
+        let mut feed = Feed::default();
+        let _ = feed.services.handle(&mut index, Event::Init, now);
+        let _ = feed
+            .services
+            .handle(&mut index, Event::InitApply(service("a", "10.96.0.1")), now);
+        assert!(!feed.all_ready());
+        let _ = feed.services.handle(&mut index, Event::InitDone, now);
+        assert!(!feed.all_ready(), "slices, nodes and pods have not listed");
+        assert_eq!(
+            index.classify(&flow("10.96.0.1", "10.244.9.9"), now),
+            Verdict::Keep,
+            "nothing is stale while the slices are unlisted"
+        );
+        list_all(&mut feed, &mut index, now);
+        assert!(feed.all_ready());
+        assert_eq!(
+            index
+                .classify(&flow("10.96.0.1", "10.244.9.9"), now)
+                .reason(),
+            Some(Reason::EndpointGone)
+        );
+    }
+
+    #[test]
+    fn a_relist_tombstones_only_at_init_done() {
+        let now = Instant::now();
+        let mut index = Index::new(IndexConfig::new("n1"));
+        let mut feed = Feed::default();
+        list_all(&mut feed, &mut index, now);
+        let healthy = flow("10.96.0.1", "10.244.0.1");
+        assert_eq!(index.classify(&healthy, now), Verdict::Keep);
+        // The relist after a 410 lists nothing yet: the old state keeps serving.
+        let _ = feed.services.handle(&mut index, Event::Init, now);
+        assert_eq!(index.classify(&healthy, now), Verdict::Keep);
+        // It ends without service a: a was deleted while the watch was down.
+        let _ = feed.services.handle(&mut index, Event::InitDone, now);
+        assert_eq!(
+            index.classify(&healthy, now).reason(),
+            Some(Reason::ServiceDeleted)
+        );
+    }
+
+    #[test]
+    fn watch_updates_apply_at_once() {
+        let now = Instant::now();
+        let mut index = Index::new(IndexConfig::new("n1"));
+        let mut feed = Feed::default();
+        list_all(&mut feed, &mut index, now);
+        let _ = index.take_dirty();
+        let _ = feed
+            .slices
+            .handle(&mut index, Event::Apply(slice("a", "10.244.0.2")), now);
+        assert_eq!(
+            index
+                .classify(&flow("10.96.0.1", "10.244.0.1"), now)
+                .reason(),
+            Some(Reason::EndpointGone)
+        );
+        assert!(!index.take_dirty().is_empty());
+        let _ = feed
+            .services
+            .handle(&mut index, Event::Delete(service("a", "10.96.0.1")), now);
+        assert_eq!(
+            index
+                .classify(&flow("10.96.0.1", "10.244.0.2"), now)
+                .reason(),
+            Some(Reason::ServiceDeleted)
+        );
     }
 }

@@ -549,8 +549,15 @@ fn malformed_objects_are_skipped_and_nothing_healthy_is_deleted() {
         || lab.ports() == healthy_ports(),
         &agent,
     );
-    assert!(agent.metric("conntrack_reconciler_objects_skipped_total", &[]) >= 2.0, "{}", agent.logs());
+    assert!(
+        agent.metric("conntrack_reconciler_objects_skipped_total", &[]) >= 2.0,
+        "{}",
+        agent.logs()
+    );
     let logs = agent.logs();
-    assert!(logs.contains("10.244.1.999") || logs.contains("70000"), "skips are logged: {logs}");
+    assert!(
+        logs.contains("10.244.1.999") || logs.contains("70000"),
+        "skips are logged: {logs}"
+    );
     assert!(!logs.contains("panicked"), "{logs}");
 }

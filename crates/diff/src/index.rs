@@ -19,6 +19,28 @@ use crate::verdict::Frontend;
 /// Default time a deleted service's (or pod's) frontends stay judged as stale.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(5 * 60);
 
+/// A relist of one kind in progress: which objects it has listed so far.
+///
+/// Start one with `Relist::default()` at the watch's `Init`, pass each listed object to the
+/// kind's `relist_*` method, and end it with the kind's `finish_*_relist` at `InitDone`. Until
+/// the first relist of a kind is finished, the index judges nothing of that kind stale.
+#[derive(Debug, Default)]
+pub struct Relist {
+    seen: FxHashSet<ObjKey>,
+}
+
+impl Relist {
+    /// How many objects were listed so far.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether nothing was listed so far.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
 /// Settings of an [`Index`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexConfig {
@@ -192,18 +214,31 @@ impl Index {
         all: impl IntoIterator<Item = &'a Service>,
         now: Instant,
     ) -> Report {
+        let mut relist = Relist::default();
         let mut report = Report::default();
-        let mut seen = FxHashSet::default();
         for svc in all {
-            if let Some((key, _)) = parse::parse_service(svc, &mut Report::default()) {
-                seen.insert(key);
-            }
-            report.merge(self.apply_service(svc, now));
+            report.merge(self.relist_service(&mut relist, svc, now));
         }
+        report.merge(self.finish_service_relist(relist, now));
+        report
+    }
+
+    /// Applies one Service of a relist in progress and records it as listed. Objects can be
+    /// applied as they arrive, so a relist never has to hold the whole list in memory.
+    pub fn relist_service(&mut self, relist: &mut Relist, svc: &Service, now: Instant) -> Report {
+        if let Some((key, _)) = parse::parse_service(svc, &mut Report::default()) {
+            relist.seen.insert(key);
+        }
+        self.apply_service(svc, now)
+    }
+
+    /// Ends a relist of Services: those not listed are deleted (tombstoned), the kind counts
+    /// as listed, and the index is dirty as a whole.
+    pub fn finish_service_relist(&mut self, relist: Relist, now: Instant) -> Report {
         let gone: Vec<ObjKey> = self
             .services
             .keys()
-            .filter(|k| !seen.contains(*k))
+            .filter(|k| !relist.seen.contains(*k))
             .cloned()
             .collect();
         for key in gone {
@@ -211,7 +246,7 @@ impl Index {
         }
         self.listed.services = true;
         self.dirty_all = true;
-        report
+        Report::default()
     }
 
     fn upsert_service(&mut self, key: ObjKey, spec: ServiceSpec) {
@@ -343,22 +378,39 @@ impl Index {
         all: impl IntoIterator<Item = &'a EndpointSlice>,
         now: Instant,
     ) -> Report {
-        let _ = now;
+        let mut relist = Relist::default();
         let mut report = Report::default();
-        let mut seen = FxHashSet::default();
-        let mut touched = BTreeSet::new();
         for slice in all {
-            if let Some((key, _)) = parse::parse_endpoint_slice(slice, &mut Report::default()) {
-                seen.insert(key);
-            }
-            touched.extend(self.put_slice(slice, &mut report).into_iter().flatten());
+            report.merge(self.relist_endpoint_slice(&mut relist, slice, now));
         }
+        report.merge(self.finish_endpoint_slice_relist(relist, now));
+        report
+    }
+
+    /// Applies one EndpointSlice of a relist in progress and records it as listed.
+    pub fn relist_endpoint_slice(
+        &mut self,
+        relist: &mut Relist,
+        slice: &EndpointSlice,
+        now: Instant,
+    ) -> Report {
+        if let Some((key, _)) = parse::parse_endpoint_slice(slice, &mut Report::default()) {
+            relist.seen.insert(key);
+        }
+        self.apply_endpoint_slice(slice, now)
+    }
+
+    /// Ends a relist of EndpointSlices: those not listed are removed, the kind counts as
+    /// listed, and the index is dirty as a whole.
+    pub fn finish_endpoint_slice_relist(&mut self, relist: Relist, now: Instant) -> Report {
+        let _ = now;
         let gone: Vec<ObjKey> = self
             .slices
             .keys()
-            .filter(|k| !seen.contains(*k))
+            .filter(|k| !relist.seen.contains(*k))
             .cloned()
             .collect();
+        let mut touched = BTreeSet::new();
         for key in gone {
             touched.extend(self.drop_slice(&key));
         }
@@ -367,7 +419,7 @@ impl Index {
         }
         self.listed.slices = true;
         self.dirty_all = true;
-        report
+        Report::default()
     }
 
     /// Stores a slice; returns the services whose backends must be recomputed.
@@ -438,20 +490,30 @@ impl Index {
         all: impl IntoIterator<Item = &'a Pod>,
         now: Instant,
     ) -> Report {
+        let mut relist = Relist::default();
         let mut report = Report::default();
-        let mut seen = FxHashSet::default();
         for pod in all {
-            if let Some((key, _)) =
-                parse::parse_pod(pod, &self.cfg.node_name, &mut Report::default())
-            {
-                seen.insert(key);
-            }
-            report.merge(self.apply_pod(pod, now));
+            report.merge(self.relist_pod(&mut relist, pod, now));
         }
+        report.merge(self.finish_pod_relist(relist, now));
+        report
+    }
+
+    /// Applies one Pod of a relist in progress and records it as listed.
+    pub fn relist_pod(&mut self, relist: &mut Relist, pod: &Pod, now: Instant) -> Report {
+        if let Some((key, _)) = parse::parse_pod(pod, &self.cfg.node_name, &mut Report::default()) {
+            relist.seen.insert(key);
+        }
+        self.apply_pod(pod, now)
+    }
+
+    /// Ends a relist of Pods: those not listed are removed (host-port tombstones), the kind
+    /// counts as listed, and the index is dirty as a whole.
+    pub fn finish_pod_relist(&mut self, relist: Relist, now: Instant) -> Report {
         let gone: Vec<ObjKey> = self
             .pods
             .keys()
-            .filter(|k| !seen.contains(*k))
+            .filter(|k| !relist.seen.contains(*k))
             .cloned()
             .collect();
         for key in gone {
@@ -459,7 +521,7 @@ impl Index {
         }
         self.listed.pods = true;
         self.dirty_all = true;
-        report
+        Report::default()
     }
 
     fn upsert_pod(&mut self, key: ObjKey, spec: PodSpec, now: Instant) {

@@ -36,7 +36,7 @@ mod tables;
 mod verdict;
 
 pub use dirty::{Dirty, DirtyMatcher};
-pub use index::{DEFAULT_TOMBSTONE_TTL, Index, IndexConfig, IndexStats};
+pub use index::{DEFAULT_TOMBSTONE_TTL, Index, IndexConfig, IndexStats, Relist};
 pub use parse::{ANNOTATION_SKIP, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
 pub use report::{Report, Skip, SkipReason};
 pub use verdict::{FlowRef, Frontend, IPPROTO_UDP, Reason, ServiceName, Stale, Verdict};

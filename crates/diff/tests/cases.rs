@@ -1414,3 +1414,53 @@ fn backends_changing_after_the_service_is_known_are_seen_on_every_frontend() {
         );
     }
 }
+
+// ---- streaming relists ----
+
+#[test]
+fn edge_streaming_relist_keeps_old_state_until_finished_then_tombstones_the_unlisted() {
+    let now = Instant::now();
+    let mut index = dns_index(vec![ep("10.244.1.5")], now);
+    let other = mk_service("default", "statsd", &["10.96.0.30"], vec![udp("", 8125)]);
+    let _ = index.apply_service(&other, now);
+    let statsd = flow("10.96.0.30:8125", "10.244.9.9:8125");
+    assert_stale(&index, statsd, now, Reason::NoEndpoints);
+
+    // A relist that lists only dns: while it runs, statsd is still known as it was.
+    let mut relist = ctdiff::Relist::default();
+    let _ = index.relist_service(&mut relist, &dns_service(), now);
+    assert_eq!(relist.len(), 1);
+    assert_stale(&index, statsd, now, Reason::NoEndpoints);
+    assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
+
+    let _ = index.finish_service_relist(relist, now);
+    assert_stale(&index, statsd, now, Reason::ServiceDeleted);
+    assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
+    assert!(
+        index.take_dirty().all,
+        "a finished relist dirties everything"
+    );
+}
+
+#[test]
+fn edge_nothing_is_stale_until_the_first_streaming_relists_finish() {
+    let now = Instant::now();
+    let mut index = Index::new(IndexConfig::new("node-1"));
+    let (mut services, mut slices) = (ctdiff::Relist::default(), ctdiff::Relist::default());
+    let _ = index.relist_service(&mut services, &dns_service(), now);
+    let _ = index.relist_endpoint_slice(&mut slices, &dns_slice(vec![ep("10.244.1.5")]), now);
+    let gone = flow("10.96.0.10:53", "10.244.7.7:5353");
+    assert_eq!(
+        index.classify(&gone, now),
+        Verdict::Keep,
+        "half-listed: never stale"
+    );
+    let _ = index.finish_service_relist(services, now);
+    assert_eq!(
+        index.classify(&gone, now),
+        Verdict::Keep,
+        "slices still listing"
+    );
+    let _ = index.finish_endpoint_slice_relist(slices, now);
+    assert_stale(&index, gone, now, Reason::EndpointGone);
+}

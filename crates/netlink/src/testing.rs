@@ -116,3 +116,131 @@ fn run_checked(cmd: &mut Command) -> io::Result<Output> {
     }
     Ok(out)
 }
+
+/// The dump floor for benchmarks: a plain netfilter netlink socket that sends a dump request
+/// and reads until the end, counting messages and parsing nothing.
+///
+/// What a dump costs below any parser: the kernel's table walk, message building and copies.
+/// Benchmarks report their dumps as ratios against it, measured in the same run.
+#[derive(Debug)]
+pub struct RawDumper {
+    fd: std::os::fd::OwnedFd,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl RawDumper {
+    /// A socket inside `netns` that will send the dump request `filter` encodes (with the kernel
+    /// filters `caps` allows, as a [`crate::Conntrack`] handle would).
+    pub fn new(
+        netns: &std::path::Path,
+        filter: &crate::DumpFilter,
+        caps: &crate::Capabilities,
+    ) -> io::Result<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let ns = std::fs::File::open(netns)?;
+        let fd = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: changes the namespace of this short-lived thread only.
+                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // SAFETY: plain socket(2); the result is checked and owned below.
+                    let fd = unsafe {
+                        libc::socket(
+                            libc::AF_NETLINK,
+                            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                            libc::NETLINK_NETFILTER,
+                        )
+                    };
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // SAFETY: fd is a fresh descriptor we own.
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                })
+                .join()
+                .map_err(|_| io::Error::other("namespace thread panicked"))?
+        })?;
+        Ok(Self {
+            fd,
+            request: crate::encode_dump_request(filter, caps, 1),
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Runs one dump; returns the number of conntrack messages received.
+    pub fn count(&mut self) -> io::Result<u64> {
+        use std::os::fd::AsRawFd;
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: valid socket and buffer.
+        if unsafe { libc::send(fd, self.request.as_ptr().cast(), self.request.len(), 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut messages = 0u64;
+        loop {
+            // SAFETY: valid socket and buffer.
+            let len = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            if len < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let datagram = &self.buf[..len as usize];
+            let mut offset = 0;
+            while offset + 16 <= datagram.len() {
+                let word = |at: usize| {
+                    [
+                        datagram[at],
+                        datagram[at + 1],
+                        datagram[at + 2],
+                        datagram[at + 3],
+                    ]
+                };
+                let msg_len = u32::from_ne_bytes(word(offset)) as usize;
+                let ty = u16::from_ne_bytes([datagram[offset + 4], datagram[offset + 5]]);
+                if ty == libc::NLMSG_DONE as u16 || ty == libc::NLMSG_ERROR as u16 {
+                    return Ok(messages);
+                }
+                messages += 1;
+                if msg_len < 16 {
+                    return Err(io::Error::other("bad netlink message length"));
+                }
+                offset += (msg_len + 3) & !3;
+            }
+        }
+    }
+}
+
+/// Raises the init namespace's `nf_conntrack_max` for a benchmark and restores it when dropped.
+#[derive(Debug)]
+pub struct ConntrackMaxGuard {
+    original: String,
+}
+
+const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+impl ConntrackMaxGuard {
+    /// Raises the limit to at least `at_least` entries.
+    pub fn raise_to(at_least: u64) -> io::Result<Self> {
+        let original = std::fs::read_to_string(CONNTRACK_MAX)?.trim().to_string();
+        let current: u64 = original
+            .parse()
+            .map_err(|e| io::Error::other(format!("{CONNTRACK_MAX}: {e}")))?;
+        if current < at_least {
+            std::fs::write(CONNTRACK_MAX, at_least.to_string())?;
+        }
+        Ok(Self { original })
+    }
+}
+
+impl Drop for ConntrackMaxGuard {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::write(CONNTRACK_MAX, &self.original) {
+            eprintln!("could not restore {CONNTRACK_MAX}: {err}");
+        }
+    }
+}

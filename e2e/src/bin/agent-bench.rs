@@ -1,0 +1,474 @@
+//! Benchmarks of the agent binary (root): `check` against the dump floor on a big table, the
+//! event path's latency, and `run`'s memory and idle CPU with a big cluster.
+//!
+//! `cargo run --release -p e2e --bin agent-bench -- [--entries N] [--services S] [--rounds R]
+//! [--events E] [--run-services S] [--agent PATH] [--json]`
+//!
+//! Every figure is reported against something measured in the same run: `check`'s wall time
+//! against the raw dump floor (`ctnetlink::testing::RawDumper`), event latency as measured from
+//! the create call to the kernel's DESTROY event. With `--json` the table goes to stderr and one
+//! JSON line to stdout, for `cargo xtask bench`.
+
+use anyhow::{Context, Result, bail};
+use ctnetlink::testing::{ConntrackMaxGuard, RawDumper, TestNetns};
+use ctnetlink::{Conntrack, DumpFilter, Event, EventKinds, Family, NewFlow, Status, Tuple, proto};
+use e2e::apiserver::ApiServer;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NODE: &str = "bench-node";
+
+struct Options {
+    entries: u32,
+    services: u32,
+    rounds: usize,
+    events: usize,
+    run_services: u32,
+    agent: PathBuf,
+    json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn options() -> Result<Options> {
+    let exe = std::env::current_exe()?;
+    let mut o = Options {
+        entries: 1_000_000,
+        services: 1_000,
+        rounds: 3,
+        events: 300,
+        run_services: 10_000,
+        agent: exe.with_file_name("conntrack-reconciler"),
+        json: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--entries" => o.entries = value()?.parse()?,
+            "--services" => o.services = value()?.parse()?,
+            "--rounds" => o.rounds = value()?.parse()?,
+            "--events" => o.events = value()?.parse()?,
+            "--run-services" => o.run_services = value()?.parse()?,
+            "--agent" => o.agent = value()?.into(),
+            "--json" => o.json = true,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    if o.services == 0 || o.services > 60_000 {
+        bail!("--services must be 1..=60000");
+    }
+    if !o.agent.is_file() {
+        bail!(
+            "agent binary {} not found: build it with `cargo build --release -p conntrack-reconciler` or pass --agent",
+            o.agent.display()
+        );
+    }
+    Ok(o)
+}
+
+/// Service i: ClusterIP 10.96.x.y:53 → 10 endpoints 10.(100+i/256).(i%256).(1..=10):5353.
+fn vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+fn endpoint(i: u32, k: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, (100 + i / 256) as u8, (i % 256) as u8, (k + 1) as u8)
+}
+
+fn service(i: u32) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
+        "spec": {"clusterIP": vip(i).to_string(), "clusterIPs": [vip(i).to_string()],
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]}
+    })
+}
+
+fn slice(i: u32, endpoints: u32) -> Value {
+    let eps: Vec<Value> = (0..endpoints)
+        .map(|k| json!({"addresses": [endpoint(i, k).to_string()], "conditions": {"ready": true}}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("svc-{i}-a"), "namespace": "bench",
+                     "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+        "addressType": "IPv4", "endpoints": eps,
+        "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}]
+    })
+}
+
+fn node() -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
+           "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.1"}]}})
+}
+
+/// Entry j: a client of service j % services; every 100th answered by a gone backend.
+fn entry(j: u32, services: u32) -> NewFlow {
+    let i = j % services;
+    let client = IpAddr::V4(Ipv4Addr::from(0x0ac8_0000 | (j & 0xffff)));
+    let sport = 1024 + (j >> 16) as u16 * 64 + (j % 64) as u16;
+    let backend = if j.is_multiple_of(100) {
+        Ipv4Addr::new(10, 99, 0, 99)
+    } else {
+        endpoint(i, j % 10)
+    };
+    NewFlow {
+        orig: Tuple::new(client, vip(i).into(), proto::UDP, sport, 53),
+        reply: Tuple::new(backend.into(), client, proto::UDP, 5353, sport),
+        timeout: 3600,
+        status: Status::SEEN_REPLY | Status::DST_NAT,
+        mark: 0,
+        zone: 0,
+    }
+}
+
+fn fill(ct: &mut Conntrack, entries: u32, services: u32) -> Result<Duration> {
+    let started = Instant::now();
+    let mut chunk = Vec::with_capacity(65_536);
+    for start in (0..entries).step_by(65_536) {
+        chunk.clear();
+        chunk.extend((start..entries.min(start + 65_536)).map(|j| entry(j, services)));
+        let report = ct.create(&chunk)?;
+        if let Some((_, e)) = report.failed.first() {
+            bail!("create failed: {e}");
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs a command to completion; returns its wall time and peak RSS (KiB).
+fn timed(cmd: &mut Command) -> Result<(Duration, u64)> {
+    let started = Instant::now();
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; pointers are valid for the call.
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let elapsed = started.elapsed();
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        bail!("{cmd:?} failed ({status}): {stderr}");
+    }
+    Ok((elapsed, usage.ru_maxrss as u64))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+struct Agent {
+    child: Child,
+    metrics: SocketAddr,
+}
+
+impl Agent {
+    fn start(bin: &Path, api: &ApiServer, netns: &Path, extra: &[&str]) -> Result<Agent> {
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let child = Command::new(bin)
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--node-name",
+                NODE,
+                "--family",
+                "ipv4",
+            ])
+            .arg("--kubeconfig")
+            .arg(api.kubeconfig())
+            .arg("--netns")
+            .arg(netns)
+            .args(["--metrics-addr", &metrics.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Agent { child, metrics })
+    }
+
+    fn ready(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(s, "GET /readyz HTTP/1.0\r\n\r\n");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200")
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        while !self.ready() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("agent exited: {status}");
+            }
+            if started.elapsed() > limit {
+                bail!("agent not ready after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(started.elapsed())
+    }
+
+    fn status_kib(&self, field: &str) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(field)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .with_context(|| format!("{field} of the agent"))
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let after = stat.rsplit_once(')').context("malformed stat")?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks / hz)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn apply_cluster(api: &ApiServer, services: u32) -> Result<()> {
+    api.apply(&serde_json::from_value::<Node>(node())?)?;
+    for i in 0..services {
+        api.apply(&serde_json::from_value::<Service>(service(i))?)?;
+        api.apply(&serde_json::from_value::<EndpointSlice>(slice(i, 10))?)?;
+    }
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    let o = options()?;
+    if !ctnetlink::testing::is_root() {
+        bail!("needs root (network namespaces, CAP_NET_ADMIN, sysctl)");
+    }
+    let _max = ConntrackMaxGuard::raise_to(u64::from(o.entries) + 65_536)?;
+    let ns = TestNetns::new("agentbench")?;
+    let mut ct = Conntrack::open_in(&ns.path())?;
+    let fill_time = fill(&mut ct, o.entries, o.services)?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state.json");
+    let items: Vec<Value> = std::iter::once(node())
+        .chain((0..o.services).flat_map(|i| [service(i), slice(i, 10)]))
+        .collect();
+    std::fs::write(
+        &state,
+        serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "List", "items": items}))?,
+    )?;
+
+    // A. check vs the floor, alternating.
+    let filter = DumpFilter::family_proto(Family::V4, proto::UDP);
+    let mut floor = RawDumper::new(&ns.path(), &filter, &ct.capabilities())?;
+    let (mut floors, mut checks, mut rss) = (Vec::new(), Vec::new(), 0u64);
+    for _ in 0..o.rounds {
+        let started = Instant::now();
+        let n = floor.count()?;
+        floors.push(started.elapsed());
+        if n != u64::from(o.entries) {
+            bail!("floor saw {n} entries, expected {}", o.entries);
+        }
+        let (t, kib) = timed(
+            Command::new(&o.agent)
+                .args([
+                    "check",
+                    "--family",
+                    "ipv4",
+                    "-o",
+                    "json",
+                    "--node-name",
+                    NODE,
+                ])
+                .arg("--state")
+                .arg(&state)
+                .arg("--netns")
+                .arg(ns.path()),
+        )?;
+        checks.push(t);
+        rss = rss.max(kib);
+    }
+    let (floor_t, check_t) = (median(floors), median(checks));
+
+    // B. event path latency, with the agent running on the same big table.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let api = ApiServer::start(rt.handle())?;
+    apply_cluster(&api, o.services)?;
+    let mut agent = Agent::start(
+        &o.agent,
+        &api,
+        &ns.path(),
+        &["--resync-interval", "1h", "--follow-ups", "1h"],
+    )?;
+    let startup = agent.wait_ready(Duration::from_secs(120))?;
+    let latencies = rt.block_on(event_latencies(&ns.path(), &mut ct, o.events, o.services))?;
+    drop(agent);
+
+    // C. run with a big cluster: memory once ready, then idle CPU.
+    let api_big = ApiServer::start(rt.handle())?;
+    apply_cluster(&api_big, o.run_services)?;
+    let small = TestNetns::new("agentidle")?;
+    let mut agent = Agent::start(&o.agent, &api_big, &small.path(), &[])?;
+    let ready_big = agent.wait_ready(Duration::from_secs(300))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_big = agent.status_kib("VmRSS:")?;
+    let hwm_big = agent.status_kib("VmHWM:")?;
+    let cpu0 = agent.cpu_seconds()?;
+    let idle_window = Duration::from_secs(10);
+    std::thread::sleep(idle_window);
+    let idle_cpu = (agent.cpu_seconds()? - cpu0) / idle_window.as_secs_f64();
+    drop(agent);
+
+    let lat_p50 = percentile(&latencies, 0.5);
+    let lat_p99 = percentile(&latencies, 0.99);
+    let lat_max = *latencies.last().context("no latency samples")?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let table = format!(
+        "agent-bench: {entries} UDPv4 entries, {svc} services x 10 endpoints (fill {fill:.1} s)\n\
+         | what | value | target |\n|---|---|---|\n\
+         | dump floor (raw recv loop), median of {rounds} | {floor:.0} ms | |\n\
+         | `check` wall time (process start to exit), median | {check:.0} ms | |\n\
+         | `check` / floor | {ratio:.2}x | <= 1.15x |\n\
+         | `check` peak RSS | {rss:.1} MiB | <= 48 MiB |\n\
+         | `run` startup to ready (includes the first full pass) | {startup:.0} ms | |\n\
+         | event path: stale NEW flow deleted, p50 / p99 / max of {n} | {p50:.2} / {p99:.2} / {max:.2} ms | p99 <= 10 ms |\n\
+         | `run` with {big} services / {eps} endpoints: ready after | {ready_big:.1} s | |\n\
+         | `run` RSS (VmRSS / VmHWM) | {rss_big:.1} / {hwm_big:.1} MiB | <= 96 MiB |\n\
+         | `run` idle CPU over {idle}s | {idle_cpu:.2}% of a core | ~0 |\n",
+        entries = o.entries,
+        svc = o.services,
+        fill = fill_time.as_secs_f64(),
+        rounds = o.rounds,
+        floor = ms(floor_t),
+        check = ms(check_t),
+        ratio = check_t.as_secs_f64() / floor_t.as_secs_f64(),
+        rss = rss as f64 / 1024.0,
+        startup = ms(startup),
+        n = latencies.len(),
+        p50 = ms(lat_p50),
+        p99 = ms(lat_p99),
+        max = ms(lat_max),
+        big = o.run_services,
+        eps = o.run_services * 10,
+        ready_big = ready_big.as_secs_f64(),
+        rss_big = rss_big as f64 / 1024.0,
+        hwm_big = hwm_big as f64 / 1024.0,
+        idle = idle_window.as_secs(),
+        idle_cpu = idle_cpu * 100.0,
+    );
+    if o.json {
+        eprint!("{table}");
+        println!(
+            "{}",
+            json!({
+                "bench": "agent", "entries": o.entries, "services": o.services,
+                "floor_ms": ms(floor_t), "check_ms": ms(check_t),
+                "check_over_floor": check_t.as_secs_f64() / floor_t.as_secs_f64(),
+                "check_peak_rss_mib": rss as f64 / 1024.0,
+                "event_p50_ms": ms(lat_p50), "event_p99_ms": ms(lat_p99), "event_max_ms": ms(lat_max),
+                "run_services": o.run_services, "run_rss_mib": rss_big as f64 / 1024.0,
+                "run_hwm_mib": hwm_big as f64 / 1024.0, "run_idle_cpu_percent": idle_cpu * 100.0,
+            })
+        );
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+/// Creates stale flows one at a time and measures until the kernel reports each destroyed.
+async fn event_latencies(
+    netns: &Path,
+    ct: &mut Conntrack,
+    n: usize,
+    services: u32,
+) -> Result<Vec<Duration>> {
+    let mut events = ctnetlink::events(Some(netns), EventKinds::DESTROY)?;
+    let mut out = Vec::with_capacity(n);
+    for s in 0..n as u32 {
+        // A fresh client per sample, rotating over services (the rate limit is per frontend).
+        let i = s % services;
+        let client = IpAddr::V4(Ipv4Addr::new(10, 201, (s >> 8) as u8, s as u8));
+        let orig = Tuple::new(client, vip(i).into(), proto::UDP, 40_000, 53);
+        let flow = NewFlow {
+            orig,
+            reply: Tuple::new(
+                Ipv4Addr::new(10, 99, 0, 98).into(),
+                client,
+                proto::UDP,
+                5353,
+                40_000,
+            ),
+            timeout: 3600,
+            status: Status::SEEN_REPLY | Status::DST_NAT,
+            mark: 0,
+            zone: 0,
+        };
+        let started = Instant::now();
+        ct.create(&[flow])?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(Ok(Event::Destroy(f)))) if f.orig == orig => {
+                    out.push(started.elapsed());
+                    break;
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(None) => bail!("event stream ended"),
+                Err(_) => bail!("stale flow {orig} was not deleted within 5 s"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    out.sort();
+    Ok(out)
+}
