@@ -325,10 +325,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             line += &format!(" conntrack {:.3}s", sample.wall.as_secs_f64());
         }
         if let Some(keys) = sets.next() {
-            let rate = delete_rate(&mut ct, keys)?;
+            let (rate, per_cpu) = delete_rate(&mut ct, keys)?;
             remaining -= keys.len() as u64;
-            delete_default.push(rate);
-            line += &format!(" delete {rate:.0}/s");
+            delete_default.push((rate, per_cpu));
+            line += &format!(" delete {rate:.0}/s ({per_cpu:.0}/CPU-s)");
         }
         if let Some(buckets) = big_buckets
             && let Some(keys) = sets.next()
@@ -336,11 +336,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let started = Instant::now();
             hashsize.set(buckets)?;
             resizes.push(started.elapsed());
-            let rate = delete_rate(&mut ct, keys)?;
+            let (rate, per_cpu) = delete_rate(&mut ct, keys)?;
             remaining -= keys.len() as u64;
-            delete_big.push(rate);
+            delete_big.push((rate, per_cpu));
             hashsize.set(default_buckets)?;
-            line += &format!(" delete {rate:.0}/s with {buckets} buckets");
+            line += &format!(" delete {rate:.0}/s ({per_cpu:.0}/CPU-s) with {buckets} buckets");
         }
         eprintln!("{line}");
     }
@@ -354,8 +354,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let parse = median_by(&parse_ns, |&x| x);
     let walk = median_by(&walk_ns, |&x| x);
     let deletes = key_sets.first().map_or(0, Vec::len);
-    let rate_default = median_by(&delete_default, |&x| x);
-    let rate_big = median_by(&delete_big, |&x| x);
+    let rate_default = median_by(&delete_default, |&(wall, _)| wall);
+    let rate_big = median_by(&delete_big, |&(wall, _)| wall);
+    let cpu_rate_default = median_by(&delete_default, |&(_, cpu)| cpu);
+    let cpu_rate_big = median_by(&delete_big, |&(_, cpu)| cpu);
     let mut table = format!(
         "ct-bench: {} UDPv4 entries, {} rounds (medians), hash table {} buckets, kernel filters {:?}\n\
          | what | wall | CPU user + sys | ratio |\n|---|---|---|---|\n\
@@ -386,7 +388,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     table += &format!(
         "| parser alone: {REPLAY_DATAGRAMS} captured datagrams replayed from memory | {parse:.1} ns/entry | header walk only {walk:.1} ns/entry | |\n\
          | fill {} entries, batched CT_NEW | {:.2} s | | {:.0} entries/s |\n\
-         | delete {deletes} scattered entries, {} buckets | | | {rate_default:.0} entries/s |\n",
+         | delete {deletes} scattered entries, {} buckets | | {cpu_rate_default:.0} entries/CPU-s | {rate_default:.0} entries/s |\n",
         options.entries,
         fill.as_secs_f64(),
         f64::from(options.entries) / fill.as_secs_f64(),
@@ -394,7 +396,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     if let Some(buckets) = big_buckets {
         table += &format!(
-            "| delete {deletes} scattered entries, {buckets} buckets | | resize {:.2} s | {rate_big:.0} entries/s |\n",
+            "| delete {deletes} scattered entries, {buckets} buckets (resize {:.2} s) | | {cpu_rate_big:.0} entries/CPU-s | {rate_big:.0} entries/s |\n",
             median_by(&resizes, Duration::as_secs_f64),
         );
     }
@@ -404,7 +406,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         peak_rss as f64 / 1024.0,
     );
     let json = format!(
-        "{{\"bench\":\"ctnetlink\",\"entries\":{},\"rounds\":{},\"buckets\":{},\"floor_s\":{:.4},\"floor_cpu_s\":{:.4},\"dump_parse_s\":{:.4},\"dump_parse_cpu_s\":{:.4},\"conntrack_tools_s\":{},\"ratio_dump_floor\":{:.4},\"ratio_dump_floor_cpu\":{:.4},\"ratio_dump_conntrack\":{},\"parse_ns_per_entry\":{:.2},\"fill_s\":{:.3},\"deleted_per_round\":{},\"delete_per_s\":{:.0},\"big_buckets\":{},\"delete_per_s_big_buckets\":{},\"dump_peak_rss_growth_kib\":{},\"process_peak_rss_kib\":{}}}",
+        "{{\"bench\":\"ctnetlink\",\"entries\":{},\"rounds\":{},\"buckets\":{},\"floor_s\":{:.4},\"floor_cpu_s\":{:.4},\"dump_parse_s\":{:.4},\"dump_parse_cpu_s\":{:.4},\"conntrack_tools_s\":{},\"ratio_dump_floor\":{:.4},\"ratio_dump_floor_cpu\":{:.4},\"ratio_dump_conntrack\":{},\"parse_ns_per_entry\":{:.2},\"fill_s\":{:.3},\"deleted_per_round\":{},\"delete_per_s\":{:.0},\"delete_per_cpu_s\":{:.0},\"big_buckets\":{},\"delete_per_s_big_buckets\":{},\"delete_per_cpu_s_big_buckets\":{},\"dump_peak_rss_growth_kib\":{},\"process_peak_rss_kib\":{}}}",
         options.entries,
         options.rounds,
         default_buckets,
@@ -420,8 +422,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         fill.as_secs_f64(),
         deletes,
         rate_default,
+        cpu_rate_default,
         big_buckets.map_or("null".to_string(), |n| n.to_string()),
         big_buckets.map_or("null".to_string(), |_| format!("{rate_big:.0}")),
+        big_buckets.map_or("null".to_string(), |_| format!("{cpu_rate_big:.0}")),
         peak_rss_growth,
         peak_rss,
     );
@@ -435,15 +439,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Deletes `keys` in one call and returns the rate, checking that all were deleted.
-fn delete_rate(ct: &mut Conntrack, keys: &[FlowKey]) -> Result<f64, Box<dyn std::error::Error>> {
-    let started = Instant::now();
-    let report = ct.delete(keys.iter().copied())?;
-    let elapsed = started.elapsed();
+/// Deletes `keys` in one call and returns the rates by wall time and by this thread's CPU
+/// time (the kernel does the work inside our sendmsg), checking that all were deleted.
+fn delete_rate(
+    ct: &mut Conntrack,
+    keys: &[FlowKey],
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let (report, sample) = measure(libc::RUSAGE_THREAD, || ct.delete(keys.iter().copied()));
+    let report = report?;
     if report.deleted != keys.len() as u64 {
         return Err(format!("deleted {} of {} ({report:?})", report.deleted, keys.len()).into());
     }
-    Ok(keys.len() as f64 / elapsed.as_secs_f64())
+    let per_cpu_second = keys.len() as f64 / (sample.user + sample.sys).as_secs_f64().max(1e-6);
+    Ok((
+        keys.len() as f64 / sample.wall.as_secs_f64(),
+        per_cpu_second,
+    ))
 }
 
 fn check_count(what: &str, got: u64, want: u64) -> Result<(), String> {
