@@ -264,6 +264,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (mut delete_default, mut delete_big, mut resizes) = (Vec::new(), Vec::new(), Vec::new());
     let mut peak_rss_growth = 0u64;
     let mut peak_rss = 0u64;
+    let mut datagram_bytes = 0u64;
     let mut sets = key_sets.iter();
     let mut remaining = u64::from(options.entries);
     for round in 0..options.rounds {
@@ -288,7 +289,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let hwm = peak_rss_kib()?;
         peak_rss = peak_rss.max(hwm);
         peak_rss_growth = peak_rss_growth.max(hwm.saturating_sub(base_rss));
-        check_count("ctnetlink", stats?.matched, remaining)?;
+        let stats = stats?;
+        check_count("ctnetlink", stats.matched, remaining)?;
+        datagram_bytes = stats.bytes / stats.datagrams.max(1);
         std::hint::black_box(checksum);
         ours.push(sample);
         if round % 2 == 1 {
@@ -315,20 +318,25 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
 
         let mut line = format!(
-            "round {}: floor {:.3}s ctnetlink {:.3}s parse {:.1} ns/entry",
+            "round {}: floor {:.3}s{} ctnetlink {:.3}s{} parse {:.1} ns/entry",
             round + 1,
             floor[round].wall.as_secs_f64(),
+            stalls(&floor[round]),
             ours[round].wall.as_secs_f64(),
+            stalls(&ours[round]),
             per_entry_parse,
         );
         if let Some(sample) = tools.last() {
             line += &format!(" conntrack {:.3}s", sample.wall.as_secs_f64());
         }
         if let Some(keys) = sets.next() {
-            let (rate, per_cpu) = delete_rate(&mut ct, keys)?;
+            let (rate, per_cpu, sample) = delete_rate(&mut ct, keys)?;
             remaining -= keys.len() as u64;
             delete_default.push((rate, per_cpu));
-            line += &format!(" delete {rate:.0}/s ({per_cpu:.0}/CPU-s)");
+            line += &format!(
+                " delete {rate:.0}/s ({per_cpu:.0}/CPU-s{})",
+                stalls(&sample)
+            );
         }
         if let Some(buckets) = big_buckets
             && let Some(keys) = sets.next()
@@ -336,11 +344,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let started = Instant::now();
             hashsize.set(buckets)?;
             resizes.push(started.elapsed());
-            let (rate, per_cpu) = delete_rate(&mut ct, keys)?;
+            let (rate, per_cpu, sample) = delete_rate(&mut ct, keys)?;
             remaining -= keys.len() as u64;
             delete_big.push((rate, per_cpu));
             hashsize.set(default_buckets)?;
-            line += &format!(" delete {rate:.0}/s ({per_cpu:.0}/CPU-s) with {buckets} buckets");
+            line += &format!(
+                " delete {rate:.0}/s ({per_cpu:.0}/CPU-s{}) with {buckets} buckets",
+                stalls(&sample)
+            );
         }
         eprintln!("{line}");
     }
@@ -401,6 +412,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     table += &format!(
+        "| dump datagrams (64 KiB receive buffer; the kernel fills at most 32 KiB) | {datagram_bytes} B average | | |\n"
+    );
+    table += &format!(
         "| (b) peak RSS growth during dump | {:.2} MiB | process peak {:.1} MiB | |\n",
         peak_rss_growth as f64 / 1024.0,
         peak_rss as f64 / 1024.0,
@@ -440,11 +454,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Deletes `keys` in one call and returns the rates by wall time and by this thread's CPU
-/// time (the kernel does the work inside our sendmsg), checking that all were deleted.
+/// time (the kernel does the work inside our sendmsg), and the measurement, checking that
+/// all were deleted.
 fn delete_rate(
     ct: &mut Conntrack,
     keys: &[FlowKey],
-) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+) -> Result<(f64, f64, Sample), Box<dyn std::error::Error>> {
     let (report, sample) = measure(libc::RUSAGE_THREAD, || ct.delete(keys.iter().copied()));
     let report = report?;
     if report.deleted != keys.len() as u64 {
@@ -454,7 +469,20 @@ fn delete_rate(
     Ok((
         keys.len() as f64 / sample.wall.as_secs_f64(),
         per_cpu_second,
+        sample,
     ))
+}
+
+/// The part of a step's wall time spent off the CPU, when it is noticeable: waiting for a
+/// CPU (other work on the machine) or sleeping, e.g. on the nfnetlink mutex, which
+/// ctnetlink's NEW and DELETE handlers take for each message and which every network
+/// namespace on the host shares.
+fn stalls(sample: &Sample) -> String {
+    let off_cpu = sample.wall.saturating_sub(sample.user + sample.sys);
+    if off_cpu < sample.wall / 10 {
+        return String::new();
+    }
+    format!(", {:.1} ms off CPU", off_cpu.as_secs_f64() * 1e3)
 }
 
 fn check_count(what: &str, got: u64, want: u64) -> Result<(), String> {
