@@ -157,6 +157,25 @@ struct Sample {
     wall: Duration,
     user: Duration,
     sys: Duration,
+    /// Context switches of the measuring thread: (voluntary = it slept, involuntary = it was
+    /// preempted for other work).
+    switches: (u64, u64),
+}
+
+/// The calling thread's (voluntary, involuntary) context switches so far.
+fn context_switches() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("voluntary_ctxt_switches:"),
+        field("nonvoluntary_ctxt_switches:"),
+    )
 }
 
 /// CPU time (user, system) of the calling thread, or of the waited-for children.
@@ -177,14 +196,20 @@ fn cpu_time(who: libc::c_int) -> (Duration, Duration) {
 /// `RUSAGE_CHILDREN`).
 fn measure<T>(who: libc::c_int, f: impl FnOnce() -> T) -> (T, Sample) {
     let (user0, sys0) = cpu_time(who);
+    let switches0 = context_switches();
     let started = Instant::now();
     let out = f();
     let wall = started.elapsed();
+    let switches1 = context_switches();
     let (user1, sys1) = cpu_time(who);
     let sample = Sample {
         wall,
         user: user1.saturating_sub(user0),
         sys: sys1.saturating_sub(sys0),
+        switches: (
+            switches1.0.saturating_sub(switches0.0),
+            switches1.1.saturating_sub(switches0.1),
+        ),
     };
     (out, sample)
 }
@@ -482,7 +507,12 @@ fn stalls(sample: &Sample) -> String {
     if off_cpu < sample.wall / 10 {
         return String::new();
     }
-    format!(", {:.1} ms off CPU", off_cpu.as_secs_f64() * 1e3)
+    format!(
+        ", {:.1} ms off CPU: slept {}x, preempted {}x",
+        off_cpu.as_secs_f64() * 1e3,
+        sample.switches.0,
+        sample.switches.1
+    )
 }
 
 fn check_count(what: &str, got: u64, want: u64) -> Result<(), String> {
