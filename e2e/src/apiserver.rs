@@ -341,7 +341,7 @@ async fn handle(
             if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
                 watch_response(shared, shutdown, filter, &params)
             } else {
-                list_response(&shared, &filter)
+                list_response(&shared, &filter, &params)
             }
         }
     }
@@ -508,21 +508,70 @@ impl Filter {
     }
 }
 
-fn list_response(shared: &Shared, filter: &Filter) -> Response<Body> {
+/// A list, paginated like kube-apiserver when the client sends `limit`: each page carries a
+/// `continue` token naming the snapshot's resourceVersion and the next offset, and later pages
+/// keep that resourceVersion (a forgotten one answers 410 Gone, as an expired token does).
+fn list_response(
+    shared: &Shared,
+    filter: &Filter,
+    params: &HashMap<String, String>,
+) -> Response<Body> {
     let store = shared.lock_store();
-    let items: Vec<Value> = store
+    let limit = params
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let (snapshot_rv, offset) = match params.get("continue").filter(|c| !c.is_empty()) {
+        None => (store.resource_version(), 0),
+        Some(token) => {
+            let parsed = token
+                .split_once(':')
+                .and_then(|(rv, off)| Some((rv.parse::<u64>().ok()?, off.parse::<usize>().ok()?)));
+            match parsed {
+                Some((rv, off)) if rv >= store.oldest_watchable() => (rv, off),
+                Some(_) => {
+                    return error(
+                        StatusCode::GONE,
+                        "Expired",
+                        "the continue token has expired",
+                    );
+                }
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "malformed continue token",
+                    );
+                }
+            }
+        }
+    };
+    let matching: Vec<Arc<Value>> = store
         .list(filter.kind)
         .into_iter()
         .filter(|o| filter.matches(o))
-        .map(|o| (*o).clone())
         .collect();
+    drop(store);
+    let end = limit.map_or(matching.len(), |l| {
+        matching.len().min(offset.saturating_add(l))
+    });
+    let items: Vec<Value> = matching
+        .get(offset.min(matching.len())..end)
+        .unwrap_or_default()
+        .iter()
+        .map(|o| (**o).clone())
+        .collect();
+    let mut metadata = json!({"resourceVersion": snapshot_rv.to_string()});
+    if end < matching.len() {
+        metadata["continue"] = json!(format!("{snapshot_rv}:{end}"));
+        metadata["remainingItemCount"] = json!(matching.len() - end);
+    }
     let body = json!({
         "kind": format!("{}List", filter.kind.name()),
         "apiVersion": filter.kind.api_version(),
-        "metadata": {"resourceVersion": store.resource_version().to_string()},
+        "metadata": metadata,
         "items": items,
     });
-    drop(store);
     full(StatusCode::OK, body)
 }
 

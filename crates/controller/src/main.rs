@@ -9,6 +9,7 @@ mod cli;
 mod events;
 mod feed;
 mod flow_tally;
+mod heap;
 mod http;
 mod kube_client;
 mod local_addrs;

@@ -145,6 +145,7 @@ async fn index_loop(
     let mut feed = Feed::default();
     while let Some(update) = updates.recv().await {
         let now = Instant::now();
+        let relist_done = update.is_relist_done();
         let (kind, report, dirty, stats) = {
             let mut index = index.write().unwrap_or_else(PoisonError::into_inner);
             let (kind, report) = match update {
@@ -171,6 +172,11 @@ async fn index_loop(
             tracing::warn!("{skipped}");
         }
         metrics.record_index(&stats);
+        if relist_done {
+            // A (re)list parses whole pages of objects that are dropped once indexed; hand that
+            // memory back so the agent's footprint is the index, not its largest list.
+            crate::heap::trim();
+        }
         for (kind, is_ready) in feed.readiness() {
             metrics
                 .store_ready

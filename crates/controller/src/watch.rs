@@ -35,6 +35,19 @@ pub enum Update {
     },
 }
 
+impl Update {
+    /// Whether this ends a (re)list of its kind.
+    pub fn is_relist_done(&self) -> bool {
+        matches!(
+            self,
+            Update::Service(watcher::Event::InitDone)
+                | Update::Slice(watcher::Event::InitDone)
+                | Update::Node(watcher::Event::InitDone)
+                | Update::Pod(watcher::Event::InitDone)
+        )
+    }
+}
+
 /// Starts the four watches; they run until `tx` is closed.
 pub fn spawn(
     client: Client,
