@@ -26,6 +26,20 @@
 //! `netlink-packet-netfilter` would allocate a `Vec` of attributes per entry, so it is not used;
 //! `netlink-sys` provides the sockets. The parser checks every length and returns
 //! [`Error::Malformed`] instead of panicking (a proptest feeds it arbitrary and mutated bytes).
+//! It walks the top-level attributes once, and reads a tuple in the exact layout the kernel
+//! writes for port-carrying protocols at fixed offsets after comparing its attribute headers
+//! with that layout; any other shape (ICMP, tuple zones, reordered or malformed attributes)
+//! goes through the generic, attribute-by-attribute path (a proptest checks the two agree).
+//!
+//! **What a dump costs.** The kernel builds one datagram of at most 32 KiB (~169 UDPv4
+//! entries) per `recvmsg`, inside that call, after copying out the previous one
+//! (`netlink_dump` sizes it from the largest earlier read, capped at 32 KiB): a bigger user
+//! buffer or receive buffer does not make datagrams larger, and a single thread cannot overlap
+//! its parsing with the kernel's work. So a dump costs the kernel's walk and message building
+//! (the floor) plus about 50 ns of parsing per entry. Measured with `examples/ct-bench.rs`
+//! (1,000,000 UDPv4 entries, 2-vCPU VM, Linux 6.18, medians of 5 alternating rounds): floor
+//! 1.135 s, dump + parse 1.174 s, ratio 1.03 by wall and by CPU time; `conntrack -L` 3.45 s;
+//! parser alone 47 ns/entry; peak RSS growth during a dump 0 KiB (process peak 12 MiB).
 //!
 //! **Blocking handle, async events.** Dump, delete and create are request/response exchanges
 //! that keep one core busy in the kernel; a blocking API on a dedicated socket is the simplest
@@ -52,6 +66,18 @@
 //! per-message ACKs; the kernel answers only failures (trimmed by `NETLINK_CAP_ACK`), each
 //! mapped back to its key by sequence number, and the last message of a batch asks for an ACK
 //! to mark the batch's end. `ENOENT` means "already gone". `CT_NEW` is batched the same way.
+//! The kernel handles the whole batch inside `sendmsg`, so there is no pipeline to overlap:
+//! the replies are queued by the time it returns. Its cost per entry is the hash lookup
+//! (chains get longer when the table holds more entries than `nf_conntrack_buckets`; each
+//! entry sits in its bucket twice, original and reply) and the nfnetlink subsystem mutex that
+//! `CT_NEW`/`CT_DELETE` take for every message, shared by all namespaces on the host (so
+//! concurrent conntrack writers, and `nf_ct_iterate_cleanup` walks when any namespace is
+//! removed, slow it down). Measured at 1,000,000 entries (16,000 scattered deletes, medians
+//! of 5): 364k entries/s (380k per CPU-second) with the default 262,144 buckets, 498k/s (626k
+//! per CPU-second) with one bucket per allowed entry (`nf_conntrack_buckets` raised with
+//! `nf_conntrack_max`, as operators of large tables should); 2048 or 8192 messages per batch
+//! make no difference, and a batch never sleeps in the kernel; slower runs were preempted by
+//! other work on the machine. Filling 1,000,000 entries takes about 2.5 s.
 //!
 //! **Consistency.** A netlink dump of a changing table can repeat or miss entries; callers
 //! must tolerate duplicates, and entries missed by one pass are seen by the next.
