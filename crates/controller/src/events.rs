@@ -17,6 +17,15 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
+/// What the event path asks of the pass loop.
+#[derive(Debug)]
+pub enum EventSignal {
+    /// Events were lost: a full pass is needed.
+    Lost,
+    /// A stale flow to this frontend was not deleted (rate limit): a pass over it is needed.
+    RateLimited(Frontend),
+}
+
 /// What the event path needs.
 pub struct EventPath {
     /// The namespace whose events to follow (None: the current one).
@@ -33,8 +42,8 @@ pub struct EventPath {
     pub per_second: u32,
     /// Becomes true once the index holds a complete state.
     pub ready: watch::Receiver<bool>,
-    /// Told when events were lost (a full pass is needed).
-    pub lost: mpsc::UnboundedSender<()>,
+    /// Told when events were lost (a full pass is needed) or a delete was rate limited.
+    pub signals: mpsc::UnboundedSender<EventSignal>,
 }
 
 impl EventPath {
@@ -71,7 +80,7 @@ impl EventPath {
                     Ok(Event::Lost) => {
                         self.metrics.events_lost.inc();
                         tracing::warn!("conntrack events were lost; scheduling a full pass");
-                        let _ = self.lost.send(());
+                        let _ = self.signals.send(EventSignal::Lost);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "conntrack event stream error");
@@ -79,7 +88,7 @@ impl EventPath {
                     }
                 }
             }
-            let _ = self.lost.send(());
+            let _ = self.signals.send(EventSignal::Lost);
             tokio::time::sleep(Duration::from_secs(1)).await;
             if self.ready.has_changed().is_err() {
                 return; // the agent is shutting down
@@ -117,7 +126,9 @@ impl EventPath {
             return;
         }
         if !limiter.try_acquire(&frontend, now) {
+            // Not dropped: a scoped pass shortly after picks up whatever is still stale then.
             self.metrics.event_deletes_rate_limited.inc();
+            let _ = self.signals.send(EventSignal::RateLimited(frontend));
             return;
         }
         if ct.is_none() {

@@ -65,6 +65,8 @@ pub enum Trigger {
     follow_up,
     /// Conntrack events were lost.
     events_lost,
+    /// The event path's rate limit left stale flows of a frontend.
+    rate_limited,
     /// The periodic full pass.
     periodic,
 }

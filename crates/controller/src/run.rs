@@ -11,7 +11,7 @@
 //! exits 0.
 
 use crate::cli::RunArgs;
-use crate::events::EventPath;
+use crate::events::{EventPath, EventSignal};
 use crate::feed::Feed;
 use crate::http::{self, Health};
 use crate::local_addrs::local_addrs;
@@ -63,7 +63,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let watchers = watch::spawn(client, &args.node_name, update_tx);
     let (signal_tx, signal_rx) = mpsc::unbounded_channel::<Signal>();
     let (ready_tx, ready_rx) = tokio_watch::channel(false);
-    let (lost_tx, lost_rx) = mpsc::unbounded_channel::<()>();
+    let (event_tx, event_rx) = mpsc::unbounded_channel::<EventSignal>();
 
     let index_task = tokio::spawn(index_loop(
         update_rx,
@@ -82,7 +82,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 dry_run: args.dry_run,
                 per_second: args.event_deletes_per_second,
                 ready: ready_rx.clone(),
-                lost: lost_tx,
+                signals: event_tx,
             }
             .run(),
         )
@@ -96,7 +96,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         table,
         health,
         signals: signal_rx,
-        lost: lost_rx,
+        event_signals: event_rx,
         ready: ready_rx,
     });
     tokio::select! {
@@ -212,7 +212,7 @@ struct PassLoop {
     table: Arc<TableMetrics>,
     health: Arc<Health>,
     signals: mpsc::UnboundedReceiver<Signal>,
-    lost: mpsc::UnboundedReceiver<()>,
+    event_signals: mpsc::UnboundedReceiver<EventSignal>,
     ready: tokio_watch::Receiver<bool>,
 }
 
@@ -231,6 +231,9 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         max_delay: p.args.max_delay,
         follow_ups: p.args.follow_ups.clone(),
         resync: p.args.resync_interval,
+        // Long enough for kube-proxy to have rewritten its rules in the common case, short
+        // enough that a rate-limited frontend recovers well before the next follow-up.
+        retry: Duration::from_millis(500),
     };
     let mut scheduler = Scheduler::<Frontend>::new(timing, Instant::now());
     loop {
@@ -263,7 +266,10 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
                 Some(Signal::Changed(scope)) => scheduler.on_change(scope, Instant::now()),
                 None => anyhow::bail!("index task ended"),
             },
-            Some(()) = p.lost.recv() => scheduler.on_events_lost(),
+            Some(signal) = p.event_signals.recv() => match signal {
+                EventSignal::Lost => scheduler.on_events_lost(),
+                EventSignal::RateLimited(frontend) => scheduler.on_rate_limited(frontend, Instant::now()),
+            },
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }

@@ -7,6 +7,8 @@
 //! - each such pass is followed by passes over the same frontends after each `follow_ups` delay,
 //!   catching flows re-created through rules that kube-proxy had not yet rewritten;
 //! - lost events and the `resync` period cause full passes;
+//! - a frontend whose event-path deletes were rate limited gets a scoped pass `retry` later (one
+//!   pending retry at a time, widened by further refusals: a retry cannot become a storm);
 //! - everything due at the same moment is merged into one pass.
 
 use crate::metrics::Trigger;
@@ -58,6 +60,8 @@ pub struct Timing {
     pub follow_ups: Vec<Duration>,
     /// Period of the full pass.
     pub resync: Duration,
+    /// Delay of the pass over frontends whose event-path deletes were rate limited.
+    pub retry: Duration,
 }
 
 #[derive(Debug)]
@@ -82,6 +86,7 @@ pub struct Scheduler<F: Hash + Eq> {
     timing: Timing,
     burst: Option<Burst<F>>,
     follow_ups: Vec<(Instant, Scope<F>)>,
+    retry: Option<(Instant, Scope<F>)>,
     next_periodic: Instant,
     full_now: Option<Trigger>,
 }
@@ -94,6 +99,7 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
             timing,
             burst: None,
             follow_ups: Vec::new(),
+            retry: None,
             full_now: Some(Trigger::startup),
         }
     }
@@ -118,6 +124,15 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
         }
     }
 
+    /// Records that an event-path delete for `frontend` was rate limited.
+    pub fn on_rate_limited(&mut self, frontend: F, now: Instant) {
+        let scope = Scope::Frontends(std::iter::once(frontend).collect());
+        match &mut self.retry {
+            Some((_, pending)) => pending.merge(scope),
+            None => self.retry = Some((now + self.timing.retry, scope)),
+        }
+    }
+
     /// Records that conntrack events were lost: a full pass is due at once.
     pub fn on_events_lost(&mut self) {
         self.full_now.get_or_insert(Trigger::events_lost);
@@ -132,7 +147,7 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
         if let Some(b) = &self.burst {
             next = next.min(self.burst_due(b));
         }
-        for (at, _) in &self.follow_ups {
+        for (at, _) in self.follow_ups.iter().chain(&self.retry) {
             next = next.min(*at);
         }
         next
@@ -170,6 +185,10 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
             }
             add(Trigger::change, burst.scope);
         }
+        if self.retry.as_ref().is_some_and(|(at, _)| now >= *at) {
+            let (_, scope) = self.retry.take().expect("checked above");
+            add(Trigger::rate_limited, scope);
+        }
         let (ready, waiting): (Vec<_>, Vec<_>) =
             self.follow_ups.drain(..).partition(|(at, _)| now >= *at);
         self.follow_ups = waiting;
@@ -186,6 +205,7 @@ impl Trigger {
         fn rank(t: Trigger) -> u8 {
             match t {
                 Trigger::follow_up => 0,
+                Trigger::rate_limited => 0,
                 Trigger::change => 1,
                 Trigger::periodic => 2,
                 Trigger::events_lost => 3,
@@ -214,6 +234,7 @@ mod tests {
             max_delay: ms(1000),
             follow_ups: vec![ms(1000), ms(3000)],
             resync: Duration::from_secs(60),
+            retry: ms(500),
         }
     }
 
@@ -306,6 +327,28 @@ mod tests {
             }
         );
         assert_eq!(s.next_deadline(), t0 + Duration::from_secs(120));
+    }
+
+    #[test]
+    fn rate_limited_frontends_get_one_retry_pass() {
+        let t0 = Instant::now();
+        let mut s = started(t0);
+        s.on_rate_limited(7, t0);
+        s.on_rate_limited(8, t0 + ms(100));
+        s.on_rate_limited(7, t0 + ms(200));
+        assert_eq!(
+            s.next_deadline(),
+            t0 + ms(500),
+            "the first refusal sets the time"
+        );
+        assert!(s.take_due(t0 + ms(400)).is_none());
+        let due = s.take_due(t0 + ms(500)).unwrap();
+        assert_eq!(due.trigger, Trigger::rate_limited);
+        assert_eq!(due.scope, Scope::Frontends(HashSet::from([7, 8])));
+        assert!(
+            s.take_due(t0 + ms(5000)).is_none(),
+            "no follow-ups after a retry"
+        );
     }
 
     #[test]
