@@ -18,20 +18,14 @@
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use ctnetlink::testing::TestNetns;
-use ctnetlink::{
-    Conntrack, DumpFilter, Family, FlowKey, NewFlow, Status, Tuple, encode_dump_request, proto,
-};
+use ctnetlink::testing::{RawDumper, TestNetns, count_messages};
+use ctnetlink::{Conntrack, DumpFilter, Family, FlowKey, NewFlow, Status, Tuple, proto};
 
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 const HASHSIZE: &str = "/sys/module/nf_conntrack/parameters/hashsize";
-/// What ctnetlink's handle uses: receive buffer per recv and asked-for `SO_RCVBUF`.
-const RECV_BUF: usize = 64 * 1024;
-const RCVBUF: libc::c_int = 8 * 1024 * 1024;
 /// Datagrams captured for the in-memory parser replay: 256 KiB, which stays in the CPU's
 /// caches like the datagram a live dump has just received.
 const REPLAY_DATAGRAMS: usize = 8;
@@ -258,8 +252,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let caps = ct.capabilities();
-    let request = encode_dump_request(&filter, &caps, 1);
-    let raw = raw_socket_in(&ns)?;
+    let mut raw = RawDumper::new(&ns.path(), &filter, &caps)?;
 
     // Key sets to delete, one per delete round (two per round when the table is resized):
     // every `stride`-th entry in dump order, set `k` starting at offset `k`.
@@ -282,7 +275,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // The parser alone, on captured datagrams replayed from memory.
-    let replay = capture_datagrams(&raw, &request, REPLAY_DATAGRAMS)?;
+    let replay = capture_datagrams(&mut raw, REPLAY_DATAGRAMS)?;
 
     let (mut floor, mut ours, mut tools) = (Vec::new(), Vec::new(), Vec::new());
     let (mut parse_ns, mut walk_ns) = (Vec::new(), Vec::new());
@@ -293,9 +286,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut sets = key_sets.iter();
     let mut remaining = u64::from(options.entries);
     for round in 0..options.rounds {
-        let run_floor = |floor: &mut Vec<Sample>| -> Result<(), Box<dyn std::error::Error>> {
-            let (messages, sample) =
-                measure(libc::RUSAGE_THREAD, || raw_dump_count(&raw, &request));
+        let mut run_floor = |floor: &mut Vec<Sample>| -> Result<(), Box<dyn std::error::Error>> {
+            let (messages, sample) = measure(libc::RUSAGE_THREAD, || raw.count());
             check_count("floor", messages?, remaining)?;
             floor.push(sample);
             Ok(())
@@ -549,123 +541,13 @@ fn status_kib(field: &str) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("no {field} in /proc/self/status")))
 }
 
-/// A netfilter netlink socket made inside the namespace (on a thread that enters it), with
-/// the receive buffer ctnetlink's handle asks for, so that the kernel fills datagrams alike.
-fn raw_socket_in(ns: &TestNetns) -> std::io::Result<OwnedFd> {
-    let file = std::fs::File::open(ns.path())?;
-    let fd = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: changes the namespace of this short-lived thread only.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // SAFETY: plain socket(2); the result is checked and owned below.
-                let fd = unsafe {
-                    libc::socket(
-                        libc::AF_NETLINK,
-                        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                        libc::NETLINK_NETFILTER,
-                    )
-                };
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // SAFETY: fd is a fresh descriptor we own.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            })
-            .join()
-            .map_err(|_| std::io::Error::other("namespace thread panicked"))?
-    })?;
-    // SAFETY: a valid socket and a c_int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&RCVBUF as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-/// Reads a dump's datagrams into `buf`, calling `on_datagram` for each until it returns
-/// `Some(messages)` (it saw `NLMSG_DONE` or an error message).
-fn raw_dump(
-    fd: &OwnedFd,
-    request: &[u8],
-    mut on_datagram: impl FnMut(&[u8]) -> std::io::Result<Option<u64>>,
-) -> std::io::Result<u64> {
-    // SAFETY: valid socket and buffer.
-    if unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; RECV_BUF];
-    loop {
-        // The same flags as ctnetlink's receive (MSG_TRUNC to detect truncation).
-        // SAFETY: valid socket and buffer.
-        let len = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-            )
-        };
-        if len < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        let len = (len as usize).min(buf.len());
-        if let Some(messages) = on_datagram(&buf[..len])? {
-            return Ok(messages);
-        }
-    }
-}
-
-/// Walks the message headers of one datagram, counting conntrack messages into `messages`;
-/// `Some(total)` at `NLMSG_DONE` or `NLMSG_ERROR`.
-fn count_messages(datagram: &[u8], messages: &mut u64) -> std::io::Result<Option<u64>> {
-    let mut offset = 0;
-    while let Some(header) = datagram.get(offset..offset + 16) {
-        let msg_len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let ty = u16::from_ne_bytes([header[4], header[5]]);
-        if ty == 3 || ty == 2 {
-            return Ok(Some(*messages)); // NLMSG_DONE, or NLMSG_ERROR
-        }
-        *messages += 1;
-        if msg_len < 16 {
-            return Err(std::io::Error::other("bad netlink message length"));
-        }
-        offset += (msg_len + 3) & !3;
-    }
-    Ok(None)
-}
-
-/// The floor: sends the dump request and reads until NLMSG_DONE, only counting messages.
-fn raw_dump_count(fd: &OwnedFd, request: &[u8]) -> std::io::Result<u64> {
-    let mut messages = 0u64;
-    raw_dump(fd, request, |datagram| {
-        count_messages(datagram, &mut messages)
-    })
-}
-
 /// Runs a whole dump, keeping copies of its first `keep` datagrams.
-fn capture_datagrams(fd: &OwnedFd, request: &[u8], keep: usize) -> std::io::Result<Vec<Vec<u8>>> {
+fn capture_datagrams(raw: &mut RawDumper, keep: usize) -> std::io::Result<Vec<Vec<u8>>> {
     let mut kept = Vec::with_capacity(keep);
-    let mut messages = 0u64;
-    raw_dump(fd, request, |datagram| {
+    raw.dump_with(|datagram| {
         if kept.len() < keep {
             kept.push(datagram.to_vec());
         }
-        count_messages(datagram, &mut messages)
     })?;
     Ok(kept)
 }

@@ -118,16 +118,23 @@ fn run_checked(cmd: &mut Command) -> io::Result<Output> {
 }
 
 /// The dump floor for benchmarks: a plain netfilter netlink socket that sends a dump request
-/// and reads until the end, counting messages and parsing nothing.
+/// and reads until the end, walking message headers and parsing nothing.
 ///
 /// What a dump costs below any parser: the kernel's table walk, message building and copies.
-/// Benchmarks report their dumps as ratios against it, measured in the same run.
+/// It receives exactly like a [`crate::Conntrack`] handle (same `SO_RCVBUFFORCE`, receive size
+/// and `MSG_TRUNC`), so the kernel fills datagrams alike and a ratio against it measures only
+/// user-space work. Benchmarks report their dumps against it, measured in the same run.
 #[derive(Debug)]
 pub struct RawDumper {
     fd: std::os::fd::OwnedFd,
     request: Vec<u8>,
     buf: Vec<u8>,
 }
+
+/// Receive size per `recv`, as ctnetlink's handle uses (the kernel caps dump datagrams at 32 KiB).
+const RAW_RECV_BUF: usize = 64 * 1024;
+/// `SO_RCVBUFFORCE`, as ctnetlink's handle asks for.
+const RAW_RCVBUF: libc::c_int = 8 * 1024 * 1024;
 
 impl RawDumper {
     /// A socket inside `netns` that will send the dump request `filter` encodes (with the kernel
@@ -163,15 +170,34 @@ impl RawDumper {
                 .join()
                 .map_err(|_| io::Error::other("namespace thread panicked"))?
         })?;
+        // SAFETY: a valid socket and a c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&RAW_RCVBUF as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Self {
             fd,
             request: crate::encode_dump_request(filter, caps, 1),
-            buf: vec![0u8; 64 * 1024],
+            buf: vec![0u8; RAW_RECV_BUF],
         })
     }
 
     /// Runs one dump; returns the number of conntrack messages received.
     pub fn count(&mut self) -> io::Result<u64> {
+        self.dump_with(|_| {})
+    }
+
+    /// Runs one dump, showing each datagram to `on_datagram`; returns the number of
+    /// conntrack messages received.
+    pub fn dump_with(&mut self, mut on_datagram: impl FnMut(&[u8])) -> io::Result<u64> {
         use std::os::fd::AsRawFd;
         let fd = self.fd.as_raw_fd();
         // SAFETY: valid socket and buffer.
@@ -180,8 +206,16 @@ impl RawDumper {
         }
         let mut messages = 0u64;
         loop {
+            // The same flags as ctnetlink's receive (MSG_TRUNC to detect truncation).
             // SAFETY: valid socket and buffer.
-            let len = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            let len = unsafe {
+                libc::recv(
+                    fd,
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
             if len < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -189,30 +223,32 @@ impl RawDumper {
                 }
                 return Err(err);
             }
-            let datagram = &self.buf[..len as usize];
-            let mut offset = 0;
-            while offset + 16 <= datagram.len() {
-                let word = |at: usize| {
-                    [
-                        datagram[at],
-                        datagram[at + 1],
-                        datagram[at + 2],
-                        datagram[at + 3],
-                    ]
-                };
-                let msg_len = u32::from_ne_bytes(word(offset)) as usize;
-                let ty = u16::from_ne_bytes([datagram[offset + 4], datagram[offset + 5]]);
-                if ty == libc::NLMSG_DONE as u16 || ty == libc::NLMSG_ERROR as u16 {
-                    return Ok(messages);
-                }
-                messages += 1;
-                if msg_len < 16 {
-                    return Err(io::Error::other("bad netlink message length"));
-                }
-                offset += (msg_len + 3) & !3;
+            let datagram = &self.buf[..(len as usize).min(self.buf.len())];
+            on_datagram(datagram);
+            if count_messages(datagram, &mut messages)? {
+                return Ok(messages);
             }
         }
     }
+}
+
+/// Walks the message headers of one dump datagram, adding its conntrack messages to
+/// `messages`; true at the dump's end (`NLMSG_DONE` or `NLMSG_ERROR`).
+pub fn count_messages(datagram: &[u8], messages: &mut u64) -> io::Result<bool> {
+    let mut offset = 0;
+    while let Some(header) = datagram.get(offset..offset + 16) {
+        let msg_len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let ty = u16::from_ne_bytes([header[4], header[5]]);
+        if ty == libc::NLMSG_DONE as u16 || ty == libc::NLMSG_ERROR as u16 {
+            return Ok(true);
+        }
+        *messages += 1;
+        if msg_len < 16 {
+            return Err(io::Error::other("bad netlink message length"));
+        }
+        offset += (msg_len + 3) & !3;
+    }
+    Ok(false)
 }
 
 /// Raises the init namespace's `nf_conntrack_max` for a benchmark and restores it when dropped.

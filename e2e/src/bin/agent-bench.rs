@@ -132,7 +132,7 @@ fn entry(j: u32, services: u32) -> NewFlow {
         orig: Tuple::new(client, vip(i).into(), proto::UDP, sport, 53),
         reply: Tuple::new(backend.into(), client, proto::UDP, 5353, sport),
         timeout: 3600,
-        status: Status::SEEN_REPLY | Status::DST_NAT,
+        status: Status::SEEN_REPLY | Status::ASSURED | Status::DST_NAT,
         mark: 0,
         zone: 0,
     }
@@ -458,7 +458,7 @@ async fn event_latencies(
                 40_000,
             ),
             timeout: 3600,
-            status: Status::SEEN_REPLY | Status::DST_NAT,
+            status: Status::SEEN_REPLY | Status::ASSURED | Status::DST_NAT,
             mark: 0,
             zone: 0,
         };
