@@ -56,8 +56,9 @@ impl FlowEntry {
     }
 }
 
-/// Every UDP entry of both families in the namespace `netns`.
-pub fn list_udp(netns: &str) -> Result<Vec<FlowEntry>> {
+/// Every UDP entry of both families in the namespace `netns` (only those from source port
+/// `sport`, when given).
+pub fn list_udp(netns: &str, sport: Option<u16>) -> Result<Vec<FlowEntry>> {
     let mut entries = Vec::new();
     for family in ["ipv4", "ipv6"] {
         let out = std::process::Command::new("ip")
@@ -73,6 +74,12 @@ pub fn list_udp(netns: &str) -> Result<Vec<FlowEntry>> {
                 family,
             ])
             .args(["-o", "id"])
+            .args(
+                sport
+                    .map(|p| ["--sport".to_string(), p.to_string()])
+                    .iter()
+                    .flatten(),
+            )
             .output()
             .context("running conntrack -L")?;
         if !out.status.success() {

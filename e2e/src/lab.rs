@@ -7,7 +7,8 @@
 use crate::agent::Agent;
 use crate::apiserver::ApiServer;
 use crate::conntrack::{DestroyMonitor, FlowEntry, list_udp};
-use crate::objects::{EndpointDef, ServiceDef, endpoint_slice, node, pod};
+use crate::hostport::{HostPortMapping, PortMap};
+use crate::objects::{ContainerPortDef, EndpointDef, PodDef, ServiceDef, endpoint_slice, node};
 use crate::process::{Binaries, Process};
 use crate::proxy_sync::KubeProxy;
 use crate::timeline::{Timeline, unix_micros};
@@ -44,6 +45,14 @@ struct Backend {
     ready: bool,
     serving: bool,
     terminating: bool,
+    /// False for an endpoint the lab publishes without a pod behind it (nobody answers).
+    has_pod: bool,
+}
+
+/// A pod whose UDP port is mapped on the node (`hostPort`).
+#[derive(Debug, Clone, Copy)]
+struct HostPortPod {
+    mapping: HostPortMapping,
 }
 
 #[derive(Debug, Clone)]
@@ -70,10 +79,12 @@ pub struct Lab {
     agent: Mutex<Option<Agent>>,
     processes: Mutex<BTreeMap<String, Process>>,
     kube_proxy: KubeProxy,
+    port_map: PortMap,
     api: Arc<ApiServer>,
     runtime: tokio::runtime::Runtime,
     topology: Topology,
     services: Mutex<BTreeMap<String, LabService>>,
+    host_port_pods: Mutex<BTreeMap<String, HostPortPod>>,
     /// (time, serving endpoint `IP:port`s of every service) after each publication.
     serving_history: Mutex<Vec<(u64, BTreeSet<SocketAddr>)>>,
     timeline: Timeline,
@@ -106,14 +117,17 @@ impl Lab {
             config.rules_lag,
             timeline.clone(),
         )?;
+        let port_map = PortMap::start(runtime.handle(), topology.node().name(), timeline.clone())?;
         Ok(Self {
             agent: Mutex::new(None),
             processes: Mutex::new(BTreeMap::new()),
             kube_proxy,
+            port_map,
             api,
             runtime,
             topology,
             services: Mutex::new(BTreeMap::new()),
+            host_port_pods: Mutex::new(BTreeMap::new()),
             serving_history: Mutex::new(Vec::new()),
             timeline,
             config,
@@ -145,11 +159,12 @@ impl Lab {
         self.runtime.handle()
     }
 
-    /// Waits until kube-proxy's rules reflect every change made so far.
+    /// Waits until kube-proxy's rules (and the hostPort rules) reflect every change made so far.
     pub fn wait_rules_synced(&self) -> Result<()> {
         let rv = self.api.resource_version();
-        self.kube_proxy
-            .wait_applied(rv, self.config.rules_lag + Duration::from_secs(5))
+        let timeout = self.config.rules_lag + Duration::from_secs(5);
+        self.kube_proxy.wait_applied(rv, timeout)?;
+        self.port_map.wait_applied(timeout)
     }
 
     /// Creates (or replaces) a service; its backends are kept.
@@ -252,6 +267,11 @@ impl Lab {
                     })
                 })
             })
+            .chain(
+                lock(&self.host_port_pods)
+                    .values()
+                    .map(|p| SocketAddr::new(p.mapping.pod_ip, p.mapping.container_port)),
+            )
             .collect();
         lock(&self.serving_history).push((unix_micros(), serving));
     }
@@ -290,14 +310,18 @@ impl Lab {
                     .any(|c| c.is_ipv6() == ip.is_ipv6())
             })
             .collect();
-        self.api
-            .apply(&pod("default", pod_name, NODE_NAME, &ips, false))?;
+        self.api.apply(
+            &self
+                .pod_def(pod_name, &ips, ports.iter().map(|p| (*p, None)))
+                .to_pod(),
+        )?;
         svc.backends.push(Backend {
             pod: pod_name.to_string(),
             ips: ips.clone(),
             ready: true,
             serving: true,
             terminating: false,
+            has_pod: true,
         });
         let snapshot = svc.clone();
         drop(services);
@@ -363,6 +387,129 @@ impl Lab {
         Ok(())
     }
 
+    /// A Running pod on the lab's node with UDP `(containerPort, hostPort)`s.
+    fn pod_def(
+        &self,
+        name: &str,
+        ips: &[IpAddr],
+        ports: impl IntoIterator<Item = (u16, Option<u16>)>,
+    ) -> PodDef {
+        PodDef {
+            namespace: "default".into(),
+            name: name.into(),
+            node_name: NODE_NAME.into(),
+            host_ip: Some(NODE_IPV4.into()),
+            ips: ips.to_vec(),
+            host_network: false,
+            udp_ports: ports
+                .into_iter()
+                .map(|(container_port, host_port)| ContainerPortDef {
+                    container_port,
+                    host_port,
+                })
+                .collect(),
+        }
+    }
+
+    /// Replaces the endpoints of `service` that have no pod behind them (addresses nobody
+    /// answers, for scale) with `endpoints` (`(pod name, address)`, ready and serving), in one
+    /// EndpointSlice update; the real backends are kept.
+    pub fn set_endpoints_without_pods(
+        &self,
+        service: &str,
+        endpoints: &[(String, IpAddr)],
+    ) -> Result<()> {
+        let key = format!("default/{service}");
+        let mut services = lock(&self.services);
+        let svc = services
+            .get_mut(&key)
+            .with_context(|| format!("no service {key}"))?;
+        svc.backends.retain(|b| b.has_pod);
+        svc.backends
+            .extend(endpoints.iter().map(|(pod, ip)| Backend {
+                pod: pod.clone(),
+                ips: vec![*ip],
+                ready: true,
+                serving: true,
+                terminating: false,
+                has_pod: false,
+            }));
+        let snapshot = svc.clone();
+        drop(services);
+        self.publish_slices(&snapshot)?;
+        self.record_serving();
+        Ok(())
+    }
+
+    /// Starts a pod whose UDP `container_port` is mapped on the node's `host_port`: a pod
+    /// namespace running `udp-echo`, a Pod object carrying the `hostPort`, and (after the rules
+    /// lag, like the CNI portmap plugin's rewrite) the node's DNAT. Returns its IPv4 address.
+    pub fn add_host_port_pod(
+        &self,
+        pod_name: &str,
+        host_port: u16,
+        container_port: u16,
+    ) -> Result<IpAddr> {
+        let (v4, _) = self.topology.add_pod(pod_name)?;
+        let netns = self
+            .topology
+            .pod_netns_name(pod_name)
+            .context("pod namespace")?;
+        let echo = start_echo(
+            &self.config.binaries.echo,
+            &netns,
+            pod_name,
+            &[container_port],
+        )?;
+        lock(&self.processes).insert(pod_name.to_string(), echo);
+        let ip = IpAddr::from(v4);
+        self.api.apply(
+            &self
+                .pod_def(pod_name, &[ip], [(container_port, Some(host_port))])
+                .to_pod(),
+        )?;
+        let mapping = HostPortMapping {
+            host_port,
+            pod_ip: ip,
+            container_port,
+        };
+        lock(&self.host_port_pods).insert(pod_name.to_string(), HostPortPod { mapping });
+        self.timeline.record(
+            "lab",
+            format!("pod {pod_name} ({ip}) started with hostPort {host_port} -> {container_port}"),
+        );
+        self.publish_host_ports()?;
+        self.record_serving();
+        Ok(ip)
+    }
+
+    /// Deletes a hostPort pod: its process, network and Pod object now, its DNAT after the lag.
+    pub fn remove_host_port_pod(&self, pod_name: &str) -> Result<()> {
+        self.timeline.record(
+            "lab",
+            format!("hostPort pod {pod_name} deleted (process, network, Pod object)"),
+        );
+        if let Some(mut process) = lock(&self.processes).remove(pod_name) {
+            process.stop(Duration::ZERO);
+        }
+        self.topology.remove_pod(pod_name)?;
+        lock(&self.host_port_pods)
+            .remove(pod_name)
+            .with_context(|| format!("no hostPort pod {pod_name}"))?;
+        self.api.delete::<Pod>("default", pod_name)?;
+        self.publish_host_ports()?;
+        self.record_serving();
+        Ok(())
+    }
+
+    fn publish_host_ports(&self) -> Result<()> {
+        let mappings = lock(&self.host_port_pods)
+            .values()
+            .map(|p| p.mapping)
+            .collect();
+        self.port_map.update(self.config.rules_lag, mappings)
+    }
+
     /// Starts a client (in a new pod, in the node, or on the external host) sending to `target`.
     pub fn start_client(
         &self,
@@ -374,13 +521,8 @@ impl Lab {
         let netns = match place {
             ClientPlace::Pod => {
                 let (v4, v6) = self.topology.add_pod(name)?;
-                self.api.apply(&pod(
-                    "default",
-                    name,
-                    NODE_NAME,
-                    &[v4.into(), v6.into()],
-                    false,
-                ))?;
+                self.api
+                    .apply(&self.pod_def(name, &[v4.into(), v6.into()], []).to_pod())?;
                 self.topology.pod_netns_name(name).context("client netns")?
             }
             ClientPlace::HostNetwork => self.topology.node().name().to_string(),
@@ -430,7 +572,12 @@ impl Lab {
 
     /// The node's UDP conntrack entries.
     pub fn conntrack(&self) -> Result<Vec<FlowEntry>> {
-        list_udp(self.topology.node().name())
+        list_udp(self.topology.node().name(), None)
+    }
+
+    /// The node's UDP conntrack entries from source port `port` (cheap on a large table).
+    pub fn conntrack_from_port(&self, port: u16) -> Result<Vec<FlowEntry>> {
+        list_udp(self.topology.node().name(), Some(port))
     }
 
     /// Starts recording destroyed UDP flows in the node.

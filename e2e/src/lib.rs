@@ -4,6 +4,7 @@
 //! - [`netns`]: running code (making sockets) inside one of those namespaces;
 //! - [`apiserver`]: the loopback Kubernetes API double ([`store`], [`selector`], [`kinds`]);
 //! - [`kubeproxy`] / [`proxy_sync`]: kube-proxy's iptables mode, emulated, with a rules lag;
+//! - [`hostport`]: the CNI portmap plugin's hostPort DNAT, emulated, with the same lag;
 //! - [`workload`], [`process`]: UDP echo backends and fixed-source-port clients;
 //! - [`conntrack`]: the node's table and its destroy events;
 //! - [`agent`]: the real `conntrack-reconciler` binary, run in the node;
@@ -13,6 +14,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod conntrack;
+pub mod hostport;
 pub mod kinds;
 pub mod kubeproxy;
 pub mod lab;

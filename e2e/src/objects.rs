@@ -1,8 +1,8 @@
 //! Builders for the Kubernetes objects the lab serves, from a compact description.
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeStatus, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort,
-    ServiceSpec,
+    Container, ContainerPort, HostIP, Node, NodeAddress, NodeStatus, Pod, PodCondition, PodIP,
+    PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -193,7 +193,82 @@ pub fn node(name: &str, ips: &[IpAddr]) -> Node {
     }
 }
 
-/// A running Pod on `node_name`.
+/// One UDP port of a pod's container; with `host_port`, mapped on the node (CNI portmap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerPortDef {
+    /// The port the container listens on.
+    pub container_port: u16,
+    /// The node port mapped to it (`hostPort`), if any.
+    pub host_port: Option<u16>,
+}
+
+/// A running pod, as the lab describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodDef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The node it runs on (`spec.nodeName`).
+    pub node_name: String,
+    /// The node's address (`status.hostIP`), if known.
+    pub host_ip: Option<IpAddr>,
+    /// The pod's addresses, primary first (`status.podIP`, `status.podIPs`).
+    pub ips: Vec<IpAddr>,
+    /// Whether it shares the node's network namespace.
+    pub host_network: bool,
+    /// Its one container's UDP ports.
+    pub udp_ports: Vec<ContainerPortDef>,
+}
+
+impl PodDef {
+    /// The Kubernetes object: one container, phase Running, Ready.
+    pub fn to_pod(&self) -> Pod {
+        let ports: Vec<ContainerPort> = self
+            .udp_ports
+            .iter()
+            .map(|p| ContainerPort {
+                container_port: p.container_port.into(),
+                host_port: p.host_port.map(i32::from),
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            })
+            .collect();
+        Pod {
+            metadata: meta(&self.namespace, &self.name, BTreeMap::new()),
+            spec: Some(PodSpec {
+                node_name: Some(self.node_name.clone()),
+                host_network: Some(self.host_network),
+                containers: vec![Container {
+                    name: "main".into(),
+                    ports: (!ports.is_empty()).then_some(ports),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                host_ip: self.host_ip.map(|ip| ip.to_string()),
+                host_ips: self.host_ip.map(|ip| vec![HostIP { ip: ip.to_string() }]),
+                pod_ip: self.ips.first().map(|ip| ip.to_string()),
+                pod_ips: Some(
+                    self.ips
+                        .iter()
+                        .map(|ip| PodIP { ip: ip.to_string() })
+                        .collect(),
+                ),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// A running Pod on `node_name` with no ports and no host IP (see [`PodDef`] for more).
 pub fn pod(
     namespace: &str,
     name: &str,
@@ -201,21 +276,16 @@ pub fn pod(
     ips: &[IpAddr],
     host_network: bool,
 ) -> Pod {
-    Pod {
-        metadata: meta(namespace, name, BTreeMap::new()),
-        spec: Some(PodSpec {
-            node_name: Some(node_name.into()),
-            host_network: Some(host_network),
-            containers: Vec::new(),
-            ..Default::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            pod_ip: ips.first().map(|ip| ip.to_string()),
-            pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect()),
-            ..Default::default()
-        }),
+    PodDef {
+        namespace: namespace.into(),
+        name: name.into(),
+        node_name: node_name.into(),
+        host_ip: None,
+        ips: ips.to_vec(),
+        host_network,
+        udp_ports: Vec::new(),
     }
+    .to_pod()
 }
 
 fn meta(namespace: &str, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {

@@ -72,8 +72,27 @@ impl KubeProxy {
 
         let netns_owned = netns.to_string();
         let applier = runtime.spawn(async move {
-            while let Some((deadline, snapshot)) = queue_rx.recv().await {
+            let mut waiting = None;
+            loop {
+                let (deadline, mut snapshot) = match waiting.take() {
+                    Some(item) => item,
+                    None => match queue_rx.recv().await {
+                        Some(item) => item,
+                        None => return,
+                    },
+                };
                 tokio::time::sleep_until(deadline).await;
+                // Changes whose lag is already over are applied together, as kube-proxy's
+                // sync coalesces a burst: hundreds of object writes need not mean hundreds of
+                // restores. A change whose lag is not over keeps waiting for its own turn.
+                while let Ok((next_deadline, next)) = queue_rx.try_recv() {
+                    if next_deadline <= tokio::time::Instant::now() {
+                        snapshot = next;
+                    } else {
+                        waiting = Some((next_deadline, next));
+                        break;
+                    }
+                }
                 let netns = netns_owned.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let result = apply(&netns, &snapshot);
@@ -101,22 +120,49 @@ impl KubeProxy {
         let (seen_by_follower, wanted_by_follower) = (seen.clone(), wanted.clone());
         let follower = runtime.spawn(async move {
             loop {
-                let received = changes.recv().await;
-                if let Ok(change) = &received {
-                    seen_by_follower.fetch_max(change.rv, Ordering::SeqCst);
-                    if matches!(change.kind, Kind::Service | Kind::EndpointSlice) {
-                        wanted_by_follower.fetch_max(change.rv, Ordering::SeqCst);
+                // One change, then whatever else is already queued: a burst of writes costs one
+                // snapshot (listing every object is not free), taken after all of them.
+                let mut burst = vec![changes.recv().await];
+                loop {
+                    match changes.try_recv() {
+                        Ok(change) => burst.push(Ok(change)),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            burst.push(Err(broadcast::error::RecvError::Lagged(n)))
+                        }
+                        Err(broadcast::error::TryRecvError::Closed) => {
+                            burst.push(Err(broadcast::error::RecvError::Closed))
+                        }
+                        Err(broadcast::error::TryRecvError::Empty) => break,
                     }
                 }
-                match received {
-                    Ok(change) if !matches!(change.kind, Kind::Service | Kind::EndpointSlice) => {}
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let deadline = tokio::time::Instant::now() + lag;
-                        if queue_tx.send((deadline, snapshot(&api))).is_err() {
-                            return;
+                let mut resync = false;
+                let mut closed = false;
+                for received in &burst {
+                    match received {
+                        Ok(change) => {
+                            seen_by_follower.fetch_max(change.rv, Ordering::SeqCst);
+                            if matches!(change.kind, Kind::Service | Kind::EndpointSlice) {
+                                wanted_by_follower.fetch_max(change.rv, Ordering::SeqCst);
+                                resync = true;
+                            }
                         }
+                        Err(broadcast::error::RecvError::Lagged(_)) => resync = true,
+                        Err(broadcast::error::RecvError::Closed) => closed = true,
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                if resync {
+                    let deadline = tokio::time::Instant::now() + lag;
+                    let state = snapshot(&api);
+                    // Missed changes (a burst outran the channel) are covered by the snapshot,
+                    // whatever their kinds.
+                    seen_by_follower.fetch_max(state.rv, Ordering::SeqCst);
+                    wanted_by_follower.fetch_max(state.rv, Ordering::SeqCst);
+                    if queue_tx.send((deadline, state)).is_err() {
+                        return;
+                    }
+                }
+                if closed {
+                    return;
                 }
             }
         });

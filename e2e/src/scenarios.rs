@@ -6,7 +6,10 @@
 //! deletions* (destroyed flows whose backend was serving at that moment). Run without the agent,
 //! the same steps show the blackhole that stays for the observation window.
 
-use crate::conntrack::FlowEntry;
+mod churn;
+mod host_port;
+
+use crate::conntrack::{DestroyMonitor, FlowEntry};
 use crate::lab::{ClientPlace, Lab, LabConfig};
 use crate::objects::{PortDef, ServiceDef};
 use crate::process::Binaries;
@@ -26,6 +29,8 @@ pub const TARGET_PORT: u16 = 5353;
 pub const NEW_TARGET_PORT: u16 = 5354;
 /// The NodePort.
 pub const NODE_PORT: u16 = 30053;
+/// The hostPort of the host-port scenario's pod.
+pub const HOST_PORT: u16 = 8053;
 /// The main client's fixed source port.
 pub const CLIENT_PORT: u16 = 40053;
 /// How many bystander clients watch for false deletions.
@@ -63,11 +68,17 @@ pub enum Scenario {
     /// The agent is restarted while flows are healthy (none may be touched), then a backend
     /// is deleted.
     AgentRestarted,
+    /// A pod with a UDP hostPort (CNI portmap DNAT on the node) is replaced by a new pod with a
+    /// new IP; the client is on the external host.
+    HostPortReplaced,
+    /// 200 services with endpoint churn over 100,000 unrelated and healthy background entries;
+    /// the headline's backend is deleted mid-churn. No background entry may be deleted.
+    ChurnAtScale,
 }
 
 impl Scenario {
     /// Every scenario, headline first.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::BackendDeleted,
         Scenario::NodePort,
         Scenario::ExternalIp,
@@ -82,6 +93,8 @@ impl Scenario {
         Scenario::WatchDroppedDuringChange,
         Scenario::Race,
         Scenario::AgentRestarted,
+        Scenario::HostPortReplaced,
+        Scenario::ChurnAtScale,
     ];
 
     /// A short name (namespace prefixes, test names).
@@ -101,6 +114,8 @@ impl Scenario {
             Scenario::WatchDroppedDuringChange => "watch-drop",
             Scenario::Race => "race",
             Scenario::AgentRestarted => "agent-restart",
+            Scenario::HostPortReplaced => "host-port",
+            Scenario::ChurnAtScale => "churn-100k",
         }
     }
 
@@ -151,13 +166,17 @@ pub struct Outcome {
     pub timeline: String,
     /// The agent's log (empty without the agent).
     pub agent_log: String,
+    /// Scenario-specific facts (e.g. the background table's size), one per line.
+    pub notes: Vec<String>,
+    /// Background entries (scale scenario) missing from the table at the end: must be 0.
+    pub background_missing: u64,
 }
 
 impl Outcome {
     /// A one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "{} ({}): recovery {}, false deletions {}, before {}, after {}",
+            "{} ({}): recovery {}, false deletions {}, before {}, after {}{}",
             self.scenario.name(),
             if self.with_agent {
                 "with reconciler"
@@ -171,6 +190,11 @@ impl Outcome {
             self.false_deletions.len(),
             self.before,
             self.after.as_deref().unwrap_or("-"),
+            if self.notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.notes.join("; "))
+            },
         )
     }
 }
@@ -223,12 +247,129 @@ fn service_def(scenario: Scenario) -> ServiceDef {
 
 /// Runs one scenario end to end; the lab is torn down before it returns.
 pub fn run(scenario: Scenario, config: &RunConfig) -> Result<Outcome> {
-    let rules_lag = scenario.rules_lag(config.rules_lag);
-    let lab = Lab::new(LabConfig {
+    match scenario {
+        Scenario::HostPortReplaced => host_port::run(config),
+        Scenario::ChurnAtScale => churn::run(config),
+        _ => run_service_change(scenario, config),
+    }
+}
+
+/// The lab every scenario starts from.
+fn new_lab(scenario: Scenario, config: &RunConfig) -> Result<Lab> {
+    Lab::new(LabConfig {
         prefix: scenario.name().chars().take(6).collect(),
-        rules_lag,
+        rules_lag: scenario.rules_lag(config.rules_lag),
         binaries: config.binaries.clone(),
-    })?;
+    })
+}
+
+/// Waits up to `window` after `t0` for the client's first answer that `allowed` accepts.
+fn first_allowed_answer(
+    client: &Client,
+    t0: u64,
+    window: Duration,
+    allowed: &dyn Fn(&Answer) -> bool,
+) -> Option<Answer> {
+    let deadline = t0 + window.as_micros() as u64;
+    loop {
+        if let Some(answer) = client.first_answer_after(t0, allowed) {
+            return Some(answer);
+        }
+        if unix_micros() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a scenario observed up to its first allowed answer, to be judged by [`conclude`].
+struct Observed {
+    scenario: Scenario,
+    t0: u64,
+    before: String,
+    first: Option<Answer>,
+    /// Deletions the scenario itself knows to be wrong (besides flows to serving endpoints).
+    also_false: Vec<FlowEntry>,
+    notes: Vec<String>,
+}
+
+/// Waits for the rules, lets late deletions show up, and judges the false deletions.
+fn conclude(
+    lab: &Lab,
+    config: &RunConfig,
+    monitor: &DestroyMonitor,
+    observed: Observed,
+) -> Result<Outcome> {
+    let tl = lab.timeline();
+    if let Some(a) = &observed.first {
+        tl.record_at(a.t_us, "client", format!("first answer from {}", a.backend));
+    }
+    // The agent's passes after the rules' rewrite count too: wait for the rules, then let a
+    // late, wrong deletion show up before judging.
+    lab.wait_rules_synced()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut false_deletions = lab.false_deletions(monitor);
+    for flow in observed.also_false {
+        if !false_deletions.contains(&flow) {
+            false_deletions.push(flow);
+        }
+    }
+    for flow in &false_deletions {
+        tl.record(
+            "lab",
+            format!(
+                "FALSE DELETION of {} -> {} via {}",
+                flow.orig_src, flow.orig_dst, flow.reply_src
+            ),
+        );
+    }
+    let client_flows_at_end = lab
+        .conntrack_from_port(CLIENT_PORT)
+        .context("listing the node's conntrack table")?;
+    let t0 = observed.t0;
+    Ok(Outcome {
+        scenario: observed.scenario,
+        with_agent: config.agent.is_some(),
+        rules_lag: observed.scenario.rules_lag(config.rules_lag),
+        window: config.window,
+        recovery: observed
+            .first
+            .as_ref()
+            .map(|a| Duration::from_micros(a.t_us.saturating_sub(t0))),
+        before: observed.before,
+        after: observed.first.map(|a| a.backend),
+        false_deletions,
+        client_flows_at_end,
+        timeline: tl.render(t0),
+        agent_log: lab.agent_log(),
+        notes: observed.notes,
+        background_missing: 0,
+    })
+}
+
+/// The agent's arguments in every scenario: no periodic resync inside the observation window,
+/// so recoveries come from the event path.
+fn agent_args() -> Vec<String> {
+    vec!["--resync-interval".into(), "60s".into()]
+}
+
+/// Waits for a steady answer, with the timeline and the node's state on failure.
+fn wait_steady(lab: &Lab, client: &Client) -> Result<Answer> {
+    client
+        .wait_steady(5, Duration::from_secs(10))
+        .with_context(|| {
+            format!(
+                "timeline:\n{}\n{}",
+                lab.timeline().render(unix_micros()),
+                lab.diagnostics()
+            )
+        })
+}
+
+/// A change to a service's backends (or to the service), seen by pod, node or external clients.
+fn run_service_change(scenario: Scenario, config: &RunConfig) -> Result<Outcome> {
+    let rules_lag = scenario.rules_lag(config.rules_lag);
+    let lab = new_lab(scenario, config)?;
     let (target, place) = frontend(scenario);
     let def = service_def(scenario);
     let backends = ["dns-a", "dns-b", "dns-c"];
@@ -250,7 +391,7 @@ pub fn run(scenario: Scenario, config: &RunConfig) -> Result<Outcome> {
     };
     lab.wait_rules_synced()?;
     if let Some(agent) = &config.agent {
-        lab.start_agent(agent, &["--resync-interval".into(), "60s".into()])?;
+        lab.start_agent(agent, &agent_args())?;
     }
     let monitor = lab.destroy_monitor()?;
 
@@ -276,16 +417,7 @@ pub fn run(scenario: Scenario, config: &RunConfig) -> Result<Outcome> {
         std::thread::sleep(Duration::from_millis(500));
         "nobody (no endpoints)".to_string()
     } else {
-        client
-            .wait_steady(5, Duration::from_secs(10))
-            .with_context(|| {
-                format!(
-                    "timeline:\n{}\n{}",
-                    tl.render(unix_micros()),
-                    lab.diagnostics()
-                )
-            })?
-            .backend
+        wait_steady(&lab, &client)?.backend
     };
     for b in &bystanders {
         b.wait_steady(3, Duration::from_secs(10))?;
@@ -295,7 +427,7 @@ pub fn run(scenario: Scenario, config: &RunConfig) -> Result<Outcome> {
     {
         tl.record("lab", "restarting the agent");
         lab.stop_agent();
-        lab.start_agent(agent, &["--resync-interval".into(), "60s".into()])?;
+        lab.start_agent(agent, &agent_args())?;
         // Its first pass over a healthy table must delete nothing.
         std::thread::sleep(Duration::from_millis(500));
         client.wait_steady(5, Duration::from_secs(10))?;
@@ -369,52 +501,18 @@ pub fn run(scenario: Scenario, config: &RunConfig) -> Result<Outcome> {
         _ => lab.remove_backend("dns", &victim)?,
     }
 
-    let deadline = t0 + config.window.as_micros() as u64;
-    let first = loop {
-        if let Some(answer) = client.first_answer_after(t0, &allowed) {
-            break Some(answer);
-        }
-        if unix_micros() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if let Some(a) = &first {
-        tl.record_at(a.t_us, "client", format!("first answer from {}", a.backend));
-    }
-    // The agent's passes after kube-proxy's rewrite count too: wait for the rules, then let a
-    // late, wrong deletion show up before judging.
-    lab.wait_rules_synced()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let false_deletions = lab.false_deletions(&monitor);
-    for flow in &false_deletions {
-        tl.record(
-            "lab",
-            format!(
-                "FALSE DELETION of {} -> {} via {}",
-                flow.orig_src, flow.orig_dst, flow.reply_src
-            ),
-        );
-    }
-    let client_flows_at_end: Vec<FlowEntry> = lab
-        .conntrack()
-        .context("listing the node's conntrack table")?
-        .into_iter()
-        .filter(|f| f.orig_src.port() == CLIENT_PORT)
-        .collect();
-    Ok(Outcome {
-        scenario,
-        with_agent: config.agent.is_some(),
-        rules_lag,
-        window: config.window,
-        recovery: first
-            .as_ref()
-            .map(|a| Duration::from_micros(a.t_us.saturating_sub(t0))),
-        before,
-        after: first.map(|a| a.backend),
-        false_deletions,
-        client_flows_at_end,
-        timeline: tl.render(t0),
-        agent_log: lab.agent_log(),
-    })
+    let first = first_allowed_answer(&client, t0, config.window, &allowed);
+    conclude(
+        &lab,
+        config,
+        &monitor,
+        Observed {
+            scenario,
+            t0,
+            before,
+            first,
+            also_false: Vec::new(),
+            notes: Vec::new(),
+        },
+    )
 }

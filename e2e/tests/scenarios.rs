@@ -60,7 +60,7 @@ fn without_reconciler(scenario: Scenario) {
         explain(&outcome)
     );
     assert!(
-        outcome.false_deletions.is_empty(),
+        outcome.false_deletions.is_empty() && outcome.background_missing == 0,
         "nothing deletes flows without the reconciler:\n{}",
         explain(&outcome)
     );
@@ -96,6 +96,12 @@ fn with_reconciler(scenario: Scenario) {
     assert!(
         outcome.false_deletions.is_empty(),
         "flows to serving backends must survive:\n{}",
+        explain(&outcome)
+    );
+    assert_eq!(
+        outcome.background_missing,
+        0,
+        "healthy and unrelated background entries must survive:\n{}",
         explain(&outcome)
     );
 }
@@ -135,4 +141,6 @@ scenario_tests! {
     watch_dropped_during_change => Scenario::WatchDroppedDuringChange,
     race => Scenario::Race,
     agent_restarted => Scenario::AgentRestarted,
+    host_port_replaced => Scenario::HostPortReplaced,
+    churn_at_scale => Scenario::ChurnAtScale,
 }
