@@ -47,70 +47,50 @@ impl Capabilities {
         *CACHED.get_or_init(|| Self::probe().unwrap_or_else(|_| Self::from_running_kernel()))
     }
 
-    /// Tests every filter against two known entries in a private network namespace.
+    /// Tests every filter against known entries in a private network namespace, with one dump.
+    ///
+    /// Every dump walks the kernel's whole conntrack hash table, all namespaces included, so on
+    /// a node with a million entries each probe dump costs a third of a second or more. The probe
+    /// therefore sends all four criteria at once, against one entry that matches them all and
+    /// one decoy per criterion that differs from it in that criterion only: the decoys that come
+    /// back name exactly the criteria the kernel ignored.
     pub fn probe() -> Result<Capabilities, Error> {
         socket::in_private_netns(|| {
             let mut ct = Conntrack::with_capabilities(socket::open(Netns::Current)?, Self::NONE)?;
-            let report = ct.create(&probe_flows())?;
-            if report.created != 2 {
+            let flows = probe_flows();
+            let report = ct.create(&flows)?;
+            if report.created != flows.len() as u64 {
                 return Err(Error::Invalid(
                     "capability probe could not create its entries",
                 ));
             }
-            let mut works = |kernel: KernelFilter, filter: DumpFilter| {
-                let mut seen = Vec::new();
-                match ct.dump_placed(&filter, Placement::KernelOnly(kernel), |flow| {
-                    seen.push(flow.orig.proto)
-                }) {
-                    Ok(_) => seen == [proto::UDP],
-                    Err(_) => false,
-                }
-            };
-            let v4 = DumpFilter {
+            let filter = DumpFilter {
                 family: Some(Family::V4),
-                ..DumpFilter::default()
+                proto: Some(proto::UDP),
+                mark: Some((0xff, PROBE_MARK)),
+                status: Some((Status::ASSURED, Status::ASSURED)),
+                zone: Some(PROBE_ZONE),
             };
+            let all = KernelFilter {
+                proto: true,
+                mark: true,
+                status: true,
+                zone: true,
+            };
+            let mut seen = Vec::new();
+            ct.dump_placed(&filter, Placement::KernelOnly(all), |flow| {
+                seen.push(flow.orig.sport)
+            })?;
+            if !seen.contains(&Decoy::None.port()) {
+                return Err(Error::Invalid(
+                    "capability probe: the matching entry was filtered out",
+                ));
+            }
             Ok(Capabilities {
-                proto: works(
-                    KernelFilter {
-                        proto: true,
-                        ..KernelFilter::default()
-                    },
-                    DumpFilter {
-                        proto: Some(proto::UDP),
-                        ..v4.clone()
-                    },
-                ),
-                mark: works(
-                    KernelFilter {
-                        mark: true,
-                        ..KernelFilter::default()
-                    },
-                    DumpFilter {
-                        mark: Some((0xff, PROBE_MARK)),
-                        ..v4.clone()
-                    },
-                ),
-                status: works(
-                    KernelFilter {
-                        status: true,
-                        ..KernelFilter::default()
-                    },
-                    DumpFilter {
-                        status: Some((Status::ASSURED, Status::ASSURED)),
-                        ..v4.clone()
-                    },
-                ),
-                zone: works(
-                    KernelFilter {
-                        zone: true,
-                        ..KernelFilter::default()
-                    },
-                    DumpFilter {
-                        zone: Some(PROBE_ZONE),
-                        ..v4.clone()
-                    },
-                ),
+                proto: !seen.contains(&Decoy::Proto.port()),
+                mark: !seen.contains(&Decoy::Mark.port()),
+                status: !seen.contains(&Decoy::Status.port()),
+                zone: !seen.contains(&Decoy::Zone.port()),
                 probed: true,
             })
         })
@@ -158,29 +138,58 @@ impl Capabilities {
 const PROBE_MARK: u32 = 0x5a;
 const PROBE_ZONE: u16 = 7;
 
-/// Two entries that differ in every probed criterion: only the first should pass each probe.
-fn probe_flows() -> [NewFlow; 2] {
-    let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
-    let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-    let udp = Tuple::new(a, b, proto::UDP, 1111, 2222);
-    let echo_request = Tuple::new(a, b, proto::ICMP, 1, 8 << 8);
-    let echo_reply = Tuple::new(b, a, proto::ICMP, 1, 0);
-    [
-        NewFlow {
+/// The probe's entries: one matching every criterion, and one decoy per criterion.
+#[derive(Clone, Copy)]
+enum Decoy {
+    None,
+    Proto,
+    Mark,
+    Status,
+    Zone,
+}
+
+impl Decoy {
+    const ALL: [Decoy; 5] = [
+        Decoy::None,
+        Decoy::Proto,
+        Decoy::Mark,
+        Decoy::Status,
+        Decoy::Zone,
+    ];
+
+    /// The source port that identifies the entry in the dump.
+    fn port(self) -> u16 {
+        1111 + self as u16
+    }
+
+    /// The entry: the matching one, changed in this decoy's criterion only.
+    fn flow(self) -> NewFlow {
+        let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let l4 = if matches!(self, Decoy::Proto) {
+            proto::TCP
+        } else {
+            proto::UDP
+        };
+        let tuple = Tuple::new(a, b, l4, self.port(), 2222);
+        let mut flow = NewFlow {
             status: Status::SEEN_REPLY | Status::ASSURED,
             mark: PROBE_MARK,
             zone: PROBE_ZONE,
-            ..NewFlow::symmetric(udp, 60)
-        },
-        NewFlow {
-            orig: echo_request,
-            reply: echo_reply,
-            timeout: 60,
-            status: Status::NONE,
-            mark: 0,
-            zone: 0,
-        },
-    ]
+            ..NewFlow::symmetric(tuple, 60)
+        };
+        match self {
+            Decoy::None | Decoy::Proto => {}
+            Decoy::Mark => flow.mark = 0,
+            Decoy::Status => flow.status = Status::SEEN_REPLY,
+            Decoy::Zone => flow.zone = 0,
+        }
+        flow
+    }
+}
+
+fn probe_flows() -> Vec<NewFlow> {
+    Decoy::ALL.iter().map(|d| d.flow()).collect()
 }
 
 #[cfg(test)]

@@ -136,6 +136,21 @@ impl Conntrack {
         Self::from_socket(socket::open(Netns::Fd(fd))?)
     }
 
+    /// A handle on `netns` (None: the current namespace) that sends the kernel the filters
+    /// `caps` names instead of probing for them.
+    ///
+    /// For one-shot tools: the probe's dump walks the kernel's whole conntrack table once, which
+    /// on a big table costs a sizeable part of the tool's own dump. `caps` only decides where
+    /// filtering happens — every criterion is re-applied in user space — so it changes speed,
+    /// never results. [`Capabilities::from_running_kernel`] is the usual choice.
+    pub fn open_with_capabilities(netns: Option<&Path>, caps: Capabilities) -> Result<Self, Error> {
+        let socket = match netns {
+            Some(path) => socket::open(Netns::Path(path))?,
+            None => socket::open(Netns::Current)?,
+        };
+        Self::with_capabilities(socket, caps)
+    }
+
     fn from_socket(socket: Socket) -> Result<Self, Error> {
         Self::with_capabilities(socket, Capabilities::get())
     }
@@ -218,25 +233,19 @@ impl Conntrack {
             filtered_in_kernel: kernel.covers(filter),
             ..DumpStats::default()
         };
-        loop {
-            let len = match socket::recv_datagram(&self.socket, &mut self.recv_buf, 0) {
-                Ok(len) => len,
-                Err(err) => {
-                    self.abandon_dump(seq);
-                    return Err(Error::io("receive conntrack dump", err));
-                }
-            };
+        let (outcome, drained) = pipelined_dump(&self.socket, seq, |datagram| {
             stats.datagrams += 1;
-            stats.bytes += len as u64;
-            match dispatch_dump(&self.recv_buf[..len], seq, user_filter, &mut stats, &mut f) {
-                Ok(false) => {}
-                Ok(true) => return Ok(stats),
-                Err(DumpEnd::Kernel(err)) => return Err(err),
-                Err(DumpEnd::Broken(err)) => {
-                    self.abandon_dump(seq);
-                    return Err(err);
-                }
-            }
+            stats.bytes += datagram.len() as u64;
+            dispatch_dump(datagram, seq, user_filter, &mut stats, &mut f)
+        });
+        if !drained {
+            // The receiving side stopped before the dump's end (a receive error or an
+            // unreadable datagram): read the rest so that the socket can start another.
+            self.abandon_dump(seq);
+        }
+        match outcome {
+            Ok(()) => Ok(stats),
+            Err(DumpEnd::Kernel(err)) | Err(DumpEnd::Broken(err)) => Err(err),
         }
     }
 
@@ -420,6 +429,101 @@ enum DumpEnd {
 }
 
 /// Handles one dump datagram; `Ok(true)` at the end of the dump.
+/// Datagrams in flight between the receiving thread and the parsing one: enough to keep the
+/// kernel busy while a datagram is parsed, few enough to bound memory (8 × 64 KiB).
+const PIPELINE_DEPTH: usize = 8;
+
+/// Receives a dump's datagrams on a helper thread and hands each to `on_datagram` on this one,
+/// until `on_datagram` says the dump ended.
+///
+/// The kernel builds each dump datagram inside the `recvmsg` that asks for it, so a single
+/// thread alternates between the kernel's work and its own parsing. With the receive on a
+/// second thread the kernel builds datagram N+1 while datagram N is parsed, which brings a
+/// dump's wall time to the kernel's alone on a machine with two cores. Buffers circulate
+/// between the threads, so memory stays bounded whatever the table size. The receiving thread
+/// stops by itself at the dump's end (or a receive error); the parsing side, even after an
+/// error of its own, keeps draining until then, so the socket is never left mid-dump by a
+/// thread that gave up.
+fn pipelined_dump(
+    socket: &Socket,
+    seq: u32,
+    mut on_datagram: impl FnMut(&[u8]) -> Result<bool, DumpEnd>,
+) -> (Result<(), DumpEnd>, bool) {
+    use std::sync::mpsc;
+    type Received = (Vec<u8>, std::io::Result<usize>);
+    let (full_tx, full_rx) = mpsc::sync_channel::<Received>(PIPELINE_DEPTH);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..PIPELINE_DEPTH {
+        let _ = free_tx.send(Vec::with_capacity(RECV_BUF));
+    }
+    std::thread::scope(|scope| {
+        // Returns whether it received the dump's end.
+        let receiver = scope.spawn(move || {
+            while let Ok(mut buf) = free_rx.recv() {
+                let received = socket::recv_datagram(socket, &mut buf, 0);
+                let state = match &received {
+                    Ok(len) => dump_state(&buf[..*len], seq),
+                    Err(_) => DumpState::Unreadable,
+                };
+                if full_tx.send((buf, received)).is_err() {
+                    return state == DumpState::Ended;
+                }
+                if state != DumpState::Going {
+                    return state == DumpState::Ended;
+                }
+            }
+            false
+        });
+        let mut outcome: Option<Result<(), DumpEnd>> = None;
+        for (buf, received) in full_rx {
+            if outcome.is_none() {
+                outcome = match received {
+                    Ok(len) => match on_datagram(&buf[..len]) {
+                        Ok(false) => None,
+                        Ok(true) => Some(Ok(())),
+                        Err(end) => Some(Err(end)),
+                    },
+                    Err(err) => Some(Err(DumpEnd::Broken(Error::io(
+                        "receive conntrack dump",
+                        err,
+                    )))),
+                };
+            }
+            // The receiver may be waiting for a buffer; after the end it is gone.
+            let _ = free_tx.send(buf);
+        }
+        let drained = receiver.join().unwrap_or(false);
+        let outcome = outcome.unwrap_or(Err(DumpEnd::Broken(Error::Invalid(
+            "conntrack dump ended without NLMSG_DONE",
+        ))));
+        (outcome, drained)
+    })
+}
+
+/// Where a dump stands after a datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DumpState {
+    /// More datagrams follow.
+    Going,
+    /// The datagram holds the dump's `NLMSG_DONE` or `NLMSG_ERROR`.
+    Ended,
+    /// The datagram cannot be read on (the parsing side reports why).
+    Unreadable,
+}
+
+fn dump_state(datagram: &[u8], seq: u32) -> DumpState {
+    for msg in NlMsgs::new(datagram) {
+        match msg {
+            Ok(msg) if msg.seq == seq && matches!(msg.ty, NLMSG_DONE | NLMSG_ERROR) => {
+                return DumpState::Ended;
+            }
+            Ok(_) => {}
+            Err(_) => return DumpState::Unreadable,
+        }
+    }
+    DumpState::Going
+}
+
 fn dispatch_dump<F: FnMut(&Flow)>(
     datagram: &[u8],
     seq: u32,

@@ -329,3 +329,24 @@ fn creating_an_existing_entry_is_counted_not_failed() {
     assert_eq!((report.created, report.already_existed), (1, 1));
     assert!(report.failed.is_empty());
 }
+
+#[test]
+fn the_one_dump_probe_finds_every_filter_on_this_kernel() {
+    if !ctnetlink::testing::root_or_skip("the_one_dump_probe_finds_every_filter_on_this_kernel") {
+        return;
+    }
+    let probed = ctnetlink::Capabilities::probe().unwrap();
+    // Linux >= 6.8 implements all four criteria; the probe must see each of them work.
+    let expected = ctnetlink::Capabilities::from_running_kernel();
+    assert!(probed.probed);
+    assert_eq!(
+        (probed.proto, probed.mark, probed.status, probed.zone),
+        (
+            expected.proto,
+            expected.mark,
+            expected.status,
+            expected.zone
+        ),
+        "probe {probed:?} vs kernel version {expected:?}"
+    );
+}
