@@ -34,12 +34,14 @@
 //! **What a dump costs.** The kernel builds one datagram of at most 32 KiB (~169 UDPv4
 //! entries) per `recvmsg`, inside that call, after copying out the previous one
 //! (`netlink_dump` sizes it from the largest earlier read, capped at 32 KiB): a bigger user
-//! buffer or receive buffer does not make datagrams larger, and a single thread cannot overlap
-//! its parsing with the kernel's work. So a dump costs the kernel's walk and message building
-//! (the floor) plus about 50 ns of parsing per entry. Measured with `examples/ct-bench.rs`
-//! (1,000,000 UDPv4 entries, 2-vCPU VM, Linux 6.18, medians of 5 alternating rounds): floor
-//! 1.135 s, dump + parse 1.174 s, ratio 1.03 by wall and by CPU time; `conntrack -L` 3.45 s;
-//! parser alone 47 ns/entry; peak RSS growth during a dump 0 KiB (process peak 12 MiB).
+//! buffer or receive buffer does not make datagrams larger, and a single thread would alternate
+//! between the kernel's work and its own parsing. A dump therefore receives on a helper thread
+//! while the calling thread parses (a ring of 8 × 64 KiB buffers, so memory stays bounded), and
+//! on two cores costs about the kernel's walk and message building alone (the floor). Measured
+//! with `examples/ct-bench.rs` (1,000,000 UDPv4 entries, 2-vCPU VM, Linux 6.18, medians of
+//! alternating rounds): floor 1.20 s, dump + parse 1.22 s, ratio 1.02 (1.03 before the receive
+//! moved to its own thread); `conntrack -L` 3.45 s; parser alone 47–55 ns/entry; peak RSS growth
+//! during a dump 0 KiB.
 //!
 //! **Blocking handle, async events.** Dump, delete and create are request/response exchanges
 //! that keep one core busy in the kernel; a blocking API on a dedicated socket is the simplest
