@@ -20,7 +20,7 @@ use std::process::Command;
 pub const IMAGE_NAME: &str = "ghcr.io/conntrack-reconciler/conntrack-reconciler";
 
 /// The overlays shipped under `manifests/overlays/`.
-pub const OVERLAYS: &[&str] = &["dry-run", "servicemonitor", "e2e"];
+pub const OVERLAYS: &[&str] = &["dry-run", "servicemonitor", "monitoring", "e2e"];
 
 const USAGE: &str = "usage: cargo xtask manifests [--image IMAGE] | --check";
 
