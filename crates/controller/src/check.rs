@@ -38,11 +38,11 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     let with_stats = args.stats;
     type Outcome = (Vec<(Family, PassReport)>, Option<StatsSummary>);
     let (reports, summary) = tokio::task::spawn_blocking(move || -> Result<Outcome> {
-        let mut ct = match &netns {
-            Some(path) => Conntrack::open_in(path),
-            None => Conntrack::open(),
-        }
-        .context("opening the conntrack table")?;
+        // One-shot: trust the kernel version for which filters to send rather than probe
+        // (the probe walks the whole table once more; filters only save copying, see ctnetlink).
+        let caps = ctnetlink::Capabilities::from_running_kernel();
+        let mut ct = Conntrack::open_with_capabilities(netns.as_deref(), caps)
+            .context("opening the conntrack table")?;
         let sampler = with_stats
             .then(|| StatsSampler::start(netns.as_deref()))
             .transpose()?;
