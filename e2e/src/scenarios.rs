@@ -33,6 +33,10 @@ pub const NODE_PORT: u16 = 30053;
 pub const HOST_PORT: u16 = 8053;
 /// The main client's fixed source port.
 pub const CLIENT_PORT: u16 = 40053;
+/// Scale to zero: the pause after the rules lag before the new backend comes.
+const SCALE_BACK_PAUSE: Duration = Duration::from_millis(500);
+/// VIP reuse: the pause between the service's deletion and the new service's creation.
+const VIP_REUSE_PAUSE: Duration = Duration::from_millis(500);
 /// How many bystander clients watch for false deletions.
 pub const BYSTANDERS: u16 = 3;
 
@@ -116,6 +120,16 @@ impl Scenario {
             Scenario::AgentRestarted => "agent-restart",
             Scenario::HostPortReplaced => "host-port",
             Scenario::ChurnAtScale => "churn-100k",
+        }
+    }
+
+    /// How long after the change's start (`t0`) the scenario makes its last step: recovery
+    /// cannot come before that step plus the rules lag (the new backend appears only then).
+    pub fn change_spread(self, rules_lag: Duration) -> Duration {
+        match self {
+            Scenario::ScaleToZeroAndBack => rules_lag + SCALE_BACK_PAUSE,
+            Scenario::ServiceDeletedVipReused => VIP_REUSE_PAUSE,
+            _ => Duration::ZERO,
         }
     }
 
@@ -461,12 +475,12 @@ fn run_service_change(scenario: Scenario, config: &RunConfig) -> Result<Outcome>
             for name in backends {
                 lab.remove_backend("dns", name)?;
             }
-            std::thread::sleep(rules_lag + Duration::from_millis(500));
+            std::thread::sleep(rules_lag + SCALE_BACK_PAUSE);
             lab.add_backend("dns", "dns-new", &ports)?;
         }
         Scenario::ServiceDeletedVipReused => {
             lab.delete_service("dns")?;
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(VIP_REUSE_PAUSE);
             let mut reused = def.clone();
             reused.name = "dns2".into();
             lab.apply_service(reused)?;
