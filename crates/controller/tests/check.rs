@@ -4,38 +4,20 @@
 //! `check` must report exactly the stale ones, with the right reasons, and `--delete` must remove
 //! exactly those and nothing else.
 
+mod common;
+
+use common::{BIN, dnat};
 use ctnetlink::testing::{TestNetns, root_or_skip};
-use ctnetlink::{Conntrack, DumpFilter, Family, NewFlow, Status, Tuple, proto};
+use ctnetlink::{Conntrack, DumpFilter, Family, NewFlow, proto};
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_conntrack-reconciler");
 
 fn fixture() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/check-state.yaml")
         .display()
         .to_string()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// A DNATed entry: client → frontend, answered by backend.
-fn dnat(l4: u8, client: (&str, u16), frontend: (&str, u16), backend: (&str, u16)) -> NewFlow {
-    let orig = Tuple::new(ip(client.0), ip(frontend.0), l4, client.1, frontend.1);
-    let reply = Tuple::new(ip(backend.0), ip(client.0), l4, backend.1, client.1);
-    NewFlow {
-        orig,
-        reply,
-        timeout: 600,
-        status: Status::CONFIRMED | Status::SEEN_REPLY | Status::DST_NAT,
-        mark: 0,
-        zone: 0,
-    }
 }
 
 /// (client port, expected reason or None for kept) — each entry has its own client port.

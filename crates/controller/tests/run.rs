@@ -7,71 +7,17 @@
 //! not — across the situations the safety rules are about: incomplete lists, relists (410 Gone),
 //! API outages, services deleted while the watch was down, dry run, the deletion budget.
 
+mod common;
+
+use common::{Agent, flow, hold, node, runtime, service, slice, wait_for};
 use ctnetlink::testing::{TestNetns, root_or_skip};
-use ctnetlink::{Conntrack, DumpFilter, Family, NewFlow, Status, Tuple, proto};
+use ctnetlink::{Conntrack, DumpFilter, Family, NewFlow, proto};
 use e2e::apiserver::ApiServer;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_conntrack-reconciler");
-const NODE: &str = "node-1";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn service(name: &str, cluster_ip: &str, port: u16, target: u16) -> Service {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
-                 "ports": [{"name": "p", "port": port, "protocol": "UDP", "targetPort": target}]}
-    }))
-    .unwrap()
-}
-
-fn slice(service: &str, port: u16, ready: &[&str]) -> EndpointSlice {
-    let endpoints: Vec<_> = ready
-        .iter()
-        .map(|a| json!({"addresses": [a], "conditions": {"ready": true}}))
-        .collect();
-    serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-x"), "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": [{"name": "p", "port": port, "protocol": "UDP"}]
-    }))
-    .unwrap()
-}
-
-fn node() -> Node {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
-        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.1"}]}
-    }))
-    .unwrap()
-}
-
-/// A DNATed UDP entry from a client port to `frontend`, answered by `backend`.
-fn flow(client_port: u16, frontend: (&str, u16), backend: (&str, u16)) -> NewFlow {
-    let client = ip("10.244.2.9");
-    NewFlow {
-        orig: Tuple::new(client, ip(frontend.0), proto::UDP, client_port, frontend.1),
-        reply: Tuple::new(ip(backend.0), client, proto::UDP, backend.1, client_port),
-        timeout: 600,
-        status: Status::CONFIRMED | Status::SEEN_REPLY | Status::DST_NAT,
-        mark: 0,
-        zone: 0,
-    }
-}
 
 /// The lab for one test: a namespace, a table handle, an API double and its runtime.
 struct Lab {
@@ -83,11 +29,7 @@ struct Lab {
 
 impl Lab {
     fn new(name: &str) -> Lab {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let api = ApiServer::start(rt.handle()).unwrap();
         api.apply(&node()).unwrap();
         let ns = TestNetns::new(name).unwrap();
@@ -122,122 +64,7 @@ impl Lab {
     }
 
     fn start_agent(&self, extra: &[&str]) -> Agent {
-        let metrics = free_port();
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(BIN)
-            .args(["--log-format", "json", "run", "--node-name", NODE])
-            .args(["--kubeconfig", self.api.kubeconfig().to_str().unwrap()])
-            .args(["--netns", self.ns.path().to_str().unwrap()])
-            .args(["--metrics-addr", &metrics.to_string(), "--family", "ipv4"])
-            .args(extra)
-            .env("RUST_LOG", "info,conntrack_reconciler=debug")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        Agent {
-            child,
-            metrics,
-            log,
-        }
-    }
-}
-
-struct Agent {
-    child: Child,
-    metrics: SocketAddr,
-    log: tempfile::NamedTempFile,
-}
-
-impl Agent {
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((status, body))
-    }
-
-    fn ready(&self) -> bool {
-        self.get("/readyz").is_some_and(|(status, _)| status == 200)
-    }
-
-    /// The sum of a metric's samples whose line contains every `filters` substring.
-    fn metric(&self, name: &str, filters: &[&str]) -> f64 {
-        let (_, body) = self.get("/metrics").expect("metrics endpoint");
-        body.lines()
-            .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn wait_ready(&self) {
-        wait_for(
-            "agent ready",
-            Duration::from_secs(20),
-            || self.ready(),
-            self,
-        );
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not stop on SIGTERM\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool, agent: &Agent) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\nagent log:\n{}",
-            agent.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Holds for `duration`, failing as soon as `invariant` breaks.
-fn hold(what: &str, duration: Duration, mut invariant: impl FnMut() -> bool, agent: &Agent) {
-    let deadline = Instant::now() + duration;
-    while Instant::now() < deadline {
-        assert!(invariant(), "{what} broke\nagent log:\n{}", agent.logs());
-        std::thread::sleep(Duration::from_millis(50));
+        Agent::start(&self.api, &self.ns, extra)
     }
 }
 

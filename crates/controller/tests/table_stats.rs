@@ -3,65 +3,23 @@
 //! and every metric the agent exports must be the list `docs/metrics.md` documents (which the
 //! manifests' offline checks hold the alerts and the dashboard to).
 
+mod common;
+
+use common::{Agent, BIN, NODE, flow, node, runtime, service, slice};
+use ctnetlink::Conntrack;
+use ctnetlink::NewFlow;
 use ctnetlink::testing::{TestNetns, root_or_skip};
-use ctnetlink::{Conntrack, NewFlow, Status, Tuple, proto};
 use e2e::apiserver::ApiServer;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_conntrack-reconciler");
-const NODE: &str = "node-1";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// A DNATed UDP entry from a client port to `frontend`, answered by `backend`.
-fn flow(client_port: u16, frontend: (&str, u16), backend: (&str, u16)) -> NewFlow {
-    let client = ip("10.244.2.9");
-    NewFlow {
-        orig: Tuple::new(client, ip(frontend.0), proto::UDP, client_port, frontend.1),
-        reply: Tuple::new(ip(backend.0), client, proto::UDP, backend.1, client_port),
-        timeout: 600,
-        status: Status::CONFIRMED | Status::SEEN_REPLY | Status::DST_NAT,
-        mark: 0,
-        zone: 0,
-    }
-}
+use std::process::Command;
 
 /// dns (10.96.0.10:53 → 10.244.1.1:5353) in the API double.
 fn dns_state(api: &ApiServer) {
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
-        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.1"}]}
-    }))
-    .unwrap();
-    let service: Service = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "dns", "namespace": "default"},
-        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                 "ports": [{"name": "p", "port": 53, "protocol": "UDP", "targetPort": 5353}]}
-    }))
-    .unwrap();
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "dns-x", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "dns"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.244.1.1"], "conditions": {"ready": true}}],
-        "ports": [{"name": "p", "port": 5353, "protocol": "UDP"}]
-    }))
-    .unwrap();
-    api.apply(&node).unwrap();
-    api.apply(&service).unwrap();
-    api.apply(&slice).unwrap();
+    api.apply(&node()).unwrap();
+    api.apply(&service("dns", "10.96.0.10", 53, 5353)).unwrap();
+    api.apply(&slice("dns", 5353, &["10.244.1.1"])).unwrap();
 }
 
 /// 5 healthy flows and 3 stale ones to dns, and 2 flows nobody owns.
@@ -114,82 +72,6 @@ fn nf_conntrack_max() -> u64 {
         .unwrap()
 }
 
-struct Agent {
-    child: Child,
-    metrics: SocketAddr,
-    log: tempfile::NamedTempFile,
-}
-
-impl Agent {
-    fn start(api: &ApiServer, ns: &TestNetns, extra: &[&str]) -> Agent {
-        let metrics = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(BIN)
-            .args(["--log-format", "json", "run", "--node-name", NODE])
-            .args(["--kubeconfig", api.kubeconfig().to_str().unwrap()])
-            .args(["--netns", ns.path().to_str().unwrap()])
-            .args(["--metrics-addr", &metrics.to_string(), "--family", "ipv4"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        Agent {
-            child,
-            metrics,
-            log,
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-        let body = resp.split_once("\r\n\r\n")?.1.to_owned();
-        Some((status, body))
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.get("/readyz").is_none_or(|(status, _)| status != 200) {
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready\n{}",
-                std::fs::read_to_string(self.log.path()).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// One scrape: every sample line, `name{labels}` → value.
-    fn scrape(&self) -> (String, BTreeMap<String, f64>) {
-        let (status, body) = self.get("/metrics").expect("metrics endpoint");
-        assert_eq!(status, 200);
-        let samples = body
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                Some((series.to_owned(), value.parse().ok()?))
-            })
-            .collect();
-        (body, samples)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The names `docs/metrics.md` documents, as `/metrics` shows them.
 fn documented_metrics() -> BTreeMap<String, String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md");
@@ -226,11 +108,7 @@ fn metrics_match_conntrack_tools_and_the_documented_list() {
     if !root_or_skip("metrics_match_conntrack_tools_and_the_documented_list") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let api = ApiServer::start(rt.handle()).unwrap();
     dns_state(&api);
     let ns = TestNetns::new("tblstats").unwrap();
