@@ -38,38 +38,17 @@ fn fill(ns: &TestNetns) {
 
 /// `conntrack -S` in the namespace, summed over CPUs, named like the metrics.
 fn conntrack_s(ns: &TestNetns) -> BTreeMap<String, u64> {
-    let out = ns.exec_checked(["conntrack", "-S"]).unwrap();
-    let mut sums = BTreeMap::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        for field in line.split_whitespace().skip(1) {
-            let (name, value) = field.split_once('=').unwrap();
-            let name = if name == "chaintoolong" {
-                "chain_toolong"
-            } else {
-                name
-            };
-            *sums.entry(name.to_owned()).or_insert(0) += value.parse::<u64>().unwrap();
-        }
-    }
+    let (_, sums) = ns.conntrack_stats().unwrap();
     assert!(sums.contains_key("insert_failed"), "{sums:?}");
     sums
 }
 
 fn conntrack_c(ns: &TestNetns) -> u64 {
-    let out = ns.exec_checked(["conntrack", "-C"]).unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    ns.conntrack_count().unwrap()
 }
 
 fn nf_conntrack_max() -> u64 {
-    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    ctnetlink::testing::nf_conntrack_max().unwrap()
 }
 
 /// The names `docs/metrics.md` documents, as `/metrics` shows them.

@@ -280,3 +280,51 @@ impl Drop for ConntrackMaxGuard {
         }
     }
 }
+
+impl TestNetns {
+    /// `conntrack -S` in the namespace: the number of CPU rows and each counter summed over
+    /// them, named as ctnetlink names them (`chaintoolong` → `chain_toolong`).
+    pub fn conntrack_stats(&self) -> io::Result<(usize, std::collections::BTreeMap<String, u64>)> {
+        let out = self.exec_checked(["conntrack", "-S"])?;
+        let mut sums = std::collections::BTreeMap::new();
+        let mut cpus = 0;
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("cpu="))
+        {
+            cpus += 1;
+            for field in line.split_whitespace().skip(1) {
+                let Some((name, value)) = field.split_once('=') else {
+                    continue;
+                };
+                let name = if name == "chaintoolong" {
+                    "chain_toolong"
+                } else {
+                    name
+                };
+                let value: u64 = value
+                    .parse()
+                    .map_err(|e| io::Error::other(format!("conntrack -S: {field}: {e}")))?;
+                *sums.entry(name.to_owned()).or_insert(0) += value;
+            }
+        }
+        Ok((cpus, sums))
+    }
+
+    /// `conntrack -C` in the namespace: its number of entries.
+    pub fn conntrack_count(&self) -> io::Result<u64> {
+        let out = self.exec_checked(["conntrack", "-C"])?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|e| io::Error::other(format!("conntrack -C: {e}")))
+    }
+}
+
+/// The init namespace's `nf_conntrack_max`.
+pub fn nf_conntrack_max() -> io::Result<u64> {
+    std::fs::read_to_string(CONNTRACK_MAX)?
+        .trim()
+        .parse()
+        .map_err(|e| io::Error::other(format!("{CONNTRACK_MAX}: {e}")))
+}

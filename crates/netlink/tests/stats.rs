@@ -49,42 +49,16 @@ fn udp_traffic(ns: &TestNetns) {
     });
 }
 
-/// `conntrack -S` in the namespace, summed over CPUs, by counter name.
 fn conntrack_s(ns: &TestNetns) -> (usize, BTreeMap<String, u64>) {
-    let out = ns.exec_checked(["conntrack", "-S"]).unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut sums = BTreeMap::new();
-    let mut cpus = 0;
-    for line in text.lines().filter(|l| l.starts_with("cpu=")) {
-        cpus += 1;
-        for field in line.split_whitespace().skip(1) {
-            let (name, value) = field.split_once('=').unwrap();
-            let name = if name == "chaintoolong" {
-                "chain_toolong"
-            } else {
-                name
-            };
-            *sums.entry(name.to_owned()).or_insert(0) += value.parse::<u64>().unwrap();
-        }
-    }
-    (cpus, sums)
+    ns.conntrack_stats().unwrap()
 }
 
 fn conntrack_c(ns: &TestNetns) -> u64 {
-    let out = ns.exec_checked(["conntrack", "-C"]).unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    ns.conntrack_count().unwrap()
 }
 
 fn nf_conntrack_max() -> u64 {
-    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    ctnetlink::testing::nf_conntrack_max().unwrap()
 }
 
 fn named(counters: &StatCounters) -> BTreeMap<String, u64> {
