@@ -296,6 +296,29 @@ fn first_allowed_answer(
     }
 }
 
+/// Starts the bystanders: more fixed-port clients of the same frontend, whose flows go to live
+/// backends — deleting any of them would be a false deletion.
+fn start_bystanders(lab: &Lab, place: ClientPlace, target: SocketAddr) -> Result<Vec<Client>> {
+    (0..BYSTANDERS)
+        .map(|i| {
+            lab.start_client(
+                &format!("bystander-{i}"),
+                place,
+                target,
+                CLIENT_PORT + 1000 + i,
+            )
+        })
+        .collect()
+}
+
+/// Waits until every bystander is answered steadily.
+fn wait_bystanders(bystanders: &[Client]) -> Result<()> {
+    for b in bystanders {
+        b.wait_steady(3, Duration::from_secs(10))?;
+    }
+    Ok(())
+}
+
 /// What a scenario observed up to its first allowed answer, to be judged by [`conclude`].
 struct Observed {
     scenario: Scenario,
@@ -305,6 +328,20 @@ struct Observed {
     /// Deletions the scenario itself knows to be wrong (besides flows to serving endpoints).
     also_false: Vec<FlowEntry>,
     notes: Vec<String>,
+}
+
+impl Observed {
+    /// An observation with nothing beyond the common judgement.
+    fn new(scenario: Scenario, t0: u64, before: String, first: Option<Answer>) -> Self {
+        Observed {
+            scenario,
+            t0,
+            before,
+            first,
+            also_false: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
 }
 
 /// Waits for the rules, lets late deletions show up, and judges the false deletions.
@@ -413,17 +450,11 @@ fn run_service_change(scenario: Scenario, config: &RunConfig) -> Result<Outcome>
         Some(client) => client,
         None => lab.start_client("client", place, target, CLIENT_PORT)?,
     };
-    let mut bystanders: Vec<Client> = Vec::new();
-    if scenario != Scenario::NoEndpointsThenOne {
-        for i in 0..BYSTANDERS {
-            bystanders.push(lab.start_client(
-                &format!("bystander-{i}"),
-                place,
-                target,
-                CLIENT_PORT + 1000 + i,
-            )?);
-        }
-    }
+    let bystanders = if scenario == Scenario::NoEndpointsThenOne {
+        Vec::new()
+    } else {
+        start_bystanders(&lab, place, target)?
+    };
 
     // Before the change: the main client is steadily answered by one backend (or, without
     // endpoints, by nobody: its flow is the not-DNATed one).
@@ -433,9 +464,7 @@ fn run_service_change(scenario: Scenario, config: &RunConfig) -> Result<Outcome>
     } else {
         wait_steady(&lab, &client)?.backend
     };
-    for b in &bystanders {
-        b.wait_steady(3, Duration::from_secs(10))?;
-    }
+    wait_bystanders(&bystanders)?;
     if scenario == Scenario::AgentRestarted
         && let Some(agent) = &config.agent
     {
@@ -520,13 +549,6 @@ fn run_service_change(scenario: Scenario, config: &RunConfig) -> Result<Outcome>
         &lab,
         config,
         &monitor,
-        Observed {
-            scenario,
-            t0,
-            before,
-            first,
-            also_false: Vec::new(),
-            notes: Vec::new(),
-        },
+        Observed::new(scenario, t0, before, first),
     )
 }

@@ -9,14 +9,15 @@
 //! any destroy event from there is a false deletion.
 
 use super::{
-    BYSTANDERS, CLIENT_PORT, Observed, Outcome, RunConfig, SERVICE_PORT, Scenario, TARGET_PORT,
-    agent_args, conclude, first_allowed_answer, new_lab, service_def, wait_steady,
+    CLIENT_PORT, Observed, Outcome, RunConfig, SERVICE_PORT, Scenario, TARGET_PORT, agent_args,
+    conclude, first_allowed_answer, new_lab, service_def, start_bystanders, wait_bystanders,
+    wait_steady,
 };
 use crate::conntrack::FlowEntry;
 use crate::lab::{ClientPlace, Lab};
 use crate::objects::ServiceDef;
 use crate::timeline::unix_micros;
-use crate::workload::{Answer, Client};
+use crate::workload::Answer;
 use anyhow::{Context, Result, bail};
 use ctnetlink::testing::ConntrackMaxGuard;
 use ctnetlink::{Conntrack, DumpFilter, NewFlow, Status, Tuple, proto};
@@ -196,19 +197,9 @@ pub(super) fn run(config: &RunConfig) -> Result<Outcome> {
         lab.start_agent(agent, &agent_args())?;
     }
     let client = lab.start_client("client", ClientPlace::Pod, target, CLIENT_PORT)?;
-    let mut bystanders: Vec<Client> = Vec::new();
-    for i in 0..BYSTANDERS {
-        bystanders.push(lab.start_client(
-            &format!("bystander-{i}"),
-            ClientPlace::Pod,
-            target,
-            CLIENT_PORT + 1000 + i,
-        )?);
-    }
+    let bystanders = start_bystanders(&lab, ClientPlace::Pod, target)?;
     let before = wait_steady(&lab, &client)?.backend;
-    for b in &bystanders {
-        b.wait_steady(3, Duration::from_secs(10))?;
-    }
+    wait_bystanders(&bystanders)?;
     tl.record("client", format!("answered steadily by {before}"));
     let setup_time = setup_started.elapsed();
 
@@ -250,12 +241,8 @@ pub(super) fn run(config: &RunConfig) -> Result<Outcome> {
         config,
         &monitor,
         Observed {
-            scenario,
-            t0,
-            before,
-            first,
             also_false: background_destroyed,
-            notes: Vec::new(),
+            ..Observed::new(scenario, t0, before, first)
         },
     )?;
     let left = count_background(&lab)?;

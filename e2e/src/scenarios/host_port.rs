@@ -5,15 +5,15 @@
 //! must survive the agent's hostPort judgement.
 
 use super::{
-    BYSTANDERS, CLIENT_PORT, HOST_PORT, Observed, RunConfig, SERVICE_PORT, Scenario, TARGET_PORT,
-    agent_args, conclude, first_allowed_answer, new_lab, service_def, wait_steady,
+    CLIENT_PORT, HOST_PORT, Observed, RunConfig, SERVICE_PORT, Scenario, TARGET_PORT, agent_args,
+    conclude, first_allowed_answer, new_lab, service_def, start_bystanders, wait_bystanders,
+    wait_steady,
 };
 use crate::lab::ClientPlace;
 use crate::topology::NODE_IPV4;
-use crate::workload::{Answer, Client};
+use crate::workload::Answer;
 use anyhow::Result;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// Runs the scenario; the lab is torn down before it returns.
 pub(super) fn run(config: &RunConfig) -> Result<super::Outcome> {
@@ -39,19 +39,9 @@ pub(super) fn run(config: &RunConfig) -> Result<super::Outcome> {
         SocketAddr::new(NODE_IPV4.into(), HOST_PORT),
         CLIENT_PORT,
     )?;
-    let mut bystanders: Vec<Client> = Vec::new();
-    for i in 0..BYSTANDERS {
-        bystanders.push(lab.start_client(
-            &format!("bystander-{i}"),
-            ClientPlace::Pod,
-            service_vip,
-            CLIENT_PORT + 1000 + i,
-        )?);
-    }
+    let bystanders = start_bystanders(&lab, ClientPlace::Pod, service_vip)?;
     let before = wait_steady(&lab, &client)?.backend;
-    for b in &bystanders {
-        b.wait_steady(3, Duration::from_secs(10))?;
-    }
+    wait_bystanders(&bystanders)?;
     tl.record("client", format!("answered steadily by {before}"));
 
     // A DaemonSet-style replacement: the old pod goes, a new one (new name, new IP) takes the
@@ -65,13 +55,6 @@ pub(super) fn run(config: &RunConfig) -> Result<super::Outcome> {
         &lab,
         config,
         &monitor,
-        Observed {
-            scenario,
-            t0,
-            before,
-            first,
-            also_false: Vec::new(),
-            notes: Vec::new(),
-        },
+        Observed::new(scenario, t0, before, first),
     )
 }
