@@ -4,32 +4,18 @@
 //! short-lived thread that `setns(2)`ed into `/run/netns/<name>` can then be used from anywhere
 //! (tokio included) while the rest of the process stays in its own namespace.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Runs `f` on a fresh thread that first joins the network namespace at `netns`.
 ///
 /// The thread ends with `f`, so no other code ever runs in the foreign namespace.
 pub fn in_netns<T, F>(netns: &Path, f: F) -> io::Result<T>
 where
-    T: Send + 'static,
-    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send,
+    F: FnOnce() -> io::Result<T> + Send,
 {
-    let path: PathBuf = netns.to_path_buf();
-    std::thread::spawn(move || {
-        let file = File::open(&path)?;
-        // SAFETY: setns only reads the fd; it affects the calling thread alone, which ends
-        // after `f` returns.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        f()
-    })
-    .join()
-    .map_err(|_| io::Error::other("thread inside the network namespace panicked"))?
+    ctnetlink::netns::in_netns(netns, f)?
 }
 
 #[cfg(test)]

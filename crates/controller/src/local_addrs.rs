@@ -5,32 +5,16 @@
 //! With `--netns` the addresses are read inside that namespace, on a short-lived thread, so the
 //! rest of the program never changes namespace.
 
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// Every address on every interface of the current namespace, or of `netns` when given.
 pub fn local_addrs(netns: Option<&Path>) -> io::Result<Vec<IpAddr>> {
     match netns {
         None => interface_addrs(),
-        Some(path) => {
-            let ns = File::open(path).map_err(|e| {
-                io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
-            })?;
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    // SAFETY: setns on this thread only; the fd is valid for the call.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    interface_addrs()
-                })
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("address listing thread panicked")))
-            })
-        }
+        Some(path) => ctnetlink::netns::in_netns(path, interface_addrs)
+            .map_err(|e| io::Error::new(e.kind(), format!("entering {}: {e}", path.display())))?,
     }
 }
 

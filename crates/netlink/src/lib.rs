@@ -92,6 +92,7 @@ mod encode;
 mod error;
 mod events;
 mod model;
+pub mod netns;
 mod parse;
 mod socket;
 mod stats;

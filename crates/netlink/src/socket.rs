@@ -40,27 +40,10 @@ pub fn open(netns: Netns<'_>) -> Result<Socket, Error> {
 }
 
 fn open_in(fd: BorrowedFd<'_>, label: PathBuf) -> Result<Socket, Error> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: setns only reads the descriptor, which the borrow keeps open; it changes
-                // the namespace of this short-lived thread only.
-                if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(Error::Netns {
-                        path: label,
-                        source: io::Error::last_os_error(),
-                    });
-                }
-                new_socket()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(Error::Io {
-                    op: "create socket in namespace",
-                    source: io::Error::other("namespace thread panicked"),
-                })
-            })
-    })
+    crate::netns::in_netns_fd(fd, new_socket).map_err(|source| Error::Netns {
+        path: label,
+        source,
+    })?
 }
 
 /// Runs `f` on a short-lived thread inside a brand-new, private network namespace.

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -547,28 +547,10 @@ fn read_proc_files(netns: Option<&Path>) -> Result<[String; 3], Error> {
         path: path.to_path_buf(),
         source,
     })?;
-    let fd: BorrowedFd<'_> = ns.as_fd();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: setns only reads the descriptor, which `ns` keeps open; it moves this
-                // short-lived thread only.
-                if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(Error::Netns {
-                        path: path.to_path_buf(),
-                        source: io::Error::last_os_error(),
-                    });
-                }
-                read()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(Error::Io {
-                    op: "read /proc in a namespace",
-                    source: io::Error::other("namespace thread panicked"),
-                })
-            })
-    })
+    crate::netns::in_netns_fd(ns.as_fd(), read).map_err(|source| Error::Netns {
+        path: path.to_path_buf(),
+        source,
+    })?
 }
 
 /// Reads the statistics from `/proc` inside `netns` (the current namespace when `None`),

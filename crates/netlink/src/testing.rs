@@ -145,31 +145,21 @@ impl RawDumper {
         caps: &crate::Capabilities,
     ) -> io::Result<Self> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let ns = std::fs::File::open(netns)?;
-        let fd = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: changes the namespace of this short-lived thread only.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    // SAFETY: plain socket(2); the result is checked and owned below.
-                    let fd = unsafe {
-                        libc::socket(
-                            libc::AF_NETLINK,
-                            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                            libc::NETLINK_NETFILTER,
-                        )
-                    };
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    // SAFETY: fd is a fresh descriptor we own.
-                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-                })
-                .join()
-                .map_err(|_| io::Error::other("namespace thread panicked"))?
-        })?;
+        let fd = crate::netns::in_netns(netns, || {
+            // SAFETY: plain socket(2); the result is checked and owned below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_NETFILTER,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: fd is a fresh descriptor we own.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })??;
         // SAFETY: a valid socket and a c_int option value.
         let rc = unsafe {
             libc::setsockopt(

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::*;
@@ -16,21 +15,13 @@ const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 
 /// Sends one datagram to VIP:53 from inside the namespace, on a thread that enters it.
 fn send_from_namespace(netns: &std::path::Path) -> u16 {
-    let netns = netns.to_path_buf();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&netns).unwrap();
-        // SAFETY: changes only this short-lived thread's network namespace.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+    ctnetlink::netns::in_netns(netns, || {
         let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
         socket
             .send_to(b"query", SocketAddr::new(IpAddr::V4(VIP), 53))
             .unwrap();
         socket.local_addr().unwrap().port()
     })
-    .join()
     .unwrap()
 }
 

@@ -4,30 +4,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
-use std::path::Path;
 
 use common::*;
 use ctnetlink::testing::{TestNetns, root_or_skip};
 use ctnetlink::{Conntrack, StatCounters, Stats, StatsReader, StatsSource};
-
-/// Runs `f` on a thread inside the namespace at `path`.
-fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
-    let ns = std::fs::File::open(path).unwrap();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: moves this scoped thread only; `ns` outlives it.
-                assert_eq!(
-                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                    0
-                );
-                f()
-            })
-            .join()
-            .unwrap()
-    })
-}
 
 /// Makes conntrack track this namespace's packets (hooks are registered only when a rule
 /// needs them) and sends UDP over loopback, so the table holds kernel-made entries too.
@@ -38,7 +18,7 @@ fn udp_traffic(ns: &TestNetns) {
          add rule inet t out ct state new counter",
     ])
     .unwrap();
-    in_netns(&ns.path(), || {
+    ctnetlink::netns::in_netns(&ns.path(), || {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         for _ in 0..4 {
             let client = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -46,7 +26,8 @@ fn udp_traffic(ns: &TestNetns) {
                 client.send_to(b"x", server.local_addr().unwrap()).unwrap();
             }
         }
-    });
+    })
+    .unwrap();
 }
 
 fn conntrack_s(ns: &TestNetns) -> (usize, BTreeMap<String, u64>) {
