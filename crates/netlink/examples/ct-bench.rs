@@ -21,11 +21,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use ctnetlink::testing::{RawDumper, TestNetns, count_messages};
+use ctnetlink::testing::{
+    CONNTRACK_HASHSIZE, CONNTRACK_MAX, KnobGuard, RawDumper, TestNetns, count_messages,
+};
 use ctnetlink::{Conntrack, DumpFilter, Family, FlowKey, NewFlow, Status, Tuple, proto};
 
-const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-const HASHSIZE: &str = "/sys/module/nf_conntrack/parameters/hashsize";
 /// Datagrams captured for the in-memory parser replay: 256 KiB, which stays in the CPU's
 /// caches like the datagram a live dump has just received.
 const REPLAY_DATAGRAMS: usize = 8;
@@ -98,35 +98,6 @@ fn parse_options() -> Result<Options, String> {
     }
     options.deletes = options.deletes.min(options.entries);
     Ok(options)
-}
-
-/// Writes a kernel knob and restores its original value when dropped.
-struct KnobGuard {
-    path: &'static str,
-    original: String,
-}
-
-impl KnobGuard {
-    fn new(path: &'static str) -> std::io::Result<Self> {
-        let original = std::fs::read_to_string(path)?.trim().to_string();
-        Ok(Self { path, original })
-    }
-
-    fn original(&self) -> Result<u64, Box<dyn std::error::Error>> {
-        Ok(self.original.parse()?)
-    }
-
-    fn set(&self, value: u64) -> std::io::Result<()> {
-        std::fs::write(self.path, value.to_string())
-    }
-}
-
-impl Drop for KnobGuard {
-    fn drop(&mut self) {
-        if let Err(err) = std::fs::write(self.path, &self.original) {
-            eprintln!("ct-bench: could not restore {}: {err}", self.path);
-        }
-    }
 }
 
 /// Entry `i`: a distinct client, DNAT-shaped (the reply comes from a backend).
@@ -220,7 +191,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Declared before the namespace, so that it is restored after the namespace (and its
     // entries) are gone: a smaller table is then quick to rebuild.
-    let hashsize = KnobGuard::new(HASHSIZE)?;
+    let hashsize = KnobGuard::new(CONNTRACK_HASHSIZE)?;
     let default_buckets = hashsize.original()?;
     let big_buckets = match options.hashsize {
         Hashsize::Keep => None,

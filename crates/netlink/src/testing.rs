@@ -241,32 +241,52 @@ pub fn count_messages(datagram: &[u8], messages: &mut u64) -> io::Result<bool> {
     Ok(false)
 }
 
-/// Raises the init namespace's `nf_conntrack_max` for a benchmark and restores it when dropped.
+/// A kernel knob (a `/proc/sys` or `/sys/module` file holding a number) that benchmarks change,
+/// restored to its original value when dropped.
 #[derive(Debug)]
-pub struct ConntrackMaxGuard {
+pub struct KnobGuard {
+    path: &'static str,
     original: String,
 }
 
-const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+/// The init namespace's conntrack table limit.
+pub const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+/// The number of buckets of the kernel's conntrack hash table.
+pub const CONNTRACK_HASHSIZE: &str = "/sys/module/nf_conntrack/parameters/hashsize";
 
-impl ConntrackMaxGuard {
-    /// Raises the limit to at least `at_least` entries.
-    pub fn raise_to(at_least: u64) -> io::Result<Self> {
-        let original = std::fs::read_to_string(CONNTRACK_MAX)?.trim().to_string();
-        let current: u64 = original
+impl KnobGuard {
+    /// Remembers the knob's value.
+    pub fn new(path: &'static str) -> io::Result<Self> {
+        let original = std::fs::read_to_string(path)?.trim().to_string();
+        Ok(Self { path, original })
+    }
+
+    /// The value it had before.
+    pub fn original(&self) -> io::Result<u64> {
+        self.original
             .parse()
-            .map_err(|e| io::Error::other(format!("{CONNTRACK_MAX}: {e}")))?;
-        if current < at_least {
-            std::fs::write(CONNTRACK_MAX, at_least.to_string())?;
+            .map_err(|e| io::Error::other(format!("{}: {e}", self.path)))
+    }
+
+    /// Writes a new value (restored on drop).
+    pub fn set(&self, value: u64) -> io::Result<()> {
+        std::fs::write(self.path, value.to_string())
+    }
+
+    /// Raises `nf_conntrack_max` to at least `at_least` entries for as long as the guard lives.
+    pub fn conntrack_max_at_least(at_least: u64) -> io::Result<Self> {
+        let guard = Self::new(CONNTRACK_MAX)?;
+        if guard.original()? < at_least {
+            guard.set(at_least)?;
         }
-        Ok(Self { original })
+        Ok(guard)
     }
 }
 
-impl Drop for ConntrackMaxGuard {
+impl Drop for KnobGuard {
     fn drop(&mut self) {
-        if let Err(err) = std::fs::write(CONNTRACK_MAX, &self.original) {
-            eprintln!("could not restore {CONNTRACK_MAX}: {err}");
+        if let Err(err) = std::fs::write(self.path, &self.original) {
+            eprintln!("could not restore {}: {err}", self.path);
         }
     }
 }

@@ -10,7 +10,7 @@
 //! JSON line to stdout, for `cargo xtask bench`.
 
 use anyhow::{Context, Result, bail};
-use ctnetlink::testing::{ConntrackMaxGuard, RawDumper, TestNetns};
+use ctnetlink::testing::{KnobGuard, RawDumper, TestNetns};
 use ctnetlink::{Conntrack, DumpFilter, Event, EventKinds, Family, NewFlow, Status, Tuple, proto};
 use e2e::apiserver::ApiServer;
 use futures::StreamExt;
@@ -299,7 +299,7 @@ fn run() -> Result<()> {
     if !ctnetlink::testing::is_root() {
         bail!("needs root (network namespaces, CAP_NET_ADMIN, sysctl)");
     }
-    let _max = ConntrackMaxGuard::raise_to(u64::from(o.entries) + 65_536)?;
+    let _max = KnobGuard::conntrack_max_at_least(u64::from(o.entries) + 65_536)?;
     let ns = TestNetns::new("agentbench")?;
     let mut ct = Conntrack::open_in(&ns.path())?;
     let fill_time = fill(&mut ct, o.entries, o.services)?;

@@ -19,7 +19,7 @@ use crate::objects::ServiceDef;
 use crate::timeline::unix_micros;
 use crate::workload::Answer;
 use anyhow::{Context, Result, bail};
-use ctnetlink::testing::ConntrackMaxGuard;
+use ctnetlink::testing::KnobGuard;
 use ctnetlink::{Conntrack, DumpFilter, NewFlow, Status, Tuple, proto};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -160,7 +160,7 @@ pub(super) fn run(config: &RunConfig) -> Result<Outcome> {
     let scenario = Scenario::ChurnAtScale;
     let setup_started = Instant::now();
     // nf_conntrack_max is the init namespace's and shared: only raise it when it is too low.
-    let _max = ConntrackMaxGuard::raise_to(u64::from(BACKGROUND_ENTRIES) * 2)
+    let _max = KnobGuard::conntrack_max_at_least(u64::from(BACKGROUND_ENTRIES) * 2)
         .context("raising nf_conntrack_max")?;
     let lab = new_lab(scenario, config)?;
     let tl = lab.timeline().clone();
