@@ -83,15 +83,8 @@ fn build() -> Result<()> {
         "--example",
         "classify-bench",
     ]))?;
-    util::run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "conntrack-reconciler",
-        "-p",
-        "e2e",
-        "--bins",
-    ]))
+    // The release agent and the lab's binaries, as `cargo xtask lab --bench` builds them.
+    crate::lab::build_bench()
 }
 
 fn release_example(name: &str) -> std::path::PathBuf {

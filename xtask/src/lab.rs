@@ -13,8 +13,8 @@
 //! deletions, and how often the baseline stayed blackholed.
 
 use crate::util;
-use anyhow::{Context, Result, bail};
-use std::process::{Command, Stdio};
+use anyhow::Result;
+use std::process::Command;
 
 /// Entry point of `cargo xtask lab`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -41,27 +41,9 @@ pub fn run(args: &[String]) -> Result<()> {
     util::run(&mut test)
 }
 
-/// Runs the lab benchmark with `reps` repetitions per scenario; returns its markdown table
-/// (progress goes to stderr). For `cargo xtask bench lab`.
-#[allow(dead_code)] // called by bench.rs once `cargo xtask bench lab` is wired
-pub fn bench(reps: usize) -> Result<String> {
-    util::require_root("the lab benchmark")?;
-    build_bench()?;
-    let output = bench_command(&["--reps".into(), reps.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running lab-bench")?;
-    let table = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        bail!("lab-bench failed ({}):\n{table}", output.status);
-    }
-    Ok(table)
-}
-
 /// The release agent (what users run; recovery times of a debug build say little) and the lab's
 /// binaries, side by side so that `lab-bench` finds them.
-fn build_bench() -> Result<()> {
+pub fn build_bench() -> Result<()> {
     util::run(
         Command::new("cargo")
             .current_dir(util::workspace_root())
