@@ -175,18 +175,25 @@ fn fill(ns: &TestNetns) -> Conntrack {
     ct
 }
 
+/// `check` on the fixture state and `ns`'s table.
+fn check_command(ns: &TestNetns) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--log-format",
+        "text",
+        "check",
+        "--state",
+        &fixture(),
+        "--node-name",
+        "node-1",
+    ]);
+    cmd.args(["--netns", ns.path().to_str().unwrap()]);
+    cmd
+}
+
 fn check(ns: &TestNetns, extra: &[&str]) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args([
-            "--log-format",
-            "text",
-            "check",
-            "--state",
-            &fixture(),
-            "--node-name",
-            "node-1",
-        ])
-        .args(["--netns", ns.path().to_str().unwrap(), "-o", "json"])
+    let out = check_command(ns)
+        .args(["-o", "json"])
         .args(extra)
         .output()
         .unwrap();
@@ -291,19 +298,7 @@ fn check_text_output_names_service_and_reason() {
     }
     let ns = TestNetns::new("checktxt").unwrap();
     let _ct = fill(&ns);
-    let out = Command::new(BIN)
-        .args([
-            "--log-format",
-            "text",
-            "check",
-            "--state",
-            &fixture(),
-            "--node-name",
-            "node-1",
-        ])
-        .args(["--netns", ns.path().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check_command(&ns).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
