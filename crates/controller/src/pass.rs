@@ -109,10 +109,8 @@ pub fn run_pass(
     } else {
         cfg.budget
     };
+    // The filter holds for every flow handed out (ctnetlink re-applies it in user space).
     ct.dump(&filter, |flow| {
-        if flow.orig.proto != ctnetlink::proto::UDP {
-            return;
-        }
         report.scanned += 1;
         let index = index.read().unwrap_or_else(PoisonError::into_inner);
         let fref = flow_ref(flow);
