@@ -56,7 +56,8 @@ impl Capabilities {
     /// back name exactly the criteria the kernel ignored.
     pub fn probe() -> Result<Capabilities, Error> {
         socket::in_private_netns(|| {
-            let mut ct = Conntrack::with_capabilities(socket::open(Netns::Current)?, Self::NONE)?;
+            let mut ct =
+                Conntrack::with_capabilities(socket::Home::open(Netns::Current)?, Self::NONE)?;
             let flows = probe_flows();
             let report = ct.create(&flows)?;
             if report.created != flows.len() as u64 {

@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
+use std::time::Duration;
 
 use netlink_sys::Socket;
 
@@ -11,7 +12,7 @@ use crate::encode::{KernelFilter, MsgWriter};
 use crate::error::Error;
 use crate::model::{DumpFilter, Flow, FlowKey, NewFlow};
 use crate::parse::{NlMsgs, Reply, classify, parse_flow};
-use crate::socket::{self, Netns};
+use crate::socket::{self, Home, Netns};
 use crate::wire::*;
 
 /// Receive buffer for one datagram. Dump datagrams are at most 32 KiB (the kernel caps them);
@@ -25,6 +26,12 @@ const BATCH_BYTES: usize = 512 * 1024;
 const SEND_BUFFER: usize = 2 * 1024 * 1024;
 /// Asked-for receive buffer: room for an error reply to every message of a batch.
 const RECV_BUFFER: usize = 8 * 1024 * 1024;
+/// How long a [`Conntrack`] waits for the kernel's next answer unless told otherwise
+/// ([`Conntrack::set_receive_timeout`]). The kernel answers within milliseconds even on a
+/// table of millions of entries (it builds each dump datagram inside the receive call), so
+/// this only fires when something is wrong, and then a stuck handle becomes an error instead
+/// of a hang.
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a dump saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,8 +82,21 @@ pub struct CreateReport {
 /// A blocking handle on the conntrack table of one network namespace.
 ///
 /// Not shared between threads: open one handle per thread that needs one (each owns a socket).
+///
+/// A handle survives abandoned exchanges: when a dump or batch did not run to its end (a
+/// receive timeout, an unreadable reply, a panic in the dump's callback), the socket may still
+/// hold the rest of the kernel's answer — and a socket with a dump in progress refuses every
+/// further dump with `EBUSY`. The handle then replaces its socket with a new one in the same
+/// network namespace (kept open since [`Conntrack::open_in`] and friends) before its next
+/// request.
 pub struct Conntrack {
     socket: Socket,
+    home: Home,
+    /// Set while an exchange is under way, cleared when it ran to its end: still set when the
+    /// next one starts means the last was abandoned and the socket must be replaced.
+    in_exchange: bool,
+    reopens: u64,
+    recv_timeout: Option<Duration>,
     recv_buf: Vec<u8>,
     writer: MsgWriter,
     seq: u32,
@@ -122,18 +142,19 @@ enum Outcome {
 impl Conntrack {
     /// A handle on the current network namespace.
     pub fn open() -> Result<Self, Error> {
-        Self::from_socket(socket::open(Netns::Current)?)
+        Self::from_socket(Home::open(Netns::Current)?)
     }
 
     /// A handle on the namespace at `netns` (e.g. `/run/netns/NAME`). The calling thread's
     /// namespace is never changed: the socket is created on a short-lived thread.
     pub fn open_in(netns: &Path) -> Result<Self, Error> {
-        Self::from_socket(socket::open(Netns::Path(netns))?)
+        Self::from_socket(Home::open(Netns::Path(netns))?)
     }
 
-    /// A handle on the namespace of an open namespace file descriptor.
+    /// A handle on the namespace of an open namespace file descriptor (duplicated and kept,
+    /// so that the caller may close its own).
     pub fn open_in_fd(fd: BorrowedFd<'_>) -> Result<Self, Error> {
-        Self::from_socket(socket::open(Netns::Fd(fd))?)
+        Self::from_socket(Home::open(Netns::Fd(fd))?)
     }
 
     /// A handle on `netns` (None: the current namespace) that sends the kernel the filters
@@ -144,37 +165,77 @@ impl Conntrack {
     /// filtering happens — every criterion is re-applied in user space — so it changes speed,
     /// never results. [`Capabilities::from_running_kernel`] is the usual choice.
     pub fn open_with_capabilities(netns: Option<&Path>, caps: Capabilities) -> Result<Self, Error> {
-        let socket = match netns {
-            Some(path) => socket::open(Netns::Path(path))?,
-            None => socket::open(Netns::Current)?,
+        let home = match netns {
+            Some(path) => Home::open(Netns::Path(path))?,
+            None => Home::open(Netns::Current)?,
         };
-        Self::with_capabilities(socket, caps)
+        Self::with_capabilities(home, caps)
     }
 
-    fn from_socket(socket: Socket) -> Result<Self, Error> {
-        Self::with_capabilities(socket, Capabilities::get())
+    fn from_socket(home: (Socket, Home)) -> Result<Self, Error> {
+        Self::with_capabilities(home, Capabilities::get())
     }
 
-    /// A handle on an already created socket, with given capabilities (the probe's own handle
-    /// must not wait for the probe).
-    pub(crate) fn with_capabilities(socket: Socket, caps: Capabilities) -> Result<Self, Error> {
-        // Error replies then carry only the header of the failed request, not its copy.
-        socket
-            .set_cap_ack(true)
-            .map_err(|e| Error::io("set NETLINK_CAP_ACK", e))?;
-        let sndbuf =
-            socket::set_buffer(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER);
-        socket::set_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECV_BUFFER);
-        // The kernel refuses a sendmsg above sndbuf - 32 bytes (EMSGSIZE); keep well below.
-        let batch_bytes = BATCH_BYTES.min(sndbuf.saturating_sub(4096)).max(4096);
+    /// A handle on an already created socket and its namespace, with given capabilities (the
+    /// probe's own handle must not wait for the probe).
+    pub(crate) fn with_capabilities(
+        (socket, home): (Socket, Home),
+        caps: Capabilities,
+    ) -> Result<Self, Error> {
+        let recv_timeout = Some(DEFAULT_RECEIVE_TIMEOUT);
+        let batch_bytes = configure(&socket, recv_timeout)?;
         Ok(Self {
             socket,
+            home,
+            in_exchange: false,
+            reopens: 0,
+            recv_timeout,
             recv_buf: Vec::with_capacity(RECV_BUF),
             writer: MsgWriter::with_capacity(batch_bytes + 1024),
             seq: initial_seq(),
             batch_bytes,
             caps,
         })
+    }
+
+    /// Sets how long to wait for each answer of the kernel (`None`: forever). An exchange that
+    /// times out fails with [`Error::Timeout`]; the handle stays usable. The default is
+    /// [`DEFAULT_RECEIVE_TIMEOUT`].
+    pub fn set_receive_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        socket::set_recv_timeout(&self.socket, timeout)
+            .map_err(|e| Error::io("set SO_RCVTIMEO", e))?;
+        self.recv_timeout = timeout;
+        Ok(())
+    }
+
+    /// The receive timeout in force (see [`Conntrack::set_receive_timeout`]).
+    pub fn receive_timeout(&self) -> Option<Duration> {
+        self.recv_timeout
+    }
+
+    /// How many times this handle replaced its socket after an abandoned exchange.
+    pub fn reopens(&self) -> u64 {
+        self.reopens
+    }
+
+    /// Starts an exchange with the kernel: replaces the socket first when the previous exchange
+    /// was abandoned, since that socket may still hold (or be producing) its answer.
+    fn begin_exchange(&mut self) -> Result<(), Error> {
+        if self.in_exchange {
+            let socket = self.home.socket()?;
+            let batch_bytes = configure(&socket, self.recv_timeout)?;
+            // Dropping the old socket ends whatever dump it still had in progress.
+            self.socket = socket;
+            self.batch_bytes = batch_bytes;
+            self.reopens += 1;
+        }
+        self.in_exchange = true;
+        Ok(())
+    }
+
+    /// Marks the exchange as complete: every answer it asked for was read.
+    fn end_exchange(&mut self) {
+        self.in_exchange = false;
     }
 
     /// Which criteria the running kernel filters itself (probed once per process).
@@ -225,6 +286,7 @@ impl Conntrack {
             }
             Placement::KernelOnly(kernel) => (kernel, None),
         };
+        self.begin_exchange()?;
         let seq = self.next_seq(1);
         self.writer.clear();
         self.writer.dump_request(filter, &kernel, seq);
@@ -233,40 +295,20 @@ impl Conntrack {
             filtered_in_kernel: kernel.covers(filter),
             ..DumpStats::default()
         };
-        let (outcome, drained) = pipelined_dump(&self.socket, seq, |datagram| {
+        let (outcome, drained) = pipelined_dump(&self.socket, seq, self.recv_timeout, |datagram| {
             stats.datagrams += 1;
             stats.bytes += datagram.len() as u64;
             dispatch_dump(datagram, seq, user_filter, &mut stats, &mut f)
         });
-        if !drained {
-            // The receiving side stopped before the dump's end (a receive error or an
-            // unreadable datagram): read the rest so that the socket can start another.
-            self.abandon_dump(seq);
+        if drained {
+            self.end_exchange();
         }
+        // Otherwise the receiving side stopped before the dump's end (a timeout, a receive
+        // error or an unreadable datagram): the next request gets a fresh socket. Reading the
+        // rest instead could take as long as a whole dump, or forever on a socket that fails.
         match outcome {
             Ok(()) => Ok(stats),
             Err(DumpEnd::Kernel(err)) | Err(DumpEnd::Broken(err)) => Err(err),
-        }
-    }
-
-    /// Reads and drops the rest of an interrupted dump, so that the socket can start another.
-    fn abandon_dump(&mut self, seq: u32) {
-        // A bounded number of reads: a dump of a huge table has many datagrams, but a socket
-        // that errors on every read should not spin forever.
-        let mut failures = 0;
-        while failures < 16 {
-            let len = match socket::recv_datagram(&self.socket, &mut self.recv_buf, 0) {
-                Ok(len) => len,
-                Err(_) => {
-                    failures += 1;
-                    continue;
-                }
-            };
-            for msg in NlMsgs::new(&self.recv_buf[..len]).flatten() {
-                if msg.seq == seq && matches!(msg.ty, NLMSG_DONE | NLMSG_ERROR) {
-                    return;
-                }
-            }
         }
     }
 
@@ -278,6 +320,7 @@ impl Conntrack {
         &mut self,
         keys: I,
     ) -> Result<DeleteReport, Error> {
+        self.begin_exchange()?;
         let mut report = DeleteReport::default();
         let mut batch: Vec<FlowKey> = Vec::with_capacity(BATCH_MESSAGES);
         let mut keys = keys.into_iter().peekable();
@@ -315,12 +358,14 @@ impl Conntrack {
                 }
             }
         }
+        self.end_exchange();
         Ok(report)
     }
 
     /// Creates entries with `CT_NEW`, batched like [`Conntrack::delete`].
     /// An entry whose original tuple already exists is left unchanged and counted.
     pub fn create(&mut self, flows: &[NewFlow]) -> Result<CreateReport, Error> {
+        self.begin_exchange()?;
         let mut report = CreateReport::default();
         let mut index = 0;
         let mut batch: Vec<usize> = Vec::with_capacity(BATCH_MESSAGES);
@@ -361,6 +406,7 @@ impl Conntrack {
                 }
             }
         }
+        self.end_exchange();
         Ok(report)
     }
 
@@ -388,7 +434,7 @@ impl Conntrack {
                     continue;
                 }
                 Err(err) if lost && err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) => return Err(Error::io(op, err)),
+                Err(err) => return Err(socket::recv_error(op, err, self.recv_timeout)),
             };
             let mut finished = false;
             for msg in NlMsgs::new(&self.recv_buf[..len]) {
@@ -444,19 +490,24 @@ const PIPELINE_DEPTH: usize = 8;
 /// stops by itself at the dump's end (or a receive error); the parsing side, even after an
 /// error of its own, keeps draining until then, so the socket is never left mid-dump by a
 /// thread that gave up.
+///
+/// A panic in `on_datagram` unwinds through here: the channels are owned by the scope's
+/// closure, so the unwinding drops them, which stops the receiving thread wherever it waits
+/// (the scope joins it before the panic goes on). The caller then sees the dump as abandoned.
 fn pipelined_dump(
     socket: &Socket,
     seq: u32,
+    timeout: Option<Duration>,
     mut on_datagram: impl FnMut(&[u8]) -> Result<bool, DumpEnd>,
 ) -> (Result<(), DumpEnd>, bool) {
     use std::sync::mpsc;
     type Received = (Vec<u8>, std::io::Result<usize>);
-    let (full_tx, full_rx) = mpsc::sync_channel::<Received>(PIPELINE_DEPTH);
-    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    for _ in 0..PIPELINE_DEPTH {
-        let _ = free_tx.send(Vec::with_capacity(RECV_BUF));
-    }
     std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Received>(PIPELINE_DEPTH);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..PIPELINE_DEPTH {
+            let _ = free_tx.send(Vec::with_capacity(RECV_BUF));
+        }
         // Returns whether it received the dump's end.
         let receiver = scope.spawn(move || {
             while let Ok(mut buf) = free_rx.recv() {
@@ -483,9 +534,10 @@ fn pipelined_dump(
                         Ok(true) => Some(Ok(())),
                         Err(end) => Some(Err(end)),
                     },
-                    Err(err) => Some(Err(DumpEnd::Broken(Error::io(
+                    Err(err) => Some(Err(DumpEnd::Broken(socket::recv_error(
                         "receive conntrack dump",
                         err,
+                        timeout,
                     )))),
                 };
             }
@@ -556,6 +608,19 @@ fn dispatch_dump<F: FnMut(&Flow)>(
         }
     }
     Ok(false)
+}
+
+/// Sets a new socket up for a handle; returns the batch size its send buffer allows.
+fn configure(socket: &Socket, recv_timeout: Option<Duration>) -> Result<usize, Error> {
+    // Error replies then carry only the header of the failed request, not its copy.
+    socket
+        .set_cap_ack(true)
+        .map_err(|e| Error::io("set NETLINK_CAP_ACK", e))?;
+    let sndbuf = socket::set_buffer(socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER);
+    socket::set_buffer(socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECV_BUFFER);
+    socket::set_recv_timeout(socket, recv_timeout).map_err(|e| Error::io("set SO_RCVTIMEO", e))?;
+    // The kernel refuses a sendmsg above sndbuf - 32 bytes (EMSGSIZE); keep well below.
+    Ok(BATCH_BYTES.min(sndbuf.saturating_sub(4096)).max(4096))
 }
 
 /// A starting sequence number that differs between handles and processes, so that replies

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// What can go wrong talking to ctnetlink.
 #[derive(thiserror::Error, Debug)]
@@ -51,6 +52,19 @@ pub enum Error {
     /// The caller asked for something that cannot be encoded.
     #[error("invalid request: {0}")]
     Invalid(&'static str),
+    /// The kernel did not answer within the handle's receive timeout
+    /// ([`Conntrack::set_receive_timeout`](crate::Conntrack::set_receive_timeout)). The
+    /// exchange was abandoned; the handle replaces its socket before its next request, so it
+    /// stays usable.
+    #[error(
+        "{op}: no answer from the kernel within {after:?} (the socket is re-opened before the next request)"
+    )]
+    Timeout {
+        /// What was being done.
+        op: &'static str,
+        /// The receive timeout that expired.
+        after: Duration,
+    },
 }
 
 impl Error {
@@ -76,6 +90,7 @@ impl Error {
             Error::PermissionDenied { .. } => Some(libc::EPERM),
             Error::Kernel { errno, .. } => Some(*errno),
             Error::Io { source, .. } | Error::Netns { source, .. } => source.raw_os_error(),
+            Error::Timeout { .. } => Some(libc::ETIMEDOUT),
             Error::Malformed { .. } | Error::Invalid(_) => None,
         }
     }

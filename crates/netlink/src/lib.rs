@@ -86,6 +86,7 @@
 
 #![warn(missing_docs)]
 
+mod bpf;
 mod capabilities;
 mod conntrack;
 mod encode;
@@ -102,10 +103,13 @@ mod wire;
 pub mod testing;
 
 pub use capabilities::Capabilities;
-pub use conntrack::{Conntrack, CreateReport, DeleteReport, DumpStats, FilterPlacement};
+pub use conntrack::{
+    Conntrack, CreateReport, DEFAULT_RECEIVE_TIMEOUT, DeleteReport, DumpStats, FilterPlacement,
+};
 pub use error::Error;
 pub use events::{
-    DEFAULT_EVENT_BUFFER, Event, EventKinds, EventStream, events, events_with_buffer,
+    DEFAULT_EVENT_BUFFER, Event, EventKinds, EventOptions, EventStats, EventStream, events,
+    events_with, events_with_buffer,
 };
 pub use model::{DumpFilter, Family, Flow, FlowKey, NewFlow, Status, Tuple, proto};
 pub use stats::{

@@ -6,8 +6,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
@@ -37,6 +39,74 @@ pub fn open(netns: Netns<'_>) -> Result<Socket, Error> {
         }
         Netns::Fd(fd) => open_in(fd, PathBuf::from(format!("fd:{}", fd.as_raw_fd()))),
     }
+}
+
+/// The namespace a socket was created in, kept open so that a replacement socket can be
+/// created in the same namespace later (after an abandoned exchange), even if the namespace's
+/// name has gone or the caller's thread has moved since.
+#[derive(Debug)]
+pub struct Home {
+    /// The namespace file; `None` when it could not be opened (`/proc` missing): then the
+    /// calling thread's namespace is used.
+    fd: Option<OwnedFd>,
+    /// What to call the namespace in errors.
+    label: PathBuf,
+}
+
+impl Home {
+    /// Creates a socket in `netns` and remembers the namespace.
+    pub fn open(netns: Netns<'_>) -> Result<(Socket, Home), Error> {
+        let home = match netns {
+            Netns::Current => Home {
+                // The thread's own namespace, pinned now: re-opening later must not depend on
+                // which thread asks.
+                fd: File::open("/proc/thread-self/ns/net")
+                    .ok()
+                    .map(OwnedFd::from),
+                label: PathBuf::from("(current)"),
+            },
+            Netns::Path(path) => {
+                let file = File::open(path).map_err(|source| Error::Netns {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Home {
+                    fd: Some(file.into()),
+                    label: path.to_path_buf(),
+                }
+            }
+            Netns::Fd(fd) => Home {
+                fd: Some(fd.try_clone_to_owned().map_err(|source| Error::Netns {
+                    path: PathBuf::from(format!("fd:{}", fd.as_raw_fd())),
+                    source,
+                })?),
+                label: PathBuf::from(format!("fd:{}", fd.as_raw_fd())),
+            },
+        };
+        let socket = home.socket()?;
+        Ok((socket, home))
+    }
+
+    /// A new socket in this namespace.
+    pub fn socket(&self) -> Result<Socket, Error> {
+        match &self.fd {
+            // Entering a namespace needs CAP_SYS_ADMIN even when it is the thread's own, so
+            // the current namespace is used directly when it is the one wanted.
+            Some(fd) if !same_netns(fd) => open_in(fd.as_fd(), self.label.clone()),
+            _ => new_socket(),
+        }
+    }
+}
+
+/// Whether the calling thread is in the namespace of `fd`.
+fn same_netns(fd: &OwnedFd) -> bool {
+    let Ok(here) = std::fs::metadata("/proc/thread-self/ns/net") else {
+        return false;
+    };
+    let Ok(there) = fd.try_clone().and_then(|dup| File::from(dup).metadata()) else {
+        return false;
+    };
+    (here.dev(), here.ino()) == (there.dev(), there.ino())
 }
 
 fn open_in(fd: BorrowedFd<'_>, label: PathBuf) -> Result<Socket, Error> {
@@ -124,6 +194,41 @@ fn get_int(socket: &Socket, opt: libc::c_int) -> io::Result<libc::c_int> {
         return Err(io::Error::last_os_error());
     }
     Ok(value)
+}
+
+/// Sets (`Some`) or clears (`None`) the socket's receive timeout (`SO_RCVTIMEO`). A blocking
+/// receive then fails with `WouldBlock` after that long without data. A duration too short for
+/// the kernel's microsecond resolution becomes one microsecond (zero would mean "never").
+pub fn set_recv_timeout(socket: &Socket, timeout: Option<Duration>) -> io::Result<()> {
+    let timeout = timeout.map_or(Duration::ZERO, |t| t.max(Duration::from_micros(1)));
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+    };
+    // SAFETY: a valid socket, and the pointer and length describe a timeval.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The error for a failed receive: a `WouldBlock` on a blocking socket with a receive
+/// timeout means the kernel did not answer in time.
+pub fn recv_error(op: &'static str, err: io::Error, timeout: Option<Duration>) -> Error {
+    match timeout {
+        Some(after) if err.kind() == io::ErrorKind::WouldBlock => Error::Timeout { op, after },
+        _ => Error::io(op, err),
+    }
 }
 
 /// Receives one datagram into `buf` (whose capacity is the limit), retrying on EINTR.

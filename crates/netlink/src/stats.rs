@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -239,7 +239,7 @@ impl StatsReader {
     }
 
     fn from_socket(socket: Socket, netns: Option<PathBuf>) -> Result<Self, Error> {
-        set_recv_timeout(&socket, REPLY_TIMEOUT)
+        socket::set_recv_timeout(&socket, Some(REPLY_TIMEOUT))
             .map_err(|e| Error::io("set SO_RCVTIMEO on the stats socket", e))?;
         Ok(StatsReader {
             socket,
@@ -274,7 +274,7 @@ impl StatsReader {
     ) -> Result<(), Error> {
         loop {
             let len = socket::recv_datagram(&self.socket, &mut self.recv_buf, 0)
-                .map_err(|e| Error::io(op, e))?;
+                .map_err(|e| socket::recv_error(op, e, Some(REPLY_TIMEOUT)))?;
             for msg in NlMsgs::new(&self.recv_buf[..len]) {
                 let msg = msg?;
                 if msg.seq != seq {
@@ -338,28 +338,6 @@ impl StatsReader {
             Ok(stats) => Ok(stats),
             Err(netlink) => self.read_proc().map_err(|_| netlink),
         }
-    }
-}
-
-fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
-    };
-    // SAFETY: a valid socket, and the pointer and length describe a timeval.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

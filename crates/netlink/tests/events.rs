@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use ctnetlink::{Event, EventKinds, EventStream, NewFlow, events, events_with_buffer};
+use ctnetlink::{
+    Event, EventKinds, EventOptions, EventStream, Family, Flow, NewFlow, Tuple, events,
+    events_with, events_with_buffer, proto,
+};
 use futures::StreamExt;
 
 /// The next item, or a panic after `secs` seconds of silence.
@@ -110,4 +113,119 @@ async fn events_outside_a_namespace_that_does_not_exist_fail_cleanly() {
     )
     .unwrap_err();
     assert!(matches!(err, ctnetlink::Error::Netns { .. }), "{err}");
+}
+
+/// A TCP flow for index `i`, created by CT_NEW like the UDP ones.
+fn tcp4(i: u32) -> NewFlow {
+    let base = udp4(i);
+    let mut orig = base.orig;
+    let mut reply = base.reply;
+    orig.proto = proto::TCP;
+    reply.proto = proto::TCP;
+    NewFlow {
+        orig,
+        reply,
+        ..base
+    }
+}
+
+/// NEW events until the one for `last` (created last), with a deadline.
+async fn news_until(stream: &mut EventStream, last: &Tuple) -> Vec<Flow> {
+    let mut seen = Vec::new();
+    loop {
+        match next_event(stream, 5).await {
+            Event::New(flow) => {
+                seen.push(flow);
+                if flow.orig == *last {
+                    return seen;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kernel_side_filter_keeps_tcp_and_other_family_events_out_of_user_space() {
+    let Some((ns, mut ct)) =
+        setup("a_kernel_side_filter_keeps_tcp_and_other_family_events_out_of_user_space")
+    else {
+        return;
+    };
+    let path = ns.path();
+    let mut udp_only = events_with(Some(&path), &EventOptions::new_only(&[proto::UDP])).unwrap();
+    let mut udp4_only = events_with(
+        Some(&path),
+        &EventOptions {
+            families: Some(vec![Family::V4]),
+            ..EventOptions::new_only(&[proto::UDP])
+        },
+    )
+    .unwrap();
+    let mut everything = events_with(
+        Some(&path),
+        &EventOptions {
+            kinds: EventKinds::NEW,
+            ..EventOptions::default()
+        },
+    )
+    .unwrap();
+    // TCP and UDP interleaved, then a last IPv4 UDP entry that every stream must see.
+    let mut flows = Vec::new();
+    for i in 0..20 {
+        flows.push(tcp4(100 + i));
+        flows.push(if i % 2 == 0 { udp4(i) } else { udp6(i) });
+    }
+    let last = udp4(1000);
+    flows.push(last);
+    create_all(&mut ct, &flows);
+
+    let seen = news_until(&mut udp_only, &last.orig).await;
+    assert!(
+        seen.iter().all(|f| f.orig.proto == proto::UDP),
+        "a TCP event reached user space: {seen:?}"
+    );
+    assert_eq!(seen.len(), 21, "every UDP event, both families: {seen:?}");
+    let stats = udp_only.stats();
+    assert_eq!(stats.filtered, 0, "user space had to filter: {stats:?}");
+    assert_eq!(stats.events, 21, "{stats:?}");
+
+    let seen = news_until(&mut udp4_only, &last.orig).await;
+    assert!(
+        seen.iter()
+            .all(|f| f.orig.proto == proto::UDP && f.family == Family::V4),
+        "{seen:?}"
+    );
+    assert_eq!(seen.len(), 11);
+    assert_eq!(udp4_only.stats().filtered, 0);
+
+    // Without a filter both protocols arrive.
+    let seen = news_until(&mut everything, &last.orig).await;
+    assert_eq!(seen.len(), flows.len());
+    assert_eq!(
+        seen.iter().filter(|f| f.orig.proto == proto::TCP).count(),
+        20
+    );
+    // Nothing else is queued on the filtered streams.
+    for stream in [&mut udp_only, &mut udp4_only] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), stream.next())
+                .await
+                .is_err()
+        );
+    }
+}
+
+#[tokio::test]
+async fn empty_filter_lists_are_refused() {
+    for options in [
+        EventOptions::new_only(&[]),
+        EventOptions {
+            families: Some(Vec::new()),
+            ..EventOptions::default()
+        },
+    ] {
+        let err = events_with(None, &options).unwrap_err();
+        assert!(matches!(err, ctnetlink::Error::Invalid(_)), "{err}");
+    }
 }

@@ -350,3 +350,77 @@ fn the_one_dump_probe_finds_every_filter_on_this_kernel() {
         "probe {probed:?} vs kernel version {expected:?}"
     );
 }
+
+/// Runs `f` on a thread and fails the test if it has not finished within `secs`, so that a
+/// handle that hangs is a failure rather than a stuck test run.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .expect("the handle hung (or the closure panicked)")
+}
+
+#[test]
+fn a_dump_abandoned_by_a_panicking_callback_leaves_the_handle_usable() {
+    let Some((ns, mut ct)) =
+        setup("a_dump_abandoned_by_a_panicking_callback_leaves_the_handle_usable")
+    else {
+        return;
+    };
+    // Enough entries for many datagrams, so that the dump is abandoned in its middle.
+    let flows: Vec<NewFlow> = (0..5_000).map(udp4).collect();
+    create_all(&mut ct, &flows);
+    let (second, deleted, third, reopens) = within(120, move || {
+        let abandoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut seen = 0;
+            ct.dump(&DumpFilter::all(), |_| {
+                seen += 1;
+                if seen == 10 {
+                    panic!("the callback gives up (on purpose)");
+                }
+            })
+        }));
+        assert!(abandoned.is_err(), "the panic propagates to the caller");
+        // The same handle dumps again (no EBUSY) and deletes.
+        let all = dump_all(&mut ct, &DumpFilter::all());
+        let report = ct.delete([all[0].key()]).unwrap();
+        let third = dump_all(&mut ct, &DumpFilter::all()).len();
+        (all.len(), report.deleted, third, ct.reopens())
+    });
+    drop(ns);
+    assert_eq!((second, deleted, third), (5_000, 1, 4_999));
+    assert_eq!(
+        reopens, 1,
+        "one new socket, for the request after the abandoned dump"
+    );
+}
+
+#[test]
+fn a_delete_after_an_abandoned_dump_is_not_poisoned() {
+    let Some((_ns, mut ct)) = setup("a_delete_after_an_abandoned_dump_is_not_poisoned") else {
+        return;
+    };
+    let flows: Vec<NewFlow> = (0..5_000).map(udp4).collect();
+    create_all(&mut ct, &flows);
+    let mut keys = Vec::new();
+    let (deleted, left) = within(120, move || {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ct.dump(&DumpFilter::all(), |flow| {
+                keys.push(flow.key());
+                if keys.len() == 100 {
+                    panic!("the callback gives up (on purpose)");
+                }
+            })
+        }));
+        // Straight to a batch delete and a create: their replies must not be mixed up with
+        // the rest of the abandoned dump.
+        let report = ct.delete(keys.iter().copied()).unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        create_all(&mut ct, &[udp4(9_999)]);
+        (report.deleted, dump_all(&mut ct, &DumpFilter::all()).len())
+    });
+    assert_eq!(deleted, 100);
+    assert_eq!(left, 5_000 - 100 + 1);
+}
