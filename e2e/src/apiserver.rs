@@ -5,7 +5,15 @@
 //! `410 Gone` (a Status with reason `Expired`) for a forgotten version, the label and field
 //! selectors kube-proxy uses, `timeoutSeconds`, and `sendInitialEvents` streaming lists. The lab
 //! mutates the state through [`ApiServer::apply`] / [`ApiServer::delete`], and injects faults:
-//! [`ApiServer::drop_watches`], [`ApiServer::fail_for`] (HTTP 500), [`ApiServer::stall_for`].
+//! for every kind at once ([`ApiServer::drop_watches`], [`ApiServer::fail_for`] (HTTP 500),
+//! [`ApiServer::stall_for`]) or for one kind ([`ApiServer::inject`] with a [`Fault`]: 500, 403,
+//! stall, freeze without error, 410 Gone).
+//!
+//! Watches that ask for bookmarks get one periodically ([`ApiServer::set_bookmark_interval`]),
+//! as kube-apiserver's watch cache sends one about every minute (`defaultBookmarkFrequency` in
+//! `staging/src/k8s.io/apiserver/pkg/storage/cacher/cacher.go`) and one 2 s before the watch's
+//! deadline (`cacheWatcher.nextBookmarkTime`), carrying the newest resourceVersion the watch has
+//! processed. The lab's default interval is short so that tests stay fast.
 //!
 //! The listening socket can be made inside a network namespace ([`ApiServer::start_in_netns`]),
 //! so an agent started there with `ip netns exec` reaches it on 127.0.0.1.
@@ -23,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,11 +41,65 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// The lab's default interval between periodic bookmarks (kube-apiserver's is one minute).
+pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long before a watch's `timeoutSeconds` deadline kube-apiserver sends its last bookmark.
+const PRE_DEADLINE_BOOKMARK: Duration = Duration::from_secs(2);
+
+/// A fault of one resource kind (see [`ApiServer::inject`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every request for the kind (list, watch, get) answers HTTP 500 `InternalError`; open
+    /// watches of the kind end, so their clients come back and get the error.
+    InternalError,
+    /// Every request for the kind answers HTTP 403 `Forbidden` (as after an RBAC change); open
+    /// watches of the kind end.
+    Forbidden,
+    /// Requests for the kind hang until the fault ends; open watches of the kind hold their
+    /// events and bookmarks, and deliver them when it ends.
+    Stall,
+    /// Watches of the kind, open and new, stay open and deliver nothing: no event, no bookmark,
+    /// no error, and no end at their `timeoutSeconds` (a dead connection the server cannot close
+    /// either). Lists and gets work. When the fault ends the frozen streams end (as a dead
+    /// connection does once noticed); clients resume from their last resourceVersion.
+    Freeze,
+    /// Watches of the kind answer 410 Gone (an `ERROR` event with reason `Expired`) whatever
+    /// version they resume from, as after a compaction of that resource's history; open watches
+    /// of the kind end. Lists work, so clients relist, then fail again on their next watch.
+    Gone,
+}
+
+impl Fault {
+    /// Whether the fault ends open watches of its kind when injected.
+    fn ends_open_watches(self) -> bool {
+        matches!(self, Fault::InternalError | Fault::Forbidden | Fault::Gone)
+    }
+}
+
 /// Faults the lab can inject.
 #[derive(Debug, Default)]
 struct Faults {
     fail_until: Option<Instant>,
     stall_until: Option<Instant>,
+    /// One fault per kind, until an instant.
+    by_kind: HashMap<Kind, (Fault, Instant)>,
+    /// Bumped to end the open watches of one kind.
+    kind_drops: HashMap<Kind, u64>,
+}
+
+impl Faults {
+    /// The fault of `kind` in effect now, with its end.
+    fn of(&self, kind: Kind) -> Option<(Fault, Instant)> {
+        self.by_kind
+            .get(&kind)
+            .copied()
+            .filter(|(_, until)| *until > Instant::now())
+    }
+
+    fn kind_drop(&self, kind: Kind) -> u64 {
+        self.kind_drops.get(&kind).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Debug)]
@@ -46,15 +108,36 @@ struct Shared {
     faults: Mutex<Faults>,
     /// Bumped to end every open watch stream.
     drop_generation: watch::Sender<u64>,
+    /// Bumped whenever a fault is injected or healed, so waiting watches look again.
+    fault_changes: watch::Sender<u64>,
     /// Every request's path and query, in order (for tests).
     requests: Mutex<Vec<String>>,
-    bookmark_interval: Duration,
+    /// Between periodic bookmarks; None sends none (but the initial-events-end one).
+    bookmark_interval: Mutex<Option<Duration>>,
     addr: Mutex<Option<SocketAddr>>,
 }
 
 impl Shared {
     fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What holds a watch stream of `kind` now: a stall (global or of the kind) or a freeze,
+    /// with its end. A freeze wins over a stall: it must not deliver held events at its end.
+    fn holding(&self, kind: Kind) -> Option<(Fault, Instant)> {
+        let faults = self.lock_faults();
+        let now = Instant::now();
+        match faults.of(kind) {
+            Some((fault @ (Fault::Freeze | Fault::Stall), until)) => Some((fault, until)),
+            _ => faults
+                .stall_until
+                .filter(|t| *t > now)
+                .map(|t| (Fault::Stall, t)),
+        }
     }
 }
 
@@ -87,12 +170,14 @@ impl ApiServer {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let (drop_generation, _) = watch::channel(0);
+        let (fault_changes, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new()),
             faults: Mutex::new(Faults::default()),
             drop_generation,
+            fault_changes,
             requests: Mutex::new(Vec::new()),
-            bookmark_interval: Duration::from_secs(1),
+            bookmark_interval: Mutex::new(Some(DEFAULT_BOOKMARK_INTERVAL)),
             addr: Mutex::new(Some(addr)),
         });
         let dir = tempfile::tempdir().context("kubeconfig directory")?;
@@ -212,6 +297,63 @@ impl ApiServer {
         faults.stall_until = Some(Instant::now() + duration);
     }
 
+    /// Injects `fault` into every request and watch of `kind` for `duration` (replacing any
+    /// fault of that kind); the other kinds are served normally.
+    pub fn inject(&self, kind: Kind, fault: Fault, duration: Duration) {
+        {
+            let mut faults = self.shared.lock_faults();
+            faults
+                .by_kind
+                .insert(kind, (fault, Instant::now() + duration));
+            if fault.ends_open_watches() {
+                *faults.kind_drops.entry(kind).or_insert(0) += 1;
+            }
+        }
+        self.shared.fault_changes.send_modify(|g| *g += 1);
+    }
+
+    /// Ends the fault of `kind` now (a frozen watch ends, a stalled one delivers).
+    pub fn heal(&self, kind: Kind) {
+        self.shared.lock_faults().by_kind.remove(&kind);
+        self.shared.fault_changes.send_modify(|g| *g += 1);
+    }
+
+    /// The fault of `kind` in effect now, if any.
+    pub fn fault(&self, kind: Kind) -> Option<Fault> {
+        self.shared.lock_faults().of(kind).map(|(fault, _)| fault)
+    }
+
+    /// Ends the open watch streams of one kind now (clients resume from their last version).
+    pub fn drop_watches_of(&self, kind: Kind) {
+        *self
+            .shared
+            .lock_faults()
+            .kind_drops
+            .entry(kind)
+            .or_insert(0) += 1;
+        self.shared.fault_changes.send_modify(|g| *g += 1);
+    }
+
+    /// Sets the interval between the periodic bookmarks sent to watches that allow them (None:
+    /// no periodic bookmarks, as from a server without a watch cache). Watches opened from now
+    /// on use it. The default is [`DEFAULT_BOOKMARK_INTERVAL`].
+    pub fn set_bookmark_interval(&self, interval: Option<Duration>) {
+        *self
+            .shared
+            .bookmark_interval
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = interval.filter(|i| !i.is_zero());
+    }
+
+    /// The interval between periodic bookmarks (None: none are sent).
+    pub fn bookmark_interval(&self) -> Option<Duration> {
+        *self
+            .shared
+            .bookmark_interval
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Every request so far, as `path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.shared
@@ -317,6 +459,13 @@ async fn handle(
             &format!("no route for {path}"),
         );
     };
+    let kind = match &target {
+        Target::Collection { kind, .. } | Target::Get { kind, .. } => *kind,
+    };
+    let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if let Some(response) = kind_fault_response(&shared, kind, watching).await {
+        return response;
+    }
     match target {
         Target::Get {
             kind,
@@ -338,11 +487,68 @@ async fn handle(
                 Ok(filter) => filter,
                 Err(message) => return error(StatusCode::BAD_REQUEST, "BadRequest", &message),
             };
-            if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
+            if watching {
                 watch_response(shared, shutdown, filter, &params)
             } else {
                 list_response(&shared, &filter, &params)
             }
+        }
+    }
+}
+
+/// The answer a fault of `kind` gives instead of the normal one, after holding a stalled
+/// request until the stall ends (or is healed).
+async fn kind_fault_response(
+    shared: &Shared,
+    kind: Kind,
+    watching: bool,
+) -> Option<Response<Body>> {
+    let mut changes = shared.fault_changes.subscribe();
+    loop {
+        changes.mark_unchanged();
+        let fault = shared.lock_faults().of(kind);
+        match fault {
+            Some((Fault::Stall, until)) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = changes.changed() => {}
+                }
+            }
+            Some((Fault::InternalError, _)) => {
+                return Some(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    &format!(
+                        "injected fault: the lab's API double is failing requests for {}",
+                        kind.plural()
+                    ),
+                ));
+            }
+            Some((Fault::Forbidden, _)) => {
+                return Some(error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    &format!(
+                        "{} is forbidden: injected fault: the lab's API double refuses access",
+                        kind.plural()
+                    ),
+                ));
+            }
+            Some((Fault::Gone, _)) if watching => {
+                let gone = status_object(
+                    410,
+                    "Expired",
+                    &format!(
+                        "injected fault: too old resource version for {}",
+                        kind.plural()
+                    ),
+                );
+                return Some(stream_lines(
+                    vec![json!({"type": "ERROR", "object": gone})],
+                    None,
+                ));
+            }
+            Some((Fault::Gone | Fault::Freeze, _)) | None => return None,
         }
     }
 }
@@ -601,10 +807,13 @@ fn watch_response(
     let requested = params.get("resourceVersion").cloned().unwrap_or_default();
 
     // Under the store's lock: the first lines and a subscription that continues right after them.
-    let (initial, mut changes, start_rv) = {
+    // A version the history no longer holds gets one ERROR line, then the stream ends (it still
+    // goes through the stream task, so that a frozen kind does not deliver even that).
+    let (initial, mut changes, start_rv, gone) = {
         let store = shared.lock_store();
         let current = store.resource_version();
         let mut lines = Vec::new();
+        let mut gone = false;
         let from_scratch = send_initial || requested.is_empty() || requested == "0";
         if from_scratch {
             for object in store.list(filter.kind) {
@@ -627,7 +836,7 @@ fn watch_response(
                 Some(changes) => lines.extend(changes.iter().filter_map(|c| filter.event(c))),
                 None => {
                     // kube-apiserver answers 200 and streams one ERROR event.
-                    let gone = status_object(
+                    let status = status_object(
                         410,
                         "Expired",
                         &format!(
@@ -635,60 +844,122 @@ fn watch_response(
                             store.oldest_watchable()
                         ),
                     );
-                    lines.push(json!({"type": "ERROR", "object": gone}));
-                    return stream_lines(lines, None);
+                    lines.push(json!({"type": "ERROR", "object": status}));
+                    gone = true;
                 }
             }
         }
-        (lines, store.subscribe(), current)
+        (lines, store.subscribe(), current, gone)
     };
 
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let mut dropped = shared.drop_generation.subscribe();
     dropped.mark_unchanged();
+    let mut fault_changes = shared.fault_changes.subscribe();
+    let kind = filter.kind;
+    let kind_drop = shared.lock_faults().kind_drop(kind);
+    let interval = *shared
+        .bookmark_interval
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     tokio::spawn(async move {
-        for line in initial {
-            if tx.send(ndjson(&line)).await.is_err() {
+        let mut pending: VecDeque<Bytes> = initial.iter().map(ndjson).collect();
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let mut pre_deadline = (bookmarks && timeout > PRE_DEADLINE_BOOKMARK)
+            .then(|| deadline - PRE_DEADLINE_BOOKMARK);
+        let mut next_bookmark = interval.filter(|_| bookmarks).map(|i| started + i);
+        let mut last_rv = start_rv;
+        let mut frozen = false;
+        loop {
+            fault_changes.mark_unchanged();
+            if shared.lock_faults().kind_drop(kind) != kind_drop {
                 return;
             }
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last_rv = start_rv;
-        let mut ticker = tokio::time::interval(shared.bookmark_interval);
-        ticker.tick().await;
-        loop {
+            // A stalled or frozen kind delivers nothing until the fault ends.
+            if let Some((fault, until)) = shared.holding(kind) {
+                frozen |= fault == Fault::Freeze;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = fault_changes.changed() => {}
+                    _ = dropped.changed() => return,
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                }
+                continue;
+            }
+            if frozen {
+                // The connection was dead: it ends rather than coming back to life.
+                return;
+            }
+            while let Some(line) = pending.pop_front() {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+            if gone {
+                return;
+            }
+            let far = started + Duration::from_secs(86_400 * 365);
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = dropped.changed() => return,
                 _ = shutdown.changed() => return,
-                _ = ticker.tick(), if bookmarks => {
-                    if stall_until(&shared).is_some() { continue; }
-                    if tx.send(ndjson(&bookmark(filter.kind, last_rv, false))).await.is_err() {
-                        return;
-                    }
+                _ = fault_changes.changed() => {}
+                _ = tokio::time::sleep_until(next_bookmark.unwrap_or(far)), if next_bookmark.is_some() => {
+                    if !drain(&mut changes, &filter, &mut last_rv, &mut pending) { return; }
+                    pending.push_back(ndjson(&bookmark(kind, last_rv, false)));
+                    next_bookmark = interval.map(|i| tokio::time::Instant::now() + i);
+                }
+                _ = tokio::time::sleep_until(pre_deadline.unwrap_or(far)), if pre_deadline.is_some() => {
+                    if !drain(&mut changes, &filter, &mut last_rv, &mut pending) { return; }
+                    pending.push_back(ndjson(&bookmark(kind, last_rv, false)));
+                    pre_deadline = None;
                 }
                 change = changes.recv() => {
-                    let change = match change {
-                        Ok(change) => change,
-                        // Lagged or closed: end the stream; the client resumes from its last
-                        // version, which the history still holds.
-                        Err(_) => return,
-                    };
-                    if let Some(until) = stall_until(&shared) {
-                        tokio::time::sleep_until(until.into()).await;
-                    }
-                    if change.rv <= last_rv { continue; }
-                    last_rv = change.rv;
-                    if let Some(event) = filter.event(&change)
-                        && tx.send(ndjson(&event)).await.is_err()
-                    {
-                        return;
-                    }
+                    // Lagged or closed: end the stream; the client resumes from its last
+                    // version, which the history still holds.
+                    let Ok(change) = change else { return };
+                    queue_change(&change, &filter, &mut last_rv, &mut pending);
                 }
             }
         }
     });
     stream_lines(Vec::new(), Some(rx))
+}
+
+/// Queues the event `change` produces for this watch, if any; `last_rv` follows every change,
+/// whatever its kind, as the watch cache's resourceVersion does.
+fn queue_change(
+    change: &Change,
+    filter: &Filter,
+    last_rv: &mut u64,
+    pending: &mut VecDeque<Bytes>,
+) {
+    if change.rv <= *last_rv {
+        return;
+    }
+    *last_rv = change.rv;
+    if let Some(event) = filter.event(change) {
+        pending.push_back(ndjson(&event));
+    }
+}
+
+/// Queues every change already received, so that a bookmark after them cannot claim a version
+/// past an event not yet sent. False when the subscription broke (the stream must end).
+fn drain(
+    changes: &mut broadcast::Receiver<Change>,
+    filter: &Filter,
+    last_rv: &mut u64,
+    pending: &mut VecDeque<Bytes>,
+) -> bool {
+    loop {
+        match changes.try_recv() {
+            Ok(change) => queue_change(&change, filter, last_rv, pending),
+            Err(broadcast::error::TryRecvError::Empty) => return true,
+            Err(_) => return false,
+        }
+    }
 }
 
 fn ndjson(value: &Value) -> Bytes {

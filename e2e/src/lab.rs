@@ -87,6 +87,8 @@ pub struct Lab {
     host_port_pods: Mutex<BTreeMap<String, HostPortPod>>,
     /// (time, serving endpoint `IP:port`s of every service) after each publication.
     serving_history: Mutex<Vec<(u64, BTreeSet<SocketAddr>)>>,
+    /// Endpoints recorded as serving besides the services' ([`Lab::also_serving`]).
+    extra_serving: Mutex<BTreeSet<SocketAddr>>,
     timeline: Timeline,
     config: LabConfig,
 }
@@ -129,6 +131,7 @@ impl Lab {
             services: Mutex::new(BTreeMap::new()),
             host_port_pods: Mutex::new(BTreeMap::new()),
             serving_history: Mutex::new(Vec::new()),
+            extra_serving: Mutex::new(BTreeSet::new()),
             timeline,
             config,
         })
@@ -162,7 +165,7 @@ impl Lab {
     /// Waits until kube-proxy's rules (and the hostPort rules) reflect every change made so far.
     pub fn wait_rules_synced(&self) -> Result<()> {
         let rv = self.api.resource_version();
-        let timeout = self.config.rules_lag + Duration::from_secs(5);
+        let timeout = self.config.rules_lag.max(self.kube_proxy.lag()) + Duration::from_secs(5);
         self.kube_proxy.wait_applied(rv, timeout)?;
         self.port_map.wait_applied(timeout)
     }
@@ -272,6 +275,7 @@ impl Lab {
                     .values()
                     .map(|p| SocketAddr::new(p.mapping.pod_ip, p.mapping.container_port)),
             )
+            .chain(lock(&self.extra_serving).iter().copied())
             .collect();
         lock(&self.serving_history).push((unix_micros(), serving));
     }
@@ -553,6 +557,22 @@ impl Lab {
         self.timeline.record("agent", "ready");
         *lock(&self.agent) = Some(agent);
         Ok(())
+    }
+
+    /// A plain HTTP GET on the running agent's metrics server: (status, body).
+    pub fn agent_get(&self, path: &str) -> Result<(u16, String)> {
+        lock(&self.agent)
+            .as_ref()
+            .context("no agent running")?
+            .get(path)
+    }
+
+    /// Records `endpoints` (`IP:port`) as serving from now on, besides the lab's services:
+    /// for scenarios whose live backends the lab's model does not describe (e.g. endpoints
+    /// kube-proxy routes to though they are not `serving`, or an outside server).
+    pub fn also_serving(&self, endpoints: impl IntoIterator<Item = SocketAddr>) {
+        lock(&self.extra_serving).extend(endpoints);
+        self.record_serving();
     }
 
     /// Stops the agent, if running; returns its log.

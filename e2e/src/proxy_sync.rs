@@ -3,6 +3,12 @@
 //!
 //! The lag reproduces the window in which an agent watching the API sees a change before
 //! kube-proxy has rewritten its rules (and traffic still follows the old ones).
+//!
+//! It can also *lead* the agent: it follows the API double's store directly, its own healthy
+//! view that no injected fault reaches. While the agent's watch of a kind is failing, stalled
+//! or frozen ([`crate::apiserver::ApiServer::inject`]), kube-proxy keeps programming the changes
+//! the agent does not see, after its lag ([`KubeProxy::set_lag`], zero for "at once"), so new
+//! clients are DNATed to endpoints the agent has not seen.
 
 use crate::apiserver::ApiServer;
 use crate::kinds::Kind;
@@ -25,6 +31,8 @@ pub struct KubeProxy {
     seen: Arc<AtomicU64>,
     /// The resourceVersion of the last Service / EndpointSlice change it has seen.
     wanted: Arc<AtomicU64>,
+    /// The current lag, in microseconds.
+    lag_us: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -117,6 +125,8 @@ impl KubeProxy {
         });
         let seen = Arc::new(AtomicU64::new(first.rv));
         let wanted = Arc::new(AtomicU64::new(first.rv));
+        let lag_us = Arc::new(AtomicU64::new(duration_us(lag)));
+        let lag_by_follower = lag_us.clone();
         let (seen_by_follower, wanted_by_follower) = (seen.clone(), wanted.clone());
         let follower = runtime.spawn(async move {
             loop {
@@ -151,6 +161,7 @@ impl KubeProxy {
                     }
                 }
                 if resync {
+                    let lag = Duration::from_micros(lag_by_follower.load(Ordering::SeqCst));
                     let deadline = tokio::time::Instant::now() + lag;
                     let state = snapshot(&api);
                     // Missed changes (a burst outran the channel) are covered by the snapshot,
@@ -170,8 +181,20 @@ impl KubeProxy {
             applied,
             seen,
             wanted,
+            lag_us,
             tasks: vec![applier, follower],
         })
+    }
+
+    /// Sets the delay between a change and the rule rewrite, for changes from now on. Zero
+    /// rewrites at once: with a fault on the agent's watch, kube-proxy then leads the agent.
+    pub fn set_lag(&self, lag: Duration) {
+        self.lag_us.store(duration_us(lag), Ordering::SeqCst);
+    }
+
+    /// The delay between a change and the rule rewrite.
+    pub fn lag(&self) -> Duration {
+        Duration::from_micros(self.lag_us.load(Ordering::SeqCst))
     }
 
     /// The resourceVersion of the state the rules last reflected.
@@ -201,6 +224,10 @@ impl KubeProxy {
         }
         Ok(())
     }
+}
+
+fn duration_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Drop for KubeProxy {

@@ -273,3 +273,153 @@ async fn injected_failures_answer_500_then_the_watcher_recovers() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_kind_faults_hit_one_kind_only() {
+    use e2e::apiserver::Fault;
+    use e2e::kinds::Kind;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let server = ApiServer::start(&tokio::runtime::Handle::current()).unwrap();
+    server.apply(&udp_service("dns", "10.96.0.10")).unwrap();
+    let client = client(&server).await;
+    let services: Api<Service> = Api::all(client.clone());
+    let slices: Api<EndpointSlice> = Api::all(client.clone());
+    let code = |r: Result<_, kube::Error>| match r {
+        Ok(_) => 200,
+        Err(kube::Error::Api(s)) => s.code,
+        Err(other) => panic!("{other:?}"),
+    };
+
+    for (fault, expected) in [(Fault::InternalError, 500), (Fault::Forbidden, 403)] {
+        server.inject(Kind::EndpointSlice, fault, Duration::from_secs(30));
+        assert_eq!(server.fault(Kind::EndpointSlice), Some(fault));
+        assert_eq!(
+            code(slices.list(&Default::default()).await.map(|_| ())),
+            expected
+        );
+        assert_eq!(
+            code(services.list(&Default::default()).await.map(|_| ())),
+            200
+        );
+        server.heal(Kind::EndpointSlice);
+        assert_eq!(
+            code(slices.list(&Default::default()).await.map(|_| ())),
+            200
+        );
+    }
+
+    // 410 for one kind: its watches get an Expired ERROR event, its lists work, other kinds'
+    // watches are untouched.
+    let rv = server.resource_version().to_string();
+    server.inject(Kind::Service, Fault::Gone, Duration::from_secs(30));
+    let mut raw = services
+        .watch(&kube::api::WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match raw.try_next().await.unwrap() {
+        Some(kube::api::WatchEvent::Error(status)) => assert_eq!(status.code, 410),
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    assert_eq!(
+        code(services.list(&Default::default()).await.map(|_| ())),
+        200
+    );
+    let mut other_kind = slices
+        .watch(&kube::api::WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    server.heal(Kind::Service);
+
+    // A stall of one kind holds its requests, not the others'.
+    server.inject(Kind::Service, Fault::Stall, Duration::from_millis(600));
+    let started = std::time::Instant::now();
+    slices.list(&Default::default()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(300));
+    services.list(&Default::default()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // The EndpointSlice watch opened during the Service fault still delivers.
+    server
+        .apply(&e2e::objects::endpoint_slice(
+            &ServiceDef::udp("dns", &[ip("10.96.0.10")], 53, 5353),
+            "dns-ipv4",
+            false,
+            &[],
+            &[],
+        ))
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), other_kind.try_next())
+            .await
+            .expect("the other kind's watch delivers")
+            .unwrap()
+        {
+            Some(kube::api::WatchEvent::Added(s)) => {
+                assert_eq!(s.metadata.name.as_deref(), Some("dns-ipv4"));
+                break;
+            }
+            Some(kube::api::WatchEvent::Bookmark(_)) => continue,
+            other => panic!("expected Added(dns-ipv4), got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_bookmarks_stop_on_a_frozen_watch_which_then_ends() {
+    use e2e::apiserver::Fault;
+    use e2e::kinds::Kind;
+    let server = ApiServer::start(&tokio::runtime::Handle::current()).unwrap();
+    server.set_bookmark_interval(Some(Duration::from_millis(200)));
+    server.apply(&udp_service("dns", "10.96.0.10")).unwrap();
+    let services: Api<Service> = Api::all(client(&server).await);
+    let rv = server.resource_version().to_string();
+    let params = kube::api::WatchParams::default(); // bookmarks are on by default
+    let mut stream = services.watch(&params, &rv).await.unwrap().boxed();
+    // A bookmark comes with the newest version, also after a change of another kind.
+    server
+        .apply(&pod("default", "p", "node-a", &[ip("10.244.0.10")], false))
+        .unwrap();
+    let newest = server.resource_version().to_string();
+
+    match tokio::time::timeout(Duration::from_millis(1500), stream.try_next())
+        .await
+        .expect("a bookmark within 1.5 s")
+        .unwrap()
+    {
+        Some(kube::api::WatchEvent::Bookmark(b)) => {
+            assert_eq!(b.metadata.resource_version, newest)
+        }
+        other => panic!("expected a bookmark, got {other:?}"),
+    }
+
+    // Frozen: nothing at all, though the kind changes; then the stream ends.
+    server.inject(Kind::Service, Fault::Freeze, Duration::from_millis(1200));
+    server.apply(&udp_service("web", "10.96.0.20")).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1000), stream.try_next())
+            .await
+            .is_err(),
+        "a frozen watch delivered something"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), stream.try_next())
+            .await
+            .expect("the frozen stream ends after the fault")
+            .unwrap()
+            .is_none()
+    );
+    // Resuming from the last version delivers what the freeze held back.
+    let mut stream = services.watch(&params, &newest).await.unwrap().boxed();
+    match tokio::time::timeout(Duration::from_millis(1500), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(kube::api::WatchEvent::Added(s)) => {
+            assert_eq!(s.metadata.name.as_deref(), Some("web"))
+        }
+        other => panic!("expected Added(web), got {other:?}"),
+    }
+    assert_eq!(server.bookmark_interval(), Some(Duration::from_millis(200)));
+}
