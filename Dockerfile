@@ -9,7 +9,11 @@
 # storage driver preserving xattrs and no_new_privs. Root with one capability is the form every
 # runtime enforces the same way.
 
-FROM rust:1-bookworm AS build
+# Base images are pinned by digest (multi-platform index), so a re-pushed tag cannot change what
+# is built or shipped; the tag says which release the digest is. To update, take both from
+# `docker buildx imagetools inspect <image>:<tag>` and change them together
+# (`cargo test -p xtask manifests::` checks every FROM is pinned this way).
+FROM rust:1.98.1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e AS build
 WORKDIR /src
 COPY . .
 # The release profile keeps line tables for profiling; the image does not need them.
@@ -20,7 +24,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/conntrack-reconciler /out/conntrack-reconciler
 
 # glibc and libgcc, nothing else: no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12
+FROM gcr.io/distroless/cc-debian12:latest@sha256:6e1871c34683dc9ee996d13084497783fd98ac0200213d0826625f4e9d4be1d0
 LABEL org.opencontainers.image.source="https://github.com/conntrack-reconciler/conntrack-reconciler" \
       org.opencontainers.image.description="Deletes stale UDP conntrack entries on Kubernetes nodes" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -5,9 +5,14 @@
 //! recovery* (from `t0` to the main client's first answer from an allowed backend) and the *false
 //! deletions* (destroyed flows whose backend was serving at that moment). Run without the agent,
 //! the same steps show the blackhole that stays for the observation window.
+//!
+//! [`lags`] holds the scenarios where the agent's knowledge lags kube-proxy's (kube-proxy leads a
+//! faulted watch) or where it reads ordinary inputs differently: they measure false deletions
+//! only.
 
 mod churn;
 mod host_port;
+pub mod lags;
 
 use crate::conntrack::{DestroyMonitor, FlowEntry};
 use crate::lab::{ClientPlace, Lab, LabConfig};

@@ -6,6 +6,7 @@
 
 use e2e::agent::agent_for_tests;
 use e2e::process::Binaries;
+use e2e::scenarios::lags::{self, LagScenario};
 use e2e::scenarios::{Outcome, RunConfig, Scenario, run};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -143,4 +144,77 @@ scenario_tests! {
     agent_restarted => Scenario::AgentRestarted,
     host_port_replaced => Scenario::HostPortReplaced,
     churn_at_scale => Scenario::ChurnAtScale,
+}
+
+/// A scenario where the agent's knowledge lags kube-proxy's, or where it reads an ordinary input
+/// differently: every flow goes to a live backend, so nothing may be deleted.
+fn no_false_deletion(scenario: LagScenario) {
+    if !ctnetlink::testing::root_or_skip(scenario.name()) {
+        return;
+    }
+    let agent = match agent_for_tests() {
+        Ok(path) => path,
+        Err(why) => {
+            eprintln!("skipping {} with the reconciler: {why}", scenario.name());
+            return;
+        }
+    };
+    let outcome = lags::run(
+        scenario,
+        &RunConfig {
+            binaries: binaries(),
+            agent: Some(agent),
+            rules_lag: RULES_LAG,
+            window: AGENT_WINDOW,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e:#}", scenario.name()));
+    eprintln!("{}", outcome.summary());
+    let explain = || {
+        format!(
+            "{}\ntimeline:\n{}\nagent log:\n{}",
+            outcome.summary(),
+            outcome.timeline,
+            outcome.agent_log
+        )
+    };
+    assert!(
+        outcome.at_risk > 0,
+        "the scenario put no flow at risk: it tests nothing:\n{}",
+        explain()
+    );
+    assert!(
+        outcome.false_deletions.is_empty(),
+        "flows to live, serving backends must survive:\n{}",
+        explain()
+    );
+}
+
+/// The `lags_` tests: run them alone with `cargo test -p e2e --test scenarios lags_`.
+macro_rules! lag_tests {
+    ($($module:ident => $scenario:expr),* $(,)?) => {
+        $(
+            mod $module {
+                use super::*;
+
+                #[test]
+                fn flows_to_live_backends_survive() {
+                    no_false_deletion($scenario);
+                }
+            }
+        )*
+    };
+}
+
+lag_tests! {
+    lags_scale_up_during_frozen_slice_watch => LagScenario::ScaleUpSliceWatchFrozen,
+    lags_scale_up_during_stalled_slice_watch => LagScenario::ScaleUpSliceWatchStalled,
+    lags_scale_up_while_slice_watch_answers_500 => LagScenario::ScaleUpSliceWatchFailing,
+    lags_scale_up_while_slice_watch_answers_403 => LagScenario::ScaleUpSliceWatchForbidden,
+    lags_scale_up_while_slice_watch_answers_410 => LagScenario::ScaleUpSliceWatchGone,
+    lags_new_service_during_stalled_slice_watch => LagScenario::NewServiceSliceWatchStalled,
+    lags_service_relabelled_to_another_proxy => LagScenario::RelabelledToOtherProxy,
+    lags_publish_not_ready_addresses => LagScenario::PublishNotReadyAddresses,
+    lags_external_ip_of_a_family_the_service_lacks => LagScenario::WrongFamilyExternalIp,
+    lags_slice_flipped_to_serving_during_a_long_pass => LagScenario::FlippedToServingDuringLongPass,
 }

@@ -1,7 +1,7 @@
 //! `conntrack-reconciler check`: one-shot diagnosis of this node's table.
 
 use crate::cli::{CheckArgs, OutputFormat};
-use crate::kube_client::{self, SERVICE_FIELDS, SERVICE_LABELS, SLICE_LABELS};
+use crate::kube_client::{self, SERVICE_LABELS, SLICE_LABELS};
 use crate::local_addrs::local_addrs;
 use crate::pass::{PassConfig, PassReport, StaleFlow, run_pass};
 use crate::scheduler::Scope;
@@ -55,8 +55,9 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                     family,
                     dry_run: !delete,
                     budget: 0,
+                    zone: 0,
                 };
-                run_pass(&mut ct, &index, &Scope::All, &cfg, now)
+                run_pass(&mut ct, &index, None, &Scope::All, &cfg, now)
                     .map(|r| (family, r))
                     .with_context(|| format!("reading the {family} conntrack table"))
             })
@@ -134,8 +135,7 @@ async fn from_cluster(client: Client, node_name: Option<&str>) -> Result<Cluster
         services: list_all(
             Api::all(client.clone()),
             ListParams::default()
-                .labels(SERVICE_LABELS)
-                .fields(SERVICE_FIELDS),
+                .labels(SERVICE_LABELS),
             "services",
         )
         .await?,

@@ -4,16 +4,18 @@
 //! This is what catches flows re-created through rules kube-proxy has not rewritten yet (the
 //! watch can be ahead of kube-proxy). A per-frontend token bucket guards against delete storms;
 //! what it refuses is counted and left to the next pass. Lost events (ENOBUFS) ask for a full
-//! pass, since the flows they announced are now unknown.
+//! pass, since the flows they announced are now unknown. Every deletion goes through the gate:
+//! a flow to a backend the agent never saw waits (kube-proxy may know more than the agent), and
+//! nothing is deleted while the agent's view is not fresh.
 
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
-use crate::pass::flow_ref;
+use crate::pass::{FlowGate, flow_ref};
 use crate::ratelimit::RateLimiter;
-use ctdiff::{Frontend, Index, Verdict};
+use ctdiff::{Decision, Frontend, Index, Verdict};
 use ctnetlink::{Conntrack, Event, EventKinds, Family};
 use futures::StreamExt;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -24,6 +26,10 @@ pub enum EventSignal {
     Lost,
     /// A stale flow to this frontend was not deleted (rate limit): a pass over it is needed.
     RateLimited(Frontend),
+    /// A stale flow waits in the gate: re-checks are needed.
+    Waiting,
+    /// A stale flow was held because the view is not fresh: a full pass is needed once it is.
+    Held,
 }
 
 /// What the event path needs.
@@ -32,6 +38,10 @@ pub struct EventPath {
     pub netns: Option<PathBuf>,
     /// The shared index.
     pub index: Arc<RwLock<Index>>,
+    /// The shared deletion gate.
+    pub gate: Arc<Mutex<FlowGate>>,
+    /// The conntrack zone judged.
+    pub zone: u16,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Families being reconciled.
@@ -52,7 +62,7 @@ impl EventPath {
         let mut limiter = RateLimiter::<Frontend>::new(self.per_second);
         let mut ct: Option<Conntrack> = None;
         loop {
-            let stream = ctnetlink::events(self.netns.as_deref(), EventKinds::ALL);
+            let stream = ctnetlink::events(self.netns.as_deref(), EventKinds::NEW);
             let mut stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
@@ -71,12 +81,7 @@ impl EventPath {
                             .inc();
                         self.on_new(&flow, &mut limiter, &mut ct);
                     }
-                    Ok(Event::Destroy(_)) => {
-                        self.metrics
-                            .events
-                            .get_or_create(&KindLabels { kind: "destroy" })
-                            .inc();
-                    }
+                    Ok(Event::Destroy(_)) => {} // not subscribed
                     Ok(Event::Lost) => {
                         self.metrics.events_lost.inc();
                         tracing::warn!("conntrack events were lost; scheduling a full pass");
@@ -103,19 +108,44 @@ impl EventPath {
         ct: &mut Option<Conntrack>,
     ) {
         if flow.orig.proto != ctnetlink::proto::UDP
+            || flow.zone != self.zone
             || !self.families.contains(&flow.family)
             || !*self.ready.borrow()
         {
             return;
         }
         let now = Instant::now();
-        let (frontend, reason, service) = {
+        let (frontend, reason, service, decision) = {
             let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
             let Verdict::Stale(stale) = index.classify(&flow_ref(flow), now) else {
                 return;
             };
-            (stale.frontend, stale.reason, stale.service.to_string())
+            let decision = self
+                .gate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .decide(flow.key(), *flow, &stale, index.knowledge(), now);
+            (
+                stale.frontend,
+                stale.reason,
+                stale.service.to_string(),
+                decision,
+            )
         };
+        match decision {
+            Decision::Delete => {}
+            Decision::Defer => {
+                self.metrics.postponed(decision);
+                tracing::debug!(flow = %flow.orig, backend = %flow.reply.src, %service, %reason, "stale new flow to a backend the agent never saw: waiting for proof");
+                let _ = self.signals.send(EventSignal::Waiting);
+                return;
+            }
+            Decision::Hold => {
+                self.metrics.postponed(decision);
+                let _ = self.signals.send(EventSignal::Held);
+                return;
+            }
+        }
         let labels = ReasonLabels {
             ip_family: flow.family.into(),
             reason: reason.to_string(),

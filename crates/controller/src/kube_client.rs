@@ -5,10 +5,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::path::Path;
 
-/// Services kube-proxy programs: not claimed by another proxy.
+/// Services kube-proxy programs: not claimed by another proxy. Used by one-shot lists only:
+/// the agent's watch must see a relabel as an update, not as a deletion. (No field selector:
+/// `spec.clusterIP!=None` is refused by API servers before 1.31; ctdiff ignores headless
+/// Services itself.)
 pub const SERVICE_LABELS: &str = "!service.kubernetes.io/service-proxy-name";
-/// Headless services get no rules, hence no stale flows.
-pub const SERVICE_FIELDS: &str = "spec.clusterIP!=None";
 /// EndpointSlices of non-headless services.
 pub const SLICE_LABELS: &str = "!service.kubernetes.io/headless";
 

@@ -69,6 +69,8 @@ pub enum Trigger {
     rate_limited,
     /// The periodic full pass.
     periodic,
+    /// The agent's view turned fresh again after stale flows were held.
+    view_fresh,
 }
 
 /// Labels `{kind}`.
@@ -96,7 +98,7 @@ pub struct Metrics {
     pub delete_errors: Family<FamilyLabels, Counter>,
     /// Passes that hit the deletion budget.
     pub budget_exhausted: Counter,
-    /// Conntrack events received, by kind (`new`, `destroy`).
+    /// Conntrack events received, by kind (`new`; DESTROY is not subscribed).
     pub events: Family<KindLabels, Counter>,
     /// Times the kernel reported lost conntrack events.
     pub events_lost: Counter,
@@ -112,6 +114,22 @@ pub struct Metrics {
     pub objects_skipped: Family<KindLabels, Counter>,
     /// Index sizes, by kind (services, service_ports, frontends, endpoints, tombstones, host_ports).
     pub index_size: Family<KindLabels, Gauge>,
+    /// 1 when every watched kind is fresh (listed, not failing, heard from recently).
+    pub view_fresh: Gauge,
+    /// 1 when a watched kind is fresh, by kind.
+    pub watch_fresh: Family<KindLabels, Gauge>,
+    /// Stale flows not deleted yet because of the agent's view, by decision (`defer`: backend
+    /// never seen, waiting for proof; `hold`: view not fresh).
+    pub flows_postponed: Family<DecisionLabels, Counter>,
+    /// Stale flows waiting for proof that their never-seen backend is gone.
+    pub flows_waiting: Gauge,
+}
+
+/// Label of a gate decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `defer` or `hold`.
+    pub decision: &'static str,
 }
 
 fn pass_histogram() -> Histogram {
@@ -139,6 +157,10 @@ impl Metrics {
             watch_errors: Family::default(),
             objects_skipped: Family::default(),
             index_size: Family::default(),
+            view_fresh: Gauge::default(),
+            watch_fresh: Family::default(),
+            flows_postponed: Family::default(),
+            flows_waiting: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("conntrack_reconciler");
         r.register(
@@ -221,8 +243,59 @@ impl Metrics {
             "Objects held by the stale-flow index, by kind",
             m.index_size.clone(),
         );
+        r.register(
+            "view_fresh",
+            "1 when the agent's view of every watched kind is fresh; stale flows are deleted only then",
+            m.view_fresh.clone(),
+        );
+        r.register(
+            "watch_fresh",
+            "1 when the agent's view of a watched kind is fresh (listed, not failing, heard from recently), by kind",
+            m.watch_fresh.clone(),
+        );
+        r.register(
+            "flows_postponed",
+            "Stale flows not deleted yet because of the agent's view: defer (backend never seen, waiting for proof) or hold (view not fresh)",
+            m.flows_postponed.clone(),
+        );
+        r.register(
+            "flows_waiting",
+            "Stale flows waiting for proof that their never-seen backend is gone",
+            m.flows_waiting.clone(),
+        );
         m.preinit();
         m
+    }
+
+    /// Counts stale flows the gate did not let through.
+    pub fn postponed(&self, decision: ctdiff::Decision) {
+        self.postponed_by(decision, 1);
+    }
+
+    /// Counts `n` stale flows the gate did not let through.
+    pub fn postponed_by(&self, decision: ctdiff::Decision, n: u64) {
+        if n > 0 {
+            self.flows_postponed
+                .get_or_create(&DecisionLabels {
+                    decision: decision.as_str(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Records how fresh the agent's view is.
+    pub fn record_knowledge(&self, knowledge: &ctdiff::Knowledge, now: std::time::Instant) {
+        let mut all = true;
+        for kind in ctdiff::Kind::ALL {
+            let fresh = knowledge.staleness(kind, now).is_none();
+            all &= fresh;
+            self.watch_fresh
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(i64::from(fresh));
+        }
+        self.view_fresh.set(i64::from(all));
     }
 
     /// Creates at 0 every series whose labels are known in advance, so that each metric is
@@ -244,12 +317,16 @@ impl Metrics {
                 let _ = self.flows_not_deleted.get_or_create(&labels);
             }
         }
-        for kind in ["new", "destroy"] {
-            let _ = self.events.get_or_create(&KindLabels { kind });
-        }
-        for kind in ["services", "endpointslices", "nodes", "pods"] {
+        let _ = self.events.get_or_create(&KindLabels { kind: "new" });
+        for kind in ctdiff::Kind::ALL.map(ctdiff::Kind::as_str) {
             let _ = self.watch_errors.get_or_create(&KindLabels { kind });
             let _ = self.objects_skipped.get_or_create(&KindLabels { kind });
+            let _ = self.watch_fresh.get_or_create(&KindLabels { kind });
+        }
+        for decision in [ctdiff::Decision::Defer, ctdiff::Decision::Hold] {
+            let _ = self.flows_postponed.get_or_create(&DecisionLabels {
+                decision: decision.as_str(),
+            });
         }
     }
 

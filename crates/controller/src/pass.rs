@@ -1,18 +1,24 @@
-//! One reconcile pass over one IP family: streaming UDP dump → verdicts → batched delete.
+//! One reconcile pass over one IP family: streaming UDP dump → verdicts → decisions → batched
+//! delete.
 //!
-//! Shared by `run` and `check`. The index is read-locked per flow, not per pass, so watch updates
-//! are never held up by a long dump; every state the index can be in is a complete one (see
-//! `feed`), so each flow is judged against complete knowledge. Dumps may repeat an entry while
-//! the table changes: stale keys are de-duplicated before deletion.
+//! Shared by `run` and `check`. The index is read-locked per flow during the dump, so watch
+//! updates are never held up by a long dump. Verdicts can go stale while the dump runs (a slice
+//! may arrive meanwhile), so every candidate is judged again against the index as it is *after*
+//! the dump, and only then handed to the [`FlowGate`] (fresh, positive evidence) and the budget.
+//! Dumps may repeat an entry while the table changes: candidates are de-duplicated first, so
+//! the budget and the tallies count each entry once.
 
 use crate::flow_tally::FlowTally;
 use crate::scheduler::Scope;
-use ctdiff::{Frontend, Index, Reason, Verdict};
+use ctdiff::{Decision, Frontend, Gate, Index, Reason, Verdict};
 use ctnetlink::{Conntrack, DumpFilter, Family, Flow, FlowKey};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Instant;
+
+/// The gate every deletion of `run` goes through, remembering the flows that wait for proof.
+pub type FlowGate = Gate<FlowKey, Flow>;
 
 /// How a pass behaves.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +29,8 @@ pub struct PassConfig {
     pub dry_run: bool,
     /// Delete at most this many flows (0: no limit).
     pub budget: u64,
+    /// The conntrack zone judged; entries of other zones (OVS, OVN, Antrea…) are left alone.
+    pub zone: u16,
 }
 
 /// A stale flow, with the verdict's details, owned so it can outlive the index lock.
@@ -38,6 +46,8 @@ pub struct StaleFlow {
     pub frontend: Frontend,
     /// Why it is stale.
     pub reason: Reason,
+    /// Whether the agent saw the backend leave or merely does not know it.
+    pub evidence: ctdiff::Evidence,
 }
 
 /// What a pass saw and did.
@@ -45,10 +55,17 @@ pub struct StaleFlow {
 pub struct PassReport {
     /// UDP flows examined.
     pub scanned: u64,
-    /// Stale flows in scope, in dump order, at most `budget` of them when a budget is set.
+    /// Stale flows in scope that the gate let through, in dump order, at most `budget` of them
+    /// when a budget is set: deleted (or, in a dry run, reported).
     pub stale: Vec<StaleFlow>,
     /// Stale flows beyond the budget, by reason: found but left for a later pass.
     pub over_budget: Vec<(Reason, u64)>,
+    /// Stale flows the gate deferred (backend never seen; the view is not yet proven newer).
+    pub deferred: u64,
+    /// Stale flows the gate held (the view is not fresh).
+    pub held: u64,
+    /// Flows judged stale during the dump but not any more when judged again after it.
+    pub recovered: u64,
     /// Flows deleted.
     pub deleted: u64,
     /// Flows that were gone before the delete reached them.
@@ -89,10 +106,13 @@ fn in_scope(scope: &Scope<Frontend>, frontend: &Frontend) -> bool {
         })
 }
 
-/// Runs one pass over `cfg.family`'s UDP flows within `scope`.
+/// Runs one pass over `cfg.family`'s UDP flows within `scope`. Without a `gate` every stale
+/// flow is acted on (`check`, whose state is a complete one-shot snapshot); with one, only what
+/// the gate lets through.
 pub fn run_pass(
     ct: &mut Conntrack,
     index: &RwLock<Index>,
+    gate: Option<&Mutex<FlowGate>>,
     scope: &Scope<Frontend>,
     cfg: &PassConfig,
     now: Instant,
@@ -104,13 +124,18 @@ pub fn run_pass(
     };
     let mut report = PassReport::default();
     let mut seen: HashSet<FlowKey> = HashSet::new();
-    let budget = if cfg.budget == 0 {
-        u64::MAX
-    } else {
-        cfg.budget
+    let mut candidates: Vec<Flow> = Vec::new();
+    // Candidates beyond twice the budget cannot be deleted by this pass anyway (the gate
+    // may defer some): count them without keeping them.
+    let keep_at_most = match cfg.budget {
+        0 => usize::MAX,
+        b => usize::try_from(b.saturating_mul(2)).unwrap_or(usize::MAX),
     };
     // The filter holds for every flow handed out (ctnetlink re-applies it in user space).
     ct.dump(&filter, |flow| {
+        if flow.zone != cfg.zone {
+            return;
+        }
         report.scanned += 1;
         let index = index.read().unwrap_or_else(PoisonError::into_inner);
         let fref = flow_ref(flow);
@@ -120,41 +145,22 @@ pub fn run_pass(
                 report.tally.flow(fref.orig_dst);
                 return;
             }
-            Verdict::Stale(stale) => {
-                report.tally.flow(fref.orig_dst);
-                stale
-            }
+            Verdict::Stale(stale) => stale,
         };
+        if !seen.insert(flow.key()) {
+            return; // a dump may hand out an entry twice while the table changes
+        }
+        report.tally.flow(fref.orig_dst);
         if !in_scope(scope, &stale.frontend) {
             report.tally.left(fref.orig_dst, stale.reason);
-            return;
-        }
-        if (report.stale.len() as u64) < budget {
-            if !seen.insert(flow.key()) {
-                return; // a dump may hand out an entry twice while the table changes
-            }
-            if cfg.dry_run {
-                report.tally.left(fref.orig_dst, stale.reason);
-            }
-            report.stale.push(StaleFlow {
-                flow: *flow,
-                service: stale.service.to_string(),
-                port: stale.port.to_owned(),
-                frontend: stale.frontend,
-                reason: stale.reason,
-            });
+        } else if candidates.len() < keep_at_most {
+            candidates.push(*flow);
         } else {
             report.tally.left(fref.orig_dst, stale.reason);
-            match report
-                .over_budget
-                .iter_mut()
-                .find(|(r, _)| *r == stale.reason)
-            {
-                Some((_, n)) => *n += 1,
-                None => report.over_budget.push((stale.reason, 1)),
-            }
+            count_reason(&mut report.over_budget, stale.reason);
         }
     })?;
+    decide(index, gate, candidates, cfg, &mut report);
     if !cfg.dry_run && !report.stale.is_empty() {
         let deleted = ct.delete(report.stale.iter().map(|s| s.flow.key()))?;
         report.deleted = deleted.deleted;
@@ -166,4 +172,112 @@ pub fn run_pass(
             .collect();
     }
     Ok(report)
+}
+
+fn count_reason(counts: &mut Vec<(Reason, u64)>, reason: Reason) {
+    match counts.iter_mut().find(|(r, _)| *r == reason) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((reason, 1)),
+    }
+}
+
+/// Judges the dump's candidates again, now, and fills `report.stale` with what the gate and
+/// the budget let through.
+fn decide(
+    index: &RwLock<Index>,
+    gate: Option<&Mutex<FlowGate>>,
+    candidates: Vec<Flow>,
+    cfg: &PassConfig,
+    report: &mut PassReport,
+) {
+    let budget = match cfg.budget {
+        0 => u64::MAX,
+        b => b,
+    };
+    let now = Instant::now();
+    let index = index.read().unwrap_or_else(PoisonError::into_inner);
+    let mut gate = gate.map(|g| g.lock().unwrap_or_else(PoisonError::into_inner));
+    for flow in candidates {
+        let fref = flow_ref(&flow);
+        let Verdict::Stale(stale) = index.classify(&fref, now) else {
+            if let Some(gate) = gate.as_mut() {
+                gate.forget(&flow.key());
+            }
+            report.recovered += 1;
+            continue;
+        };
+        let decision = match gate.as_mut() {
+            Some(gate) => gate.decide(flow.key(), flow, &stale, index.knowledge(), now),
+            None => Decision::Delete,
+        };
+        match decision {
+            Decision::Delete if (report.stale.len() as u64) < budget => {
+                if cfg.dry_run {
+                    report.tally.left(fref.orig_dst, stale.reason);
+                }
+                report.stale.push(StaleFlow {
+                    flow,
+                    service: stale.service.to_string(),
+                    port: stale.port.to_owned(),
+                    frontend: stale.frontend,
+                    reason: stale.reason,
+                    evidence: stale.evidence,
+                });
+            }
+            Decision::Delete => {
+                report.tally.left(fref.orig_dst, stale.reason);
+                count_reason(&mut report.over_budget, stale.reason);
+            }
+            Decision::Defer => {
+                report.tally.left(fref.orig_dst, stale.reason);
+                report.deferred += 1;
+            }
+            Decision::Hold => {
+                report.tally.left(fref.orig_dst, stale.reason);
+                report.held += 1;
+            }
+        }
+    }
+}
+
+/// The waiting flows (deferred by the gate) that may be deleted now, judged from memory
+/// against the current index: no table walk. Flows no longer stale are forgotten.
+pub fn recheck_waiting(index: &RwLock<Index>, gate: &Mutex<FlowGate>, now: Instant) -> Recheck {
+    let index = index.read().unwrap_or_else(PoisonError::into_inner);
+    let mut gate = gate.lock().unwrap_or_else(PoisonError::into_inner);
+    let waiting: Vec<(FlowKey, Flow)> = gate.waiting().map(|(k, w)| (*k, w.flow)).collect();
+    let mut out = Recheck::default();
+    for (key, flow) in waiting {
+        let Verdict::Stale(stale) = index.classify(&flow_ref(&flow), now) else {
+            gate.forget(&key);
+            out.recovered += 1;
+            continue;
+        };
+        match gate.decide(key, flow, &stale, index.knowledge(), now) {
+            Decision::Delete => out.delete.push(StaleFlow {
+                flow,
+                service: stale.service.to_string(),
+                port: stale.port.to_owned(),
+                frontend: stale.frontend,
+                reason: stale.reason,
+                evidence: stale.evidence,
+            }),
+            Decision::Defer | Decision::Hold => out.still_waiting += 1,
+        }
+    }
+    out.forgotten = gate.sweep(now);
+    out
+}
+
+/// What a re-check of the waiting flows found.
+#[derive(Debug, Default)]
+pub struct Recheck {
+    /// Flows to delete now.
+    pub delete: Vec<StaleFlow>,
+    /// Flows that still wait.
+    pub still_waiting: u64,
+    /// Flows no longer stale.
+    pub recovered: u64,
+    /// Flows forgotten (not seen stale for long).
+    pub forgotten: usize,
 }

@@ -1,14 +1,18 @@
 //! `conntrack-reconciler run`: the wiring of watches, index, triggers, passes and metrics.
 //!
 //! Tasks:
-//! - *index*: watch updates → `Feed` → `Index` (write-locked per update), dirty frontends → pass loop;
+//! - *watches*: one list-then-watch loop per kind (see `watch`);
+//! - *index*: watch updates → `Feed` → `Index` and its `Knowledge` (how fresh each kind is),
+//!   write-locked per batch; dirty frontends → pass loop;
 //! - *pass loop*: the `Scheduler` decides when; passes run on a blocking thread, one at a time;
+//!   every second it also re-checks the flows the gate keeps waiting (from memory, no dump);
 //! - *events*: conntrack NEW events → immediate deletes (see `events`);
 //! - *admin*: `/metrics`, `/healthz`, `/readyz`.
 //!
-//! Nothing is deleted before every watch has completed its first list. On SIGTERM/SIGINT the
-//! loops stop taking work, a pass in flight (and its delete batch) finishes, and the process
-//! exits 0.
+//! Every deletion goes through one `FlowGate`: nothing is deleted unless every watch is fresh,
+//! and a flow to a backend the agent never saw waits for proof (see `ctdiff::Gate`). If any
+//! task ends or panics, the process exits non-zero (a restart is the safe way back). On
+//! SIGTERM/SIGINT a pass in flight (and its delete batch) finishes, and the process exits 0.
 
 use crate::cli::RunArgs;
 use crate::events::{EventPath, EventSignal};
@@ -16,15 +20,17 @@ use crate::feed::Feed;
 use crate::http::{self, Health};
 use crate::local_addrs::local_addrs;
 use crate::metrics::{FamilyLabels, KindLabels, Metrics, ReasonLabels, Trigger, TriggerLabels};
-use crate::pass::{PassConfig, PassReport, run_pass};
+use crate::pass::{FlowGate, PassConfig, PassReport, StaleFlow, recheck_waiting, run_pass};
 use crate::scheduler::{Scheduler, Scope, Timing};
 use crate::table_stats::TableMetrics;
-use crate::watch::{self, Update};
+use crate::watch::{self, Update, WatchTiming, What};
 use anyhow::{Context, Result};
-use ctdiff::{Dirty, Frontend, Index, IndexConfig};
+use ctdiff::{Decision, Dirty, Frontend, Gate, GateConfig, Index, IndexConfig, Kind, Knowledge};
 use ctnetlink::Conntrack;
+use kube::runtime::watcher::Event;
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch as tokio_watch};
 
@@ -47,11 +53,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ct = open_conntrack(&args).context("opening the conntrack table")?;
     let client = crate::kube_client::client(args.target.kubeconfig.as_deref()).await?;
 
-    let index = Arc::new(RwLock::new(Index::new(IndexConfig {
+    let mut index = Index::new(IndexConfig {
         tombstone_ttl: args.tombstone_ttl,
         ..IndexConfig::new(args.node_name.clone())
-    })));
+    });
+    *index.knowledge_mut() = Knowledge::new(args.watch_stale_after);
+    let index = Arc::new(RwLock::new(index));
     refresh_local_addrs(&index, &args);
+    let gate: Arc<Mutex<FlowGate>> = Arc::new(Mutex::new(Gate::new(GateConfig {
+        grace: args.unseen_backend_grace,
+        ..GateConfig::default()
+    })));
+    let held = Arc::new(AtomicBool::new(false));
 
     let table = TableMetrics::register(&mut registry, args.target.netns.as_deref(), health.clone());
     let admin = tokio::spawn(http::serve(
@@ -60,7 +73,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ));
 
     let (update_tx, update_rx) = mpsc::channel::<Update>(1024);
-    let watchers = watch::spawn(client, &args.node_name, update_tx);
+    let timing = WatchTiming {
+        idle_timeout: args.watch_idle_timeout,
+        ..WatchTiming::default()
+    };
+    let watchers = watch::spawn(client, &args.node_name, timing, update_tx);
     let (signal_tx, signal_rx) = mpsc::unbounded_channel::<Signal>();
     let (ready_tx, ready_rx) = tokio_watch::channel(false);
     let (event_tx, event_rx) = mpsc::unbounded_channel::<EventSignal>();
@@ -77,6 +94,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             EventPath {
                 netns: args.target.netns.clone(),
                 index: index.clone(),
+                gate: gate.clone(),
+                zone: args.zone,
                 metrics: metrics.clone(),
                 families: args.target.family.families().to_vec(),
                 dry_run: args.dry_run,
@@ -92,6 +111,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args: args.clone(),
         ct: Some(ct),
         index,
+        gate,
+        held,
         metrics,
         table,
         health,
@@ -99,20 +120,34 @@ pub async fn run(args: RunArgs) -> Result<()> {
         event_signals: event_rx,
         ready: ready_rx,
     });
+    // Any task that ends, or panics, ends the agent: a restart is the safe way back to a
+    // complete state, and a silently dead watch or event task must not go unnoticed.
+    let watchers_end = futures::future::select_all(watchers);
+    let events_end = async {
+        match events_task {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = pass_loop => result?,
         result = admin => result.context("admin server task")??,
+        (result, i, _) = watchers_end => task_ended(&format!("watch #{i}"), result)?,
+        result = index_task => task_ended("index", result)?,
+        result = events_end => task_ended("conntrack events", result)?,
         () = shutdown_signal() => tracing::info!("shutdown requested"),
-    }
-    for w in watchers {
-        w.abort();
-    }
-    index_task.abort();
-    if let Some(t) = events_task {
-        t.abort();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The error for a task that should never end.
+fn task_ended(task: &str, result: Result<(), tokio::task::JoinError>) -> Result<()> {
+    match result {
+        Err(e) if e.is_panic() => anyhow::bail!("the {task} task panicked; exiting"),
+        Err(e) => anyhow::bail!("the {task} task failed: {e}; exiting"),
+        Ok(()) => anyhow::bail!("the {task} task ended; exiting"),
+    }
 }
 
 fn open_conntrack(args: &RunArgs) -> Result<Conntrack, ctnetlink::Error> {
@@ -137,7 +172,8 @@ fn refresh_local_addrs(index: &RwLock<Index>, args: &RunArgs) {
 /// Most watch updates applied under one write lock.
 const UPDATE_BATCH: usize = 256;
 
-/// Applies watch updates to the index and tells the pass loop what changed.
+/// Applies watch updates to the index (and its knowledge of how fresh each kind is) and tells
+/// the pass loop what changed.
 async fn index_loop(
     mut updates: mpsc::Receiver<Update>,
     index: Arc<RwLock<Index>>,
@@ -150,29 +186,53 @@ async fn index_loop(
     while updates.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
         // Everything queued is applied under one write lock, and the dirty set and the index's
         // sizes (a walk of the index) are taken once per batch, not once per object: a relist
-        // of 10,000 objects arrives as a burst.
+        // of 10,000 objects arrives as a burst. Each update's freshness note is applied with
+        // it, in order, so a reader never sees a view claimed fresher than its objects.
         let now = Instant::now();
         let relist_done = batch.iter().any(Update::is_relist_done);
         let (skipped, dirty, stats) = {
             let mut index = index.write().unwrap_or_else(PoisonError::into_inner);
             let mut skipped = Vec::new();
-            for update in batch.drain(..) {
-                let (kind, report) = match update {
-                    Update::Service(e) => ("services", feed.services.handle(&mut index, e, now)),
-                    Update::Slice(e) => ("endpointslices", feed.slices.handle(&mut index, e, now)),
-                    Update::Node(e) => ("nodes", feed.nodes.handle(&mut index, e, now)),
-                    Update::Pod(e) => ("pods", feed.pods.handle(&mut index, e, now)),
-                    Update::Error { kind, error } => {
+            for Update { kind, at, what } in batch.drain(..) {
+                let report = match what {
+                    What::Service(e) => {
+                        note(&mut index, kind, at, &e);
+                        feed.services.handle(&mut index, e, now)
+                    }
+                    What::Slice(e) => {
+                        note(&mut index, kind, at, &e);
+                        feed.slices.handle(&mut index, e, now)
+                    }
+                    What::Node(e) => {
+                        note(&mut index, kind, at, &e);
+                        feed.nodes.handle(&mut index, e, now)
+                    }
+                    What::Pod(e) => {
+                        note(&mut index, kind, at, &e);
+                        feed.pods.handle(&mut index, e, now)
+                    }
+                    What::Watching => {
+                        index.knowledge_mut().alive(kind, at);
+                        continue;
+                    }
+                    What::Bookmark => {
+                        index.knowledge_mut().confirmed(kind, at);
+                        continue;
+                    }
+                    What::Failed(error) => {
+                        index.knowledge_mut().failed(kind, at);
                         metrics
                             .watch_errors
-                            .get_or_create(&KindLabels { kind })
+                            .get_or_create(&KindLabels {
+                                kind: kind.as_str(),
+                            })
                             .inc();
-                        tracing::warn!(kind, error = %error, "watch failed; retrying, the last complete state keeps serving");
+                        tracing::warn!(kind = kind.as_str(), %error, "watch failed; retrying; nothing is deleted until it is fresh again");
                         continue;
                     }
                 };
                 if !report.is_empty() {
-                    skipped.push((kind, report));
+                    skipped.push((kind.as_str(), report));
                 }
             }
             (skipped, index.take_dirty(), index.stats())
@@ -211,6 +271,18 @@ async fn index_loop(
     }
 }
 
+/// Records what a watch event says about the freshness of its kind. `at` of `Init` and
+/// `InitDone` is the list's start (see `watch`).
+fn note<K>(index: &mut Index, kind: Kind, at: Instant, event: &Event<K>) {
+    let knowledge = index.knowledge_mut();
+    match event {
+        Event::Init => knowledge.relist_started(kind, at),
+        Event::InitApply(_) => knowledge.alive(kind, Instant::now()),
+        Event::InitDone => knowledge.listed(kind, at, Instant::now()),
+        Event::Apply(_) | Event::Delete(_) => knowledge.confirmed(kind, at),
+    }
+}
+
 fn scope_of(dirty: Dirty) -> Scope<Frontend> {
     if dirty.all {
         Scope::All
@@ -223,6 +295,9 @@ struct PassLoop {
     args: RunArgs,
     ct: Option<Conntrack>,
     index: Arc<RwLock<Index>>,
+    gate: Arc<Mutex<FlowGate>>,
+    /// Set when a stale flow was held because the view was not fresh.
+    held: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     table: Arc<TableMetrics>,
     health: Arc<Health>,
@@ -231,13 +306,17 @@ struct PassLoop {
     ready: tokio_watch::Receiver<bool>,
 }
 
+/// How often the pass loop re-checks waiting flows and samples the view's freshness.
+const TICK: Duration = Duration::from_secs(1);
+
 async fn pass_loop(mut p: PassLoop) -> Result<()> {
     // Nothing is decided before the state is complete.
     while !*p.ready.borrow() {
         p.health.beat();
+        record_freshness(&p);
         tokio::select! {
             changed = p.ready.changed() => changed.context("index task ended")?,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(TICK) => {}
         }
     }
     while p.signals.try_recv().is_ok() {} // the startup pass covers everything listed so far
@@ -251,8 +330,22 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         retry: Duration::from_millis(500),
     };
     let mut scheduler = Scheduler::<Frontend>::new(timing, Instant::now());
+    let mut next_tick = Instant::now() + TICK;
     loop {
         p.health.beat();
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + TICK;
+            let fresh = record_freshness(&p);
+            if fresh && p.held.swap(false, Ordering::Relaxed) {
+                tracing::info!("the view is fresh again: a full pass picks up the flows held meanwhile");
+                scheduler.on_view_fresh();
+            }
+            if fresh && !p.gate.lock().unwrap_or_else(PoisonError::into_inner).is_empty() {
+                let handle = p.ct.take().context("the conntrack handle is missing")?;
+                p.ct = Some(recheck(handle, &p).await?);
+            }
+        }
         if let Some(due) = scheduler.take_due(Instant::now()) {
             if due.trigger == Trigger::periodic {
                 refresh_local_addrs(&p.index, &p.args);
@@ -265,9 +358,7 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
                     tracing::debug!(expired, "tombstones expired");
                 }
             }
-            let handle =
-                p.ct.take()
-                    .expect("the handle is returned after every pass");
+            let handle = p.ct.take().context("the conntrack handle is missing")?;
             let (handle, ok) = run_passes(handle, due.trigger, due.scope, &p).await?;
             p.ct = Some(handle);
             if ok {
@@ -275,19 +366,103 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
             }
             continue;
         }
-        let deadline = tokio::time::Instant::from_std(scheduler.next_deadline());
+        let deadline = tokio::time::Instant::from_std(scheduler.next_deadline().min(next_tick));
         tokio::select! {
             signal = p.signals.recv() => match signal {
                 Some(Signal::Changed(scope)) => scheduler.on_change(scope, Instant::now()),
                 None => anyhow::bail!("index task ended"),
             },
             Some(signal) = p.event_signals.recv() => match signal {
-                EventSignal::Lost => scheduler.on_events_lost(),
+                EventSignal::Lost => scheduler.on_events_lost(Instant::now()),
                 EventSignal::RateLimited(frontend) => scheduler.on_rate_limited(frontend, Instant::now()),
+                EventSignal::Waiting => {} // the next tick re-checks
+                EventSignal::Held => p.held.store(true, Ordering::Relaxed),
             },
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+/// Samples how fresh the view is into the metrics; true when every kind is fresh.
+fn record_freshness(p: &PassLoop) -> bool {
+    let now = Instant::now();
+    let (fresh, staleness) = {
+        let index = p.index.read().unwrap_or_else(PoisonError::into_inner);
+        p.metrics.record_knowledge(index.knowledge(), now);
+        let staleness = index.knowledge().first_staleness(now);
+        (staleness.is_none(), staleness)
+    };
+    p.health.set_stale(staleness.map(|s| s.to_string()));
+    let waiting = p.gate.lock().unwrap_or_else(PoisonError::into_inner).len();
+    p.metrics
+        .flows_waiting
+        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    fresh
+}
+
+/// Re-checks the flows the gate keeps waiting, from memory, and deletes those it now lets
+/// through (on a blocking thread: deleting is a netlink exchange).
+async fn recheck(ct: Conntrack, p: &PassLoop) -> Result<Conntrack> {
+    let (index, gate) = (p.index.clone(), p.gate.clone());
+    let dry_run = p.args.dry_run;
+    let (ct, found, deleted) = tokio::task::spawn_blocking(move || {
+        let mut ct = ct;
+        let found = recheck_waiting(&index, &gate, Instant::now());
+        let deleted = if dry_run || found.delete.is_empty() {
+            None
+        } else {
+            Some(ct.delete(found.delete.iter().map(|s| s.flow.key())))
+        };
+        (ct, found, deleted)
+    })
+    .await
+    .context("re-check thread panicked")?;
+    let counter = if dry_run {
+        &p.metrics.flows_not_deleted
+    } else {
+        &p.metrics.flows_deleted
+    };
+    for s in &found.delete {
+        record_stale(counter, s, dry_run);
+    }
+    match deleted {
+        Some(Ok(report)) if !report.failed.is_empty() => {
+            tracing::warn!(failed = report.failed.len(), "re-check deletes failed")
+        }
+        Some(Err(e)) => tracing::warn!(error = %e, "re-check delete failed; the next pass retries"),
+        _ => {}
+    }
+    if !found.delete.is_empty() {
+        tracing::info!(
+            deleted = found.delete.len(),
+            still_waiting = found.still_waiting,
+            recovered = found.recovered,
+            dry_run,
+            "waiting flows proven stale"
+        );
+    }
+    Ok(ct)
+}
+
+/// Counts and logs one stale flow acted on.
+fn record_stale(
+    counter: &prometheus_client::metrics::family::Family<
+        ReasonLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    s: &StaleFlow,
+    dry_run: bool,
+) {
+    counter
+        .get_or_create(&ReasonLabels {
+            ip_family: s.flow.family.into(),
+            reason: s.reason.to_string(),
+        })
+        .inc();
+    tracing::debug!(
+        flow = %s.flow.orig, backend = %s.flow.reply.src, frontend = %s.frontend, service = %s.service, port = %s.port,
+        reason = %s.reason, evidence = %s.evidence, dry_run, "stale flow"
+    );
 }
 
 /// Runs one pass per family on a blocking thread; returns the handle and whether all succeeded.
@@ -302,8 +477,9 @@ async fn run_passes(
         .get_or_create(&TriggerLabels { trigger })
         .inc();
     let families = p.args.target.family.families().to_vec();
-    let (dry_run, budget) = (p.args.dry_run, p.args.max_deletes_per_pass);
+    let (dry_run, budget, zone) = (p.args.dry_run, p.args.max_deletes_per_pass, p.args.zone);
     let index = p.index.clone();
+    let gate = p.gate.clone();
     let (ct, results) = tokio::task::spawn_blocking(move || {
         let mut ct = ct;
         let results: Vec<_> = families
@@ -314,10 +490,11 @@ async fn run_passes(
                     family,
                     dry_run,
                     budget,
+                    zone,
                 };
                 (
                     family,
-                    run_pass(&mut ct, &index, &scope, &cfg, Instant::now()),
+                    run_pass(&mut ct, &index, Some(&gate), &scope, &cfg, Instant::now()),
                     started.elapsed(),
                 )
             })
@@ -338,6 +515,9 @@ async fn run_passes(
             .observe(elapsed.as_secs_f64());
         match result {
             Ok(mut report) => {
+                if report.held > 0 {
+                    p.held.store(true, Ordering::Relaxed);
+                }
                 record_pass(&p.metrics, family, trigger, &report, elapsed, dry_run);
                 tally.merge(std::mem::take(&mut report.tally));
             }
@@ -385,17 +565,10 @@ fn record_pass(
         &metrics.flows_deleted
     };
     for s in &r.stale {
-        counter
-            .get_or_create(&ReasonLabels {
-                ip_family: ip_family.clone(),
-                reason: s.reason.to_string(),
-            })
-            .inc();
-        tracing::debug!(
-            flow = %s.flow.orig, backend = %s.flow.reply.src, frontend = %s.frontend, service = %s.service, port = %s.port,
-            reason = %s.reason, dry_run, "stale flow"
-        );
+        record_stale(counter, s, dry_run);
     }
+    metrics.postponed_by(Decision::Defer, r.deferred);
+    metrics.postponed_by(Decision::Hold, r.held);
     for (reason, n) in &r.over_budget {
         metrics
             .flows_not_deleted
@@ -419,9 +592,10 @@ fn record_pass(
             tracing::warn!(flow = %key.orig, error = %err, "delete failed");
         }
     }
-    if !r.stale.is_empty() {
+    if !r.stale.is_empty() || r.deferred > 0 || r.held > 0 {
         tracing::info!(
-            %family, trigger = ?trigger, scanned = r.scanned, stale = r.stale.len(), deleted = r.deleted,
+            %family, trigger = ?trigger, scanned = r.scanned, stale = r.stale.len(), deferred = r.deferred,
+            held = r.held, recovered = r.recovered, deleted = r.deleted,
             already_gone = r.already_gone, failed = r.failed.len(), dry_run, ms = elapsed.as_millis() as u64,
             "pass"
         );

@@ -6,7 +6,10 @@
 //!   `max_delay` after the first change of a burst, so constant churn cannot starve it;
 //! - each such pass is followed by passes over the same frontends after each `follow_ups` delay,
 //!   catching flows re-created through rules that kube-proxy had not yet rewritten;
-//! - lost events and the `resync` period cause full passes;
+//! - lost events and the `resync` period cause full passes; passes for lost events back off
+//!   (1 s doubling to 60 s while losses keep coming) so that an event storm cannot chain full
+//!   table walks;
+//! - a view that turns fresh again after stale flows were held causes a full pass;
 //! - a frontend whose event-path deletes were rate limited gets a scoped pass `retry` later (one
 //!   pending retry at a time, widened by further refusals: a retry cannot become a storm);
 //! - everything due at the same moment is merged into one pass.
@@ -89,7 +92,19 @@ pub struct Scheduler<F: Hash + Eq> {
     retry: Option<(Instant, Scope<F>)>,
     next_periodic: Instant,
     full_now: Option<Trigger>,
+    /// A full pass for lost events, due at this instant (after the backoff).
+    lost: Option<Instant>,
+    /// No full pass for lost events before this.
+    lost_not_before: Instant,
+    /// The current backoff between full passes for lost events.
+    lost_gap: Duration,
 }
+
+/// The first backoff between full passes for lost events.
+const LOST_GAP_MIN: Duration = Duration::from_secs(1);
+/// The longest backoff between full passes for lost events; also how long without losses
+/// resets the backoff.
+const LOST_GAP_MAX: Duration = Duration::from_secs(60);
 
 impl<F: Hash + Eq + Clone> Scheduler<F> {
     /// A scheduler whose first full pass (`startup`) is due at once.
@@ -101,6 +116,9 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
             follow_ups: Vec::new(),
             retry: None,
             full_now: Some(Trigger::startup),
+            lost: None,
+            lost_not_before: now,
+            lost_gap: LOST_GAP_MIN,
         }
     }
 
@@ -133,9 +151,21 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
         }
     }
 
-    /// Records that conntrack events were lost: a full pass is due at once.
-    pub fn on_events_lost(&mut self) {
-        self.full_now.get_or_insert(Trigger::events_lost);
+    /// Records that conntrack events were lost: a full pass is due, at once unless one ran for
+    /// lost events less than the backoff ago.
+    pub fn on_events_lost(&mut self, now: Instant) {
+        if now >= self.lost_not_before + LOST_GAP_MAX {
+            self.lost_gap = LOST_GAP_MIN; // quiet for long: start over
+        }
+        if self.lost.is_none() {
+            self.lost = Some(now.max(self.lost_not_before));
+        }
+    }
+
+    /// Records that the agent's view turned fresh again after stale flows were held: a full
+    /// pass is due at once.
+    pub fn on_view_fresh(&mut self) {
+        self.full_now.get_or_insert(Trigger::view_fresh);
     }
 
     /// When the next pass is due (possibly in the past).
@@ -149,6 +179,9 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
         }
         for (at, _) in self.follow_ups.iter().chain(&self.retry) {
             next = next.min(*at);
+        }
+        if let Some(at) = self.lost {
+            next = next.min(at);
         }
         next
     }
@@ -169,6 +202,12 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
         };
         if let Some(trigger) = self.full_now.take() {
             add(trigger, Scope::All);
+        }
+        if self.lost.is_some_and(|at| now >= at) {
+            self.lost = None;
+            self.lost_not_before = now + self.lost_gap;
+            self.lost_gap = (self.lost_gap * 2).min(LOST_GAP_MAX);
+            add(Trigger::events_lost, Scope::All);
         }
         if now >= self.next_periodic {
             add(Trigger::periodic, Scope::All);
@@ -208,6 +247,7 @@ impl Trigger {
                 Trigger::rate_limited => 0,
                 Trigger::change => 1,
                 Trigger::periodic => 2,
+                Trigger::view_fresh => 3,
                 Trigger::events_lost => 3,
                 Trigger::startup => 4,
             }
@@ -306,11 +346,36 @@ mod tests {
         let t0 = Instant::now();
         let mut s = started(t0);
         s.on_change(only(1), t0);
-        s.on_events_lost();
+        s.on_events_lost(t0);
         let due = s.take_due(t0 + ms(100)).unwrap();
         assert_eq!(due.trigger, Trigger::events_lost);
         assert_eq!(due.scope, Scope::All);
         assert!(s.take_due(t0 + ms(100)).is_none());
+    }
+
+    #[test]
+    fn lost_event_passes_back_off_while_losses_keep_coming() {
+        let t0 = Instant::now();
+        let mut s = started(t0);
+        let mut passes = Vec::new();
+        // Losses every 100 ms for 20 s: without backoff that is 200 full passes.
+        for i in 0..200u64 {
+            let now = t0 + ms(i * 100);
+            s.on_events_lost(now);
+            if let Some(due) = s.take_due(now) {
+                assert_eq!(due.trigger, Trigger::events_lost);
+                passes.push(now - t0);
+            }
+        }
+        assert_eq!(passes.len(), 5, "1 s, 2 s, 4 s, 8 s gaps: {passes:?}");
+        assert!(passes.windows(2).all(|w| w[1] - w[0] >= Duration::from_secs(1)));
+        // A minute without losses starts the backoff over.
+        let later = t0 + Duration::from_secs(100);
+        s.on_events_lost(later);
+        assert!(s.take_due(later).is_some());
+        s.on_events_lost(later + ms(1));
+        assert!(s.take_due(later + ms(1)).is_none());
+        assert!(s.take_due(later + ms(1000)).is_some());
     }
 
     #[test]

@@ -224,4 +224,167 @@ items:
         let missing = ClusterState::from_files(&[dir.path().join("nope.yaml")]).unwrap_err();
         assert!(format!("{missing:#}").contains("nope.yaml"));
     }
+    // ---- Input classes that were read silently (issue 14, item 5) ----
+
+    const SLICE: &str = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-abc
+  namespace: kube-system
+  labels: {kubernetes.io/service-name: dns}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.0.5]
+  conditions: {ready: true}
+ports: [{name: dns, port: 53, protocol: UDP}]
+";
+
+    /// `SLICE` with one edit.
+    fn slice_with(from: &str, to: &str) -> String {
+        assert!(SLICE.contains(from), "{from}");
+        SLICE.replace(from, to)
+    }
+
+    fn read_files(texts: &[&str]) -> Result<ClusterState> {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<_> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let path = dir.path().join(format!("state-{i}.yaml"));
+                std::fs::write(&path, text).unwrap();
+                path
+            })
+            .collect();
+        ClusterState::from_files(&paths)
+    }
+
+    #[test]
+    fn concatenated_json_documents_are_an_error() {
+        let one = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"a"}}"#;
+        let two = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"b"}}"#;
+        for text in [format!("{one}{two}"), format!("{one}\n{two}\n"), format!("[{one}]\n[]")] {
+            let err = ClusterState::default().add_text(&text).unwrap_err();
+            assert!(format!("{err:#}").contains("trailing"), "{err:#}");
+        }
+        // One document with trailing white space is fine.
+        let mut s = ClusterState::default();
+        s.add_text(&format!("{one}\n\n")).unwrap();
+        assert_eq!(s.nodes.len(), 1);
+    }
+
+    #[test]
+    fn conflicting_duplicates_are_an_error_identical_ones_are_merged() {
+        let err = read_files(&[SLICE, &slice_with("10.244.0.5", "10.244.0.6")]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("EndpointSlice kube-system/dns-abc"), "{msg}");
+        assert!(msg.contains("twice"), "{msg}");
+        // Within one file too.
+        let err = read_files(&[&format!("{SLICE}---\n{}", slice_with("53", "54"))]).unwrap_err();
+        assert!(format!("{err:#}").contains("twice"), "{err:#}");
+        // The same object twice (overlapping dumps) is one object.
+        let s = read_files(&[SLICE, SLICE]).unwrap();
+        assert_eq!(s.slices.len(), 1);
+    }
+
+    #[test]
+    fn missing_required_fields_are_errors() {
+        for (text, must_mention) in [
+            (slice_with("addressType: IPv4\n", ""), "addressType"),
+            (slice_with("addressType: IPv4", "addressType: IPv5"), "IPv5"),
+            (slice_with("  namespace: kube-system\n", ""), "namespace"),
+            (slice_with("[10.244.0.5]", "[]"), "no addresses"),
+            (slice_with("10.244.0.5", "fd00::5"), "fd00::5"),
+            (slice_with("10.244.0.5", "pod-a"), "pod-a"),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {}\n".to_owned(),
+                "namespace",
+            ),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: n}\nspec: {clusterIP: 10.96.0.300}\n".to_owned(),
+                "10.96.0.300",
+            ),
+        ] {
+            let err = ClusterState::default().add_text(&text).unwrap_err();
+            assert!(format!("{err:#}").contains(must_mention), "{must_mention}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_ports_are_errors() {
+        let service = |port: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{{{port}}}]\n")
+        };
+        let pod = |port: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: n}}\nspec:\n  containers: [{{name: c, ports: [{{{port}}}]}}]\n")
+        };
+        for (text, must_mention) in [
+            (slice_with("port: 53", "port: 70000"), "70000"),
+            (slice_with("port: 53", "port: 0"), "ports[].port"),
+            (service("port: 0, protocol: UDP"), "spec.ports[].port"),
+            (service("port: 65536, protocol: UDP"), "65536"),
+            (service("port: 53, protocol: UDP, nodePort: 99999"), "99999"),
+            (service("port: 53, protocol: UDP, targetPort: -1"), "targetPort"),
+            (pod("containerPort: 70000, protocol: UDP"), "70000"),
+            (pod("containerPort: 53, hostPort: 70000, protocol: UDP"), "70000"),
+        ] {
+            let err = ClusterState::default().add_text(&text).unwrap_err();
+            assert!(format!("{err:#}").contains(must_mention), "{must_mention}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn unknown_protocols_are_errors() {
+        for protocol in ["udp", "Udp", "tcp", "QUIC", "\"\""] {
+            let text = slice_with("protocol: UDP", &format!("protocol: {protocol}"));
+            let err = ClusterState::default().add_text(&text).unwrap_err();
+            assert!(format!("{err:#}").contains("protocol"), "{protocol}: {err:#}");
+            let text = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  ports: [{{port: 53, protocol: {protocol}}}]\n");
+            assert!(ClusterState::default().add_text(&text).is_err(), "{protocol}");
+        }
+        // Every protocol of the API, and none (TCP by default), is accepted.
+        for protocol in ["UDP", "TCP", "SCTP"] {
+            let text = slice_with("protocol: UDP", &format!("protocol: {protocol}"));
+            ClusterState::default().add_text(&text).unwrap();
+        }
+        ClusterState::default()
+            .add_text(&slice_with(", protocol: UDP", ""))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_state_file_over_the_size_cap_is_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.yaml");
+        // Sparse: no disk space used, and a reader that tried would take seconds.
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len((256 << 20) + 1).unwrap();
+        let err = ClusterState::from_files(&[&path]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("huge.yaml") && msg.contains("256 MiB"), "{msg}");
+    }
+
+    #[test]
+    fn deep_nesting_fails_fast_without_overflowing_the_stack() {
+        // libyaml's scanner costs (tokens × flow depth): 100k `[` took minutes before the
+        // nesting was bounded up front. JSON has serde_json's recursion limit.
+        for text in [
+            format!("a: {}", "[".repeat(100_000)),
+            format!("a: {}", "{a: ".repeat(100_000)),
+            format!("{}1\n", "- ".repeat(100_000)),
+            "[".repeat(100_000),
+            format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("# comment\n{}", "[".repeat(100_000)),
+        ] {
+            let start = std::time::Instant::now();
+            let err = ClusterState::default().add_text(&text).unwrap_err();
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(2),
+                "{:?} for {}",
+                start.elapsed(),
+                &text[..20]
+            );
+            assert!(format!("{err:#}").contains("deep"), "{err:#}");
+        }
+    }
 }

@@ -1,50 +1,98 @@
 //! The four watches (Services, EndpointSlices, this Node, this node's Pods), merged into one
-//! channel of updates. Objects are pruned before they travel: the index keeps only what it needs,
-//! but a relist buffers whole lists until `InitDone`, so what is never read is dropped here.
+//! channel of updates, each stamped with when it arrived.
+//!
+//! A small list-then-watch loop per kind instead of kube-runtime's `watcher`, because the agent
+//! must *see* how current its view is (ctdiff's `Knowledge`): bookmarks (which `watcher` hides)
+//! prove that everything before them was delivered, an accepted watch proves the server
+//! answers, and a watch silent for longer than the idle timeout (a frozen connection) is
+//! reported and restarted instead of waiting for the client's read timeout.
+//!
+//! Selectors are ones every supported API server accepts: Services are watched unfiltered (a
+//! `service.kubernetes.io/service-proxy-name` label is handled by ctdiff, so relabelling a
+//! Service is an update, not a deletion; `spec.clusterIP!=None` is refused before 1.31).
+//! Objects are pruned before they travel: the index keeps only what it needs.
 
-use crate::kube_client::{SERVICE_FIELDS, SERVICE_LABELS, SLICE_LABELS, node_fields, pod_fields};
-use futures::{Stream, StreamExt};
+use crate::kube_client::{SLICE_LABELS, node_fields, pod_fields};
+use ctdiff::Kind;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::runtime::watcher::{DefaultBackoff, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// The annotation the engine reads; every other annotation is pruned.
-pub const SKIP_ANNOTATION: &str = "conntrack-reconciler/skip";
+pub const SKIP_ANNOTATION: &str = ctdiff::ANNOTATION_SKIP;
 
-/// One item from one of the watches.
+/// Objects per list page.
+const PAGE_SIZE: u32 = 500;
+
+/// One item from one of the watches, with the kind and the instant it arrived.
+#[derive(Debug)]
+pub struct Update {
+    /// The watched kind.
+    pub kind: Kind,
+    /// When the item arrived (list pages: when the list started, for `Init`).
+    pub at: Instant,
+    /// What arrived.
+    pub what: What,
+}
+
+/// What a watch delivered.
 #[derive(Debug)]
 // Updates are moved once through a channel; boxing the large variants would buy nothing.
 #[allow(clippy::large_enum_variant)]
-pub enum Update {
+pub enum What {
     /// A Service event.
-    Service(watcher::Event<Service>),
+    Service(Event<Service>),
     /// An EndpointSlice event.
-    Slice(watcher::Event<EndpointSlice>),
+    Slice(Event<EndpointSlice>),
     /// An event of this node's Node object.
-    Node(watcher::Event<Node>),
+    Node(Event<Node>),
     /// An event of a Pod on this node.
-    Pod(watcher::Event<Pod>),
-    /// A watch failed; it retries with backoff, and the last complete state keeps serving.
-    Error {
-        /// The watched kind.
-        kind: &'static str,
-        /// What failed.
-        error: watcher::Error,
-    },
+    Pod(Event<Pod>),
+    /// The API server accepted a watch request: the kind's watch is alive.
+    Watching,
+    /// A bookmark: everything the server had before it has been delivered.
+    Bookmark,
+    /// The list or watch failed (error answer, broken or silent connection); it is retried
+    /// with backoff, and the last complete state stays in the index (but is not fresh).
+    Failed(String),
 }
 
 impl Update {
     /// Whether this ends a (re)list of its kind.
     pub fn is_relist_done(&self) -> bool {
         matches!(
-            self,
-            Update::Service(watcher::Event::InitDone)
-                | Update::Slice(watcher::Event::InitDone)
-                | Update::Node(watcher::Event::InitDone)
-                | Update::Pod(watcher::Event::InitDone)
+            self.what,
+            What::Service(Event::InitDone)
+                | What::Slice(Event::InitDone)
+                | What::Node(Event::InitDone)
+                | What::Pod(Event::InitDone)
         )
+    }
+}
+
+/// How the watches behave.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchTiming {
+    /// A watch (or a list page) that delivers nothing for this long is reported failed and
+    /// restarted. Real API servers send a bookmark about every minute.
+    pub idle_timeout: Duration,
+    /// The server-side timeout asked for each watch request.
+    pub server_timeout: Duration,
+}
+
+impl Default for WatchTiming {
+    fn default() -> Self {
+        WatchTiming {
+            idle_timeout: Duration::from_secs(75),
+            server_timeout: Duration::from_secs(290),
+        }
     }
 }
 
@@ -52,56 +100,262 @@ impl Update {
 pub fn spawn(
     client: Client,
     node_name: &str,
+    timing: WatchTiming,
     tx: mpsc::Sender<Update>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let services = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default()
-            .labels(SERVICE_LABELS)
-            .fields(SERVICE_FIELDS),
-    );
-    let slices = watcher(
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default().labels(SLICE_LABELS),
-    );
-    let nodes = watcher(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default().fields(&node_fields(node_name)),
-    );
-    let pods = watcher(
-        Api::<Pod>::all(client),
-        watcher::Config::default().fields(&pod_fields(node_name)),
-    );
+    let node = node_fields(node_name);
+    let pods = pod_fields(node_name);
     vec![
-        forward(services, "services", tx.clone(), Update::Service),
-        forward(slices, "endpointslices", tx.clone(), Update::Slice),
-        forward(nodes, "nodes", tx.clone(), Update::Node),
-        forward(pods, "pods", tx, Update::Pod),
+        tokio::spawn(watch_kind(
+            Api::<Service>::all(client.clone()),
+            Selectors::default(),
+            Kind::Services,
+            What::Service,
+            timing,
+            tx.clone(),
+        )),
+        tokio::spawn(watch_kind(
+            Api::<EndpointSlice>::all(client.clone()),
+            Selectors {
+                labels: Some(SLICE_LABELS.to_owned()),
+                fields: None,
+            },
+            Kind::EndpointSlices,
+            What::Slice,
+            timing,
+            tx.clone(),
+        )),
+        tokio::spawn(watch_kind(
+            Api::<Node>::all(client.clone()),
+            Selectors {
+                labels: None,
+                fields: Some(node),
+            },
+            Kind::Nodes,
+            What::Node,
+            timing,
+            tx.clone(),
+        )),
+        tokio::spawn(watch_kind(
+            Api::<Pod>::all(client),
+            Selectors {
+                labels: None,
+                fields: Some(pods),
+            },
+            Kind::Pods,
+            What::Pod,
+            timing,
+            tx,
+        )),
     ]
 }
 
-fn forward<K, S>(
-    stream: S,
-    kind: &'static str,
+/// Label and field selectors of one watch.
+#[derive(Clone, Debug, Default)]
+struct Selectors {
+    labels: Option<String>,
+    fields: Option<String>,
+}
+
+impl Selectors {
+    fn list(&self) -> ListParams {
+        let mut lp = ListParams::default().limit(PAGE_SIZE);
+        if let Some(l) = &self.labels {
+            lp = lp.labels(l);
+        }
+        if let Some(f) = &self.fields {
+            lp = lp.fields(f);
+        }
+        lp
+    }
+
+    fn watch(&self, timing: &WatchTiming) -> WatchParams {
+        let secs = u32::try_from(timing.server_timeout.as_secs()).unwrap_or(290).max(1);
+        let mut wp = WatchParams::default().timeout(secs);
+        if let Some(l) = &self.labels {
+            wp = wp.labels(l);
+        }
+        if let Some(f) = &self.fields {
+            wp = wp.fields(f);
+        }
+        wp
+    }
+}
+
+/// Why a list or watch round ended.
+enum End {
+    /// The receiver is gone: the agent is stopping.
+    Closed,
+    /// The resource version expired (410 Gone): list again.
+    Relist,
+    /// A failure, already reported: retry after a backoff.
+    Failed,
+}
+
+/// Sends `what` about `kind`; false once the receiver is gone.
+async fn send(tx: &mpsc::Sender<Update>, kind: Kind, at: Instant, what: What) -> bool {
+    tx.send(Update { kind, at, what }).await.is_ok()
+}
+
+/// The list-then-watch loop of one kind.
+async fn watch_kind<K>(
+    api: Api<K>,
+    selectors: Selectors,
+    kind: Kind,
+    wrap: fn(Event<K>) -> What,
+    timing: WatchTiming,
     tx: mpsc::Sender<Update>,
-    wrap: fn(watcher::Event<K>) -> Update,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource + Prune + Send + 'static,
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Prune + 'static,
 {
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream.default_backoff());
-        while let Some(item) = stream.next().await {
-            let update = match item {
-                Ok(event) => wrap(event.modify(Prune::prune)),
-                Err(error) => Update::Error { kind, error },
-            };
-            if tx.send(update).await.is_err() {
-                return; // the agent is shutting down
+    let mut backoff = DefaultBackoff::default();
+    loop {
+        let end = match list(&api, &selectors, kind, wrap, &timing, &tx).await {
+            Ok(rv) => {
+                backoff = DefaultBackoff::default();
+                watch_from(&api, &selectors, kind, wrap, &timing, &tx, rv).await
+            }
+            Err(end) => end,
+        };
+        match end {
+            End::Closed => return,
+            End::Relist => {}
+            End::Failed => {
+                let pause = backoff.next().unwrap_or(Duration::from_secs(30));
+                tokio::time::sleep(pause).await;
             }
         }
-    })
+    }
+}
+
+/// Lists every object (paginated, streamed as `Init`, `InitApply`…, `InitDone`); returns the
+/// list's resource version.
+async fn list<K>(
+    api: &Api<K>,
+    selectors: &Selectors,
+    kind: Kind,
+    wrap: fn(Event<K>) -> What,
+    timing: &WatchTiming,
+    tx: &mpsc::Sender<Update>,
+) -> Result<String, End>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Prune + 'static,
+{
+    let started = Instant::now();
+    if !send(tx, kind, started, wrap(Event::Init)).await {
+        return Err(End::Closed);
+    }
+    let mut params = selectors.list();
+    loop {
+        let page = match tokio::time::timeout(timing.idle_timeout, api.list(&params)).await {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => return Err(fail(tx, kind, format!("list: {e}")).await),
+            Err(_) => {
+                let why = format!("list: no answer in {}s", timing.idle_timeout.as_secs());
+                return Err(fail(tx, kind, why).await);
+            }
+        };
+        for mut obj in page.items {
+            obj.prune();
+            if !send(tx, kind, Instant::now(), wrap(Event::InitApply(obj))).await {
+                return Err(End::Closed);
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => {
+                let rv = page.metadata.resource_version.unwrap_or_default();
+                // `at` of InitDone is the list's start: its content is at least that current.
+                if !send(tx, kind, started, wrap(Event::InitDone)).await {
+                    return Err(End::Closed);
+                }
+                return Ok(rv);
+            }
+        }
+    }
+}
+
+/// Watches from `rv` until the resource version expires or the watch fails.
+async fn watch_from<K>(
+    api: &Api<K>,
+    selectors: &Selectors,
+    kind: Kind,
+    wrap: fn(Event<K>) -> What,
+    timing: &WatchTiming,
+    tx: &mpsc::Sender<Update>,
+    mut rv: String,
+) -> End
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Prune + 'static,
+{
+    let params = selectors.watch(timing);
+    loop {
+        let stream = match tokio::time::timeout(timing.idle_timeout, api.watch(&params, &rv)).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(kube::Error::Api(status))) if status.code == 410 => return End::Relist,
+            Ok(Err(e)) => return fail(tx, kind, format!("watch: {e}")).await,
+            Err(_) => {
+                let why = format!("watch: no answer in {}s", timing.idle_timeout.as_secs());
+                return fail(tx, kind, why).await;
+            }
+        };
+        if !send(tx, kind, Instant::now(), What::Watching).await {
+            return End::Closed;
+        }
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let item = match tokio::time::timeout(timing.idle_timeout, stream.next()).await {
+                Ok(Some(item)) => item,
+                // The server ended the watch (its timeout): continue from where it left off.
+                Ok(None) => break,
+                Err(_) => {
+                    let why = format!(
+                        "watch: no event or bookmark for {}s; restarting it",
+                        timing.idle_timeout.as_secs()
+                    );
+                    if let End::Closed = fail(tx, kind, why).await {
+                        return End::Closed;
+                    }
+                    break;
+                }
+            };
+            let at = Instant::now();
+            let what = match item {
+                Ok(WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj)) => {
+                    rv = obj.resource_version().unwrap_or_else(|| rv.clone());
+                    obj.prune();
+                    wrap(Event::Apply(obj))
+                }
+                Ok(WatchEvent::Deleted(mut obj)) => {
+                    rv = obj.resource_version().unwrap_or_else(|| rv.clone());
+                    obj.prune();
+                    wrap(Event::Delete(obj))
+                }
+                Ok(WatchEvent::Bookmark(bookmark)) => {
+                    rv = bookmark.metadata.resource_version;
+                    What::Bookmark
+                }
+                Ok(WatchEvent::Error(status)) if status.code == 410 => return End::Relist,
+                Ok(WatchEvent::Error(status)) => {
+                    return fail(tx, kind, format!("watch: error event: {}", status.message)).await;
+                }
+                Err(e) => return fail(tx, kind, format!("watch: {e}")).await,
+            };
+            if !send(tx, kind, at, what).await {
+                return End::Closed;
+            }
+        }
+    }
+}
+
+/// Reports a failure; `End::Failed`, or `End::Closed` when the receiver is gone.
+async fn fail(tx: &mpsc::Sender<Update>, kind: Kind, why: String) -> End {
+    if send(tx, kind, Instant::now(), What::Failed(why)).await {
+        End::Failed
+    } else {
+        End::Closed
+    }
 }
 
 /// Drops the parts of an object the engine never reads.

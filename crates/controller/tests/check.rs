@@ -369,3 +369,218 @@ fn check_bad_input_fails_clearly_and_deletes_nothing() {
         "nothing deleted"
     );
 }
+
+// ---- `check --state … --delete` refuses incomplete or ambiguous state (issue 14, item 5) ----
+//
+// Each state below, run with `--delete` on the old code, was read without error and deleted the
+// healthy flow 10.244.2.9:40001 → 10.96.0.10:53 → 10.244.1.1:5353 (or others). Now each must be
+// refused with one error line naming the problem, and the table must stay untouched.
+
+/// Single-stack `kube-system/dns`, with a selector: the EndpointSlice controller gives it slices.
+const DNS_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: kube-system}
+spec:
+  selector: {k8s-app: dns}
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]
+";
+
+/// A `kube-system/dns` slice named `name` with one serving endpoint `address`; `replace` edits
+/// its text (pairs of from → to) to make it bad in one way.
+fn dns_slice(name: &str, address: &str, replace: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: kube-system
+  labels: {{kubernetes.io/service-name: dns}}
+addressType: IPv4
+endpoints:
+- addresses: [{address}]
+  conditions: {{ready: true, serving: true}}
+ports: [{{name: dns, port: 5353, protocol: UDP}}]
+"
+    );
+    for (from, to) in replace {
+        assert!(text.contains(from), "{from} not in {text}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// Runs `check --delete` on `files` (name, content) and asserts it fails with one error line
+/// containing every one of `must_mention`, and that nothing was deleted.
+fn assert_refused(test: &str, files: &[(&str, String)], must_mention: &[&str]) {
+    if !root_or_skip(test) {
+        return;
+    }
+    let ns = TestNetns::new("checkref").unwrap();
+    let mut ct = fill(&ns);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--log-format", "text", "check", "--node-name", "node-1"]);
+    cmd.args(["--netns", ns.path().to_str().unwrap(), "--delete"]);
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        cmd.arg("--state").arg(&path);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{test}: must be refused\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{test}: one error line: {stderr}");
+    for word in must_mention {
+        assert!(errors[0].contains(word), "{test}: {word:?} not in {}", errors[0]);
+    }
+    assert_eq!(
+        remaining_client_ports(&mut ct).len(),
+        table().len(),
+        "{test}: nothing deleted"
+    );
+}
+
+#[test]
+fn check_delete_refuses_v1_endpoints_instead_of_slices() {
+    // `kubectl get svc,ep -A -o yaml`: the Endpoints were skipped, the Service judged as having
+    // no endpoints at all.
+    let endpoints = "apiVersion: v1
+kind: Endpoints
+metadata: {name: dns, namespace: kube-system}
+subsets:
+- addresses: [{ip: 10.244.1.1}]
+  ports: [{name: dns, port: 5353, protocol: UDP}]
+";
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}{}",
+        indent_item(DNS_SERVICE),
+        indent_item(endpoints)
+    );
+    assert_refused(
+        "check_delete_refuses_v1_endpoints_instead_of_slices",
+        &[("state.yaml", list)],
+        &["Endpoints kube-system/dns", "endpointslices.discovery.k8s.io"],
+    );
+}
+
+/// One object as a `- ` item of a List's `items`.
+fn indent_item(object: &str) -> String {
+    let mut out = String::new();
+    for (i, line) in object.lines().enumerate() {
+        out.push_str(if i == 0 { "- " } else { "  " });
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn check_delete_refuses_v1beta1_slices() {
+    let slice = dns_slice(
+        "dns-v4",
+        "10.244.1.1",
+        &[("discovery.k8s.io/v1", "discovery.k8s.io/v1beta1")],
+    );
+    assert_refused(
+        "check_delete_refuses_v1beta1_slices",
+        &[("state.yaml", format!("{DNS_SERVICE}---\n{slice}"))],
+        &["v1beta1", "endpointslices.discovery.k8s.io"],
+    );
+}
+
+#[test]
+fn check_delete_refuses_a_service_without_any_slice() {
+    // `kubectl get svc -A -o yaml` alone: every flow to the Service looked endpoint-less.
+    assert_refused(
+        "check_delete_refuses_a_service_without_any_slice",
+        &[("services.yaml", DNS_SERVICE.to_owned())],
+        &["Service kube-system/dns", "no IPv4 EndpointSlice", "kubectl get"],
+    );
+}
+
+#[test]
+fn check_delete_refuses_concatenated_json_documents() {
+    // The slice in the second document was dropped silently.
+    let service = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"dns","namespace":"kube-system"},"spec":{"selector":{"k8s-app":"dns"},"clusterIP":"10.96.0.10","clusterIPs":["10.96.0.10"],"ports":[{"name":"dns","port":53,"protocol":"UDP","targetPort":5353}]}}"#;
+    let slice = r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"dns-v4","namespace":"kube-system","labels":{"kubernetes.io/service-name":"dns"}},"addressType":"IPv4","endpoints":[{"addresses":["10.244.1.1"],"conditions":{"ready":true}}],"ports":[{"name":"dns","port":5353,"protocol":"UDP"}]}"#;
+    assert_refused(
+        "check_delete_refuses_concatenated_json_documents",
+        &[("state.json", format!("{service}\n{slice}\n"))],
+        &["state.json", "trailing"],
+    );
+}
+
+#[test]
+fn check_delete_refuses_conflicting_duplicates() {
+    // Two snapshots of the same slice: which one is true is unknown (the last one won).
+    assert_refused(
+        "check_delete_refuses_conflicting_duplicates",
+        &[
+            (
+                "a.yaml",
+                format!(
+                    "{DNS_SERVICE}---\n{}",
+                    dns_slice("dns-v4", "10.244.1.1", &[])
+                ),
+            ),
+            ("b.yaml", dns_slice("dns-v4", "10.244.1.9", &[])),
+        ],
+        &["EndpointSlice kube-system/dns-v4", "twice"],
+    );
+}
+
+#[test]
+fn check_delete_refuses_a_slice_without_address_type() {
+    let slice = dns_slice("dns-v4", "10.244.1.1", &[("addressType: IPv4\n", "")]);
+    assert_refused(
+        "check_delete_refuses_a_slice_without_address_type",
+        &[("state.yaml", format!("{DNS_SERVICE}---\n{slice}"))],
+        &["EndpointSlice kube-system/dns-v4", "addressType"],
+    );
+}
+
+#[test]
+fn check_delete_refuses_a_slice_without_service_name_label() {
+    let slice = dns_slice(
+        "dns-v4",
+        "10.244.1.1",
+        &[("  labels: {kubernetes.io/service-name: dns}\n", "")],
+    );
+    assert_refused(
+        "check_delete_refuses_a_slice_without_service_name_label",
+        &[("state.yaml", format!("{DNS_SERVICE}---\n{slice}"))],
+        &["EndpointSlice kube-system/dns-v4", "kubernetes.io/service-name"],
+    );
+}
+
+#[test]
+fn check_delete_refuses_an_out_of_range_port() {
+    // The slice port was skipped with a warning, then every flow judged `port-changed`.
+    let slice = dns_slice("dns-v4", "10.244.1.1", &[("port: 5353", "port: 70000")]);
+    assert_refused(
+        "check_delete_refuses_an_out_of_range_port",
+        &[("state.yaml", format!("{DNS_SERVICE}---\n{slice}"))],
+        &["EndpointSlice kube-system/dns-v4", "70000"],
+    );
+}
+
+#[test]
+fn check_delete_refuses_a_lowercase_protocol() {
+    // `udp` is no protocol of the API: the port was taken for a TCP one and the flows judged.
+    let slice = dns_slice("dns-v4", "10.244.1.1", &[("protocol: UDP", "protocol: udp")]);
+    assert_refused(
+        "check_delete_refuses_a_lowercase_protocol",
+        &[("state.yaml", format!("{DNS_SERVICE}---\n{slice}"))],
+        &["EndpointSlice kube-system/dns-v4", "\"udp\""],
+    );
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::addr::{Key, unspecified_like};
 use crate::index::Index;
 use crate::tables::{Group, GroupKind, Slot, pack4};
-use crate::verdict::{FlowRef, Frontend, IPPROTO_UDP, Reason, Stale, Verdict};
+use crate::verdict::{Evidence, FlowRef, Frontend, IPPROTO_UDP, Reason, Stale, Verdict};
 
 impl Index {
     /// Judges one flow. `now` decides whether tombstones are still in force.
@@ -24,13 +24,15 @@ impl Index {
         }
         let dst = Key::from_socket(flow.orig_dst);
         let reply = Key::from_socket(flow.reply_src);
-        let mut tomb: Option<(&Group, Frontend)> = None;
+        let mut tomb: Option<(&Group, Evidence, Frontend)> = None;
         let mut consider = |slot: &Slot, frontend: Frontend| -> Option<Verdict<'_>> {
             if slot.has_live() {
-                return Some(self.judge_live(slot, dst, reply, frontend));
+                return Some(self.judge_live(slot, dst, reply, frontend, now));
             }
             if tomb.is_none() {
-                tomb = self.tombstone(slot, now).map(|g| (g, frontend));
+                tomb = self
+                    .tombstone(slot, now)
+                    .map(|g| (g, self.tomb_evidence(slot, dst, reply, now), frontend));
             }
             None
         };
@@ -55,7 +57,12 @@ impl Index {
         } else {
             host_ports.get(&Key::new(unspecified_like(dst.ip), dst.port))
         };
-        let node_port = self.frontends.node_ports.get(&dst.port);
+        // kube-proxy DNATs a NodePort only on the node addresses `--nodeport-addresses` admits.
+        let node_port = self.frontends.node_ports.get(&dst.port).filter(|_| {
+            self.nodeport_addrs
+                .as_ref()
+                .is_none_or(|admitted| admitted.contains(&dst.ip))
+        });
         if (any_host.is_some() || node_port.is_some()) && self.this_node.contains(&dst.ip) {
             if let Some(slot) = any_host
                 && let Some(verdict) = consider(slot, Frontend::HostPort(dst.socket()))
@@ -69,14 +76,21 @@ impl Index {
             }
         }
         match tomb {
-            Some((group, frontend)) => self.judge_tomb(group, frontend),
+            Some((group, evidence, frontend)) => self.judge_tomb(group, frontend, evidence),
             None => Verdict::Unrelated,
         }
     }
 
     /// Verdict for a frontend with live owners.
     #[inline]
-    fn judge_live(&self, slot: &Slot, dst: Key, reply: Key, frontend: Frontend) -> Verdict<'_> {
+    fn judge_live(
+        &self,
+        slot: &Slot,
+        dst: Key,
+        reply: Key,
+        frontend: Frontend,
+        now: Instant,
+    ) -> Verdict<'_> {
         if slot.hot_allows(reply) {
             return Verdict::Keep;
         }
@@ -93,12 +107,37 @@ impl Index {
         let Some(group) = slot.first().and_then(|id| self.groups.get(id)) else {
             return Verdict::Keep;
         };
+        let reason = group.reason(dst, reply);
+        let evidence = if reason == Reason::NotDnated {
+            // Never DNATed: stale for sure once kube-proxy has serving backends to DNAT to, and
+            // the agent knows of some. Without any, the agent may be the one behind.
+            if slot.live().any(|id| self.groups.get(id).is_some_and(|g| g.backends.serving() > 0)) {
+                Evidence::Removed
+            } else {
+                Evidence::Unseen
+            }
+        } else {
+            self.departed(slot, reply, now)
+        };
         Verdict::Stale(Stale {
             service: group.name(),
             port: &group.port_name,
             frontend,
-            reason: group.reason(dst, reply),
+            reason,
+            evidence,
         })
+    }
+
+    /// [`Evidence::Removed`] if the index saw `reply` leave this frontend within the tombstone
+    /// TTL, else [`Evidence::Unseen`].
+    #[inline]
+    fn departed(&self, slot: &Slot, reply: Key, now: Instant) -> Evidence {
+        match slot.gone_at(reply) {
+            Some(at) if now.saturating_duration_since(at) < self.config().tombstone_ttl => {
+                Evidence::Removed
+            }
+            _ => Evidence::Unseen,
+        }
     }
 
     /// The slot's tombstone, if it is still in force at `now`.
@@ -108,7 +147,23 @@ impl Index {
         group.expires.is_some_and(|at| now < at).then_some(group)
     }
 
-    fn judge_tomb<'a>(&'a self, group: &'a Group, frontend: Frontend) -> Verdict<'a> {
+    /// Evidence for a flow to a tombstoned frontend. A DNATed flow whose backend the agent never
+    /// saw there may belong to a new owner of the address the agent has not heard of yet.
+    #[inline]
+    fn tomb_evidence(&self, slot: &Slot, dst: Key, reply: Key, now: Instant) -> Evidence {
+        if reply == dst {
+            Evidence::Removed
+        } else {
+            self.departed(slot, reply, now)
+        }
+    }
+
+    fn judge_tomb<'a>(
+        &'a self,
+        group: &'a Group,
+        frontend: Frontend,
+        evidence: Evidence,
+    ) -> Verdict<'a> {
         if !self.kind_complete(group.kind) {
             return Verdict::Keep;
         }
@@ -121,6 +176,7 @@ impl Index {
             port: &group.port_name,
             frontend,
             reason,
+            evidence,
         })
     }
 }

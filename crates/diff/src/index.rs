@@ -9,12 +9,16 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::addr::{Key, unspecified_like};
+use crate::addr::{Key, NodePortAddresses, unspecified_like};
 use crate::dirty::Dirty;
+use crate::gate::Knowledge;
 use crate::parse::{self, ObjKey, ParsedService, PodSpec, ServiceSpec, SliceSpec};
 use crate::report::{Report, SkipReason};
 use crate::tables::{Backend, Backends, FrontendKey, Frontends, Group, GroupId, GroupKind, Groups};
 use crate::verdict::Frontend;
+
+/// Default time after which a kind whose watch has not answered counts as stale.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(90);
 
 /// Default time a deleted service's (or pod's) frontends stay judged as stale.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(5 * 60);
@@ -48,6 +52,9 @@ pub struct IndexConfig {
     pub tombstone_ttl: Duration,
     /// This node's name: only its Node object and the Pods scheduled on it are used.
     pub node_name: String,
+    /// Which node addresses accept NodePorts: set it to kube-proxy's `--nodeport-addresses`
+    /// (default: every node address, kube-proxy's default).
+    pub nodeport_addresses: NodePortAddresses,
 }
 
 impl IndexConfig {
@@ -56,6 +63,7 @@ impl IndexConfig {
         IndexConfig {
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             node_name: node_name.into(),
+            nodeport_addresses: NodePortAddresses::All,
         }
     }
 }
@@ -116,14 +124,21 @@ pub struct Index {
     slices_of: FxHashMap<ObjKey, Vec<ObjKey>>,
     pods: FxHashMap<ObjKey, PodEntry>,
     node_addrs: Vec<IpAddr>,
+    /// The Node object's primary IPs; `None` until this node's Node object is known.
+    node_primary: Option<Vec<IpAddr>>,
     local_addrs: Vec<IpAddr>,
     pub(crate) this_node: FxHashSet<IpAddr>,
+    /// The node addresses that accept NodePorts; `None`: all of `this_node`.
+    pub(crate) nodeport_addrs: Option<FxHashSet<IpAddr>>,
     pub(crate) groups: Groups,
     tombstones: Vec<GroupId>,
     pub(crate) frontends: Frontends,
     dirty: FxHashSet<Frontend>,
     dirty_all: bool,
     listed: Listed,
+    /// How current this state is, kept by the caller beside the objects so that one lock
+    /// gives a consistent pair (see [`Knowledge`]).
+    knowledge: Knowledge,
 }
 
 impl Index {
@@ -138,20 +153,34 @@ impl Index {
             slices_of: FxHashMap::default(),
             pods: FxHashMap::default(),
             node_addrs: Vec::new(),
+            node_primary: None,
             local_addrs: Vec::new(),
             this_node: FxHashSet::default(),
+            nodeport_addrs: None,
             groups: Groups::default(),
             tombstones: Vec::new(),
             frontends: Frontends::default(),
             dirty: FxHashSet::default(),
             dirty_all: false,
             listed: Listed::default(),
+            knowledge: Knowledge::new(DEFAULT_STALE_AFTER),
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &IndexConfig {
         &self.cfg
+    }
+
+    /// How current the state is. The caller updates it as it applies watch updates, so that
+    /// whoever reads the index under a lock reads the matching freshness.
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.knowledge
+    }
+
+    /// How current the state is, for the caller to update.
+    pub fn knowledge_mut(&mut self) -> &mut Knowledge {
+        &mut self.knowledge
     }
 
     /// True once services and endpoint slices have been fully listed (`reset_*`).
@@ -197,12 +226,19 @@ impl Index {
     }
 
     /// Removes a Service; its frontends become tombstones for the TTL (unless it opted out).
+    ///
+    /// A deleted object that is ignored (labelled `service.kubernetes.io/service-proxy-name`,
+    /// ExternalName, headless) leaves no tombstone, as in [`Index::apply_service`]: kube-proxy
+    /// dropped its rules when the object became ignored, and another proxy may own its
+    /// frontends now. (A watch whose label selector excludes that label turns the relabel into
+    /// a deletion carrying the *old* object, which looks like a real deletion: the caller must
+    /// filter the label client-side and pass the relabelled object to `apply_service`.)
     pub fn delete_service(&mut self, svc: &Service, now: Instant) -> Report {
         let mut report = Report::default();
-        if let Some((key, _)) = parse::parse_service(svc, &mut Report::default()) {
-            self.remove_service(&key, Some(now));
-        } else {
-            report.skip(&"Service", SkipReason::NoName);
+        match parse::parse_service(svc, &mut Report::default()) {
+            Some((key, ParsedService::Ignored(_))) => self.remove_service(&key, None),
+            Some((key, ParsedService::Handled(_))) => self.remove_service(&key, Some(now)),
+            None => report.skip(&"Service", SkipReason::NoName),
         }
         report
     }
@@ -275,7 +311,8 @@ impl Index {
                 frontends: fks.into_boxed_slice(),
                 expires: None,
             };
-            group.set_backends(self.backends_of(&key, &port.name));
+            // A new group: nothing departed from it.
+            let _ = group.set_backends(self.backends_of(&key, &port.name));
             let id = self.groups.insert(group);
             self.register(id);
             groups.push(id);
@@ -318,8 +355,9 @@ impl Index {
         list
     }
 
-    /// Recomputes the backends of a service's ports after its slices changed.
-    fn refresh_backends(&mut self, service: &ObjKey) {
+    /// Recomputes the backends of a service's ports after its slices changed; backends that
+    /// stop being allowed are remembered as departed at `now`.
+    fn refresh_backends(&mut self, service: &ObjKey, now: Instant) {
         let Some(entry) = self.services.get(service) else {
             return;
         };
@@ -333,9 +371,10 @@ impl Index {
             let Some(group) = self.groups.get_mut(id) else {
                 continue;
             };
-            if group.set_backends(backends) {
+            if let Some(removed) = group.set_backends(backends) {
                 let fks = group.frontends.clone();
                 for fk in fks.iter().copied() {
+                    self.frontends.record_gone(fk, &removed, now);
                     self.frontends.refresh_hot(fk, &self.groups);
                     self.dirty.insert(fk.public());
                 }
@@ -347,11 +386,10 @@ impl Index {
 
     /// Adds or updates an EndpointSlice (its Service may not be known yet: it is kept).
     pub fn apply_endpoint_slice(&mut self, slice: &EndpointSlice, now: Instant) -> Report {
-        let _ = now;
         let mut report = Report::default();
         if let Some(service) = self.put_slice(slice, &mut report) {
             for key in service {
-                self.refresh_backends(&key);
+                self.refresh_backends(&key, now);
             }
         }
         report
@@ -359,12 +397,11 @@ impl Index {
 
     /// Removes an EndpointSlice.
     pub fn delete_endpoint_slice(&mut self, slice: &EndpointSlice, now: Instant) -> Report {
-        let _ = now;
         let mut report = Report::default();
         match parse::parse_endpoint_slice(slice, &mut Report::default()) {
             Some((key, _)) => {
                 if let Some(service) = self.drop_slice(&key) {
-                    self.refresh_backends(&service);
+                    self.refresh_backends(&service, now);
                 }
             }
             None => report.skip(&"EndpointSlice", SkipReason::NoName),
@@ -403,7 +440,6 @@ impl Index {
     /// Ends a relist of EndpointSlices: those not listed are removed, the kind counts as
     /// listed, and the index is dirty as a whole.
     pub fn finish_endpoint_slice_relist(&mut self, relist: Relist, now: Instant) -> Report {
-        let _ = now;
         let gone: Vec<ObjKey> = self
             .slices
             .keys()
@@ -415,7 +451,7 @@ impl Index {
             touched.extend(self.drop_slice(&key));
         }
         for service in touched {
-            self.refresh_backends(&service);
+            self.refresh_backends(&service, now);
         }
         self.listed.slices = true;
         self.dirty_all = true;
@@ -554,7 +590,7 @@ impl Index {
                 frontends: fks.into_boxed_slice(),
                 expires: None,
             };
-            group.set_backends(
+            let _ = group.set_backends(
                 spec.ips
                     .iter()
                     .map(|ip| Backend {
@@ -586,7 +622,8 @@ impl Index {
     pub fn apply_node(&mut self, node: &Node) -> Report {
         let mut report = Report::default();
         if let Some(addrs) = parse::parse_node(node, &self.cfg.node_name, &mut report) {
-            self.node_addrs = addrs;
+            self.node_addrs = addrs.all;
+            self.node_primary = Some(addrs.primary);
             self.refresh_this_node();
         }
         report
@@ -609,8 +646,18 @@ impl Index {
             .chain(&self.local_addrs)
             .copied()
             .collect();
-        if new != self.this_node {
+        let nodeport = match &self.cfg.nodeport_addresses {
+            NodePortAddresses::All => None,
+            only => Some(
+                new.iter()
+                    .copied()
+                    .filter(|ip| only.admits(*ip, self.node_primary.as_deref()))
+                    .collect(),
+            ),
+        };
+        if new != self.this_node || nodeport != self.nodeport_addrs {
             self.this_node = new;
+            self.nodeport_addrs = nodeport;
             self.dirty_all = true;
         }
     }
@@ -634,7 +681,15 @@ impl Index {
         };
         let fks = group.frontends.clone();
         let tombstone = now.is_some();
+        // A deleted (or replaced) owner's backends have positively left its frontends.
+        let departed: Vec<Key> = match now {
+            Some(_) => group.backends.allowed_keys().collect(),
+            None => Vec::new(),
+        };
         for fk in fks.iter().copied() {
+            if let Some(now) = now {
+                self.frontends.record_gone(fk, &departed, now);
+            }
             self.frontends.release(&self.groups, fk, id, tombstone);
             self.dirty.insert(fk.public());
         }
@@ -643,7 +698,9 @@ impl Index {
         };
         match now {
             Some(now) => {
-                group.expires = Some(now + self.cfg.tombstone_ttl);
+                // An absurd TTL must not panic: the tombstone then lapses at once (the safe
+                // direction: fewer flows judged stale).
+                group.expires = Some(now.checked_add(self.cfg.tombstone_ttl).unwrap_or(now));
                 group.backends = Backends::default();
                 self.tombstones.push(id);
             }
@@ -673,6 +730,9 @@ impl Index {
             expired += 1;
         }
         self.tombstones = kept;
+        if let Some(before) = now.checked_sub(self.cfg.tombstone_ttl) {
+            self.frontends.expire_gone(before);
+        }
         expired
     }
 

@@ -81,6 +81,57 @@ pub(crate) struct ServiceSpec {
     pub(crate) ports: Vec<ServicePortSpec>,
 }
 
+/// The IP families a Service has, as kube-proxy's per-family proxiers see them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+impl Families {
+    /// From `spec.ipFamilies`: each family counts only with a ClusterIP at its index (kube-proxy's
+    /// `GetClusterIPByFamily`); unknown spellings count as nothing.
+    fn listed(listed: &[String], cluster_ips: usize) -> Self {
+        let mut families = Families::default();
+        for family in listed.iter().take(cluster_ips) {
+            match family.as_str() {
+                "IPv4" => families.v4 = true,
+                "IPv6" => families.v6 = true,
+                _ => {}
+            }
+        }
+        families
+    }
+
+    /// The families of some addresses (a Service without `spec.ipFamilies`: its ClusterIPs').
+    fn of(ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut families = Families::default();
+        for ip in ips {
+            match ip {
+                IpAddr::V4(_) => families.v4 = true,
+                IpAddr::V6(_) => families.v6 = true,
+            }
+        }
+        families
+    }
+
+    fn has(self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.v4,
+            IpAddr::V6(_) => self.v6,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match (self.v4, self.v6) {
+            (true, true) => "IPv4,IPv6",
+            (true, false) => "IPv4",
+            (false, true) => "IPv6",
+            (false, false) => "none",
+        }
+    }
+}
+
 /// A Service, parsed: handled, or ignored for a reason.
 pub(crate) enum ParsedService {
     Handled(ServiceSpec),
@@ -123,9 +174,57 @@ pub(crate) fn parse_service(svc: &Service, report: &mut Report) -> Option<(ObjKe
         .and_then(|a| a.get(ANNOTATION_SKIP))
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
 
+    // Like kube-proxy, which runs one proxier per IP family: a Service is programmed only in
+    // the families it has (`spec.ipFamilies`, each paired with the ClusterIP at the same
+    // index; without ipFamilies, the families of its ClusterIPs), and an ExternalIP or
+    // LoadBalancer IP of another family gets no rule at all. Judging such an address would
+    // let anyone who may create a Service have every node delete flows to an arbitrary
+    // outside address.
+    let mut cluster = Vec::with_capacity(cluster_ips.len());
+    for text in &cluster_ips {
+        match parse_ip(text) {
+            Some(ip) => cluster.push((ip, *text)),
+            None => report.skip(
+                &who,
+                SkipReason::BadIp {
+                    field: "spec.clusterIPs",
+                    value: (*text).to_owned(),
+                },
+            ),
+        }
+    }
+    let families = match spec.ip_families.as_deref() {
+        Some(listed) if !listed.is_empty() => Families::listed(listed, cluster_ips.len()),
+        _ => Families::of(cluster.iter().map(|(ip, _)| *ip)),
+    };
     let mut ips = Vec::new();
-    let mut add_ip = |field: &'static str, text: &str, report: &mut Report| match parse_ip(text) {
-        Some(ip) => ips.push(ip),
+    let mut add_ip = |field: &'static str, ip: IpAddr, text: &str, report: &mut Report| {
+        if families.has(ip) {
+            ips.push(ip);
+            true
+        } else {
+            report.skip(
+                &who,
+                SkipReason::OtherFamily {
+                    field,
+                    value: text.to_owned(),
+                    families: families.name(),
+                },
+            );
+            false
+        }
+    };
+    let mut usable_cluster_ip = false;
+    for (ip, text) in cluster {
+        usable_cluster_ip |= add_ip("spec.clusterIPs", ip, text, report);
+    }
+    if !usable_cluster_ip {
+        return ignored("no usable ClusterIP of the Service's IP families");
+    }
+    let mut add_text = |field: &'static str, text: &str, report: &mut Report| match parse_ip(text) {
+        Some(ip) => {
+            add_ip(field, ip, text, report);
+        }
         None => report.skip(
             &who,
             SkipReason::BadIp {
@@ -134,11 +233,8 @@ pub(crate) fn parse_service(svc: &Service, report: &mut Report) -> Option<(ObjKe
             },
         ),
     };
-    for text in cluster_ips {
-        add_ip("spec.clusterIPs", text, report);
-    }
     for text in spec.external_ips.iter().flatten() {
-        add_ip("spec.externalIPs", text, report);
+        add_text("spec.externalIPs", text, report);
     }
     let ingress = svc
         .status
@@ -150,7 +246,7 @@ pub(crate) fn parse_service(svc: &Service, report: &mut Report) -> Option<(ObjKe
         // no rule matches the VIP on the node, so flows to it are not service traffic here.
         let vip_mode = matches!(entry.ip_mode.as_deref(), None | Some("VIP"));
         if let (Some(text), true) = (entry.ip.as_deref(), vip_mode) {
-            add_ip("status.loadBalancer.ingress[].ip", text, report);
+            add_text("status.loadBalancer.ingress[].ip", text, report);
         }
     }
     ips.sort_unstable();
@@ -206,7 +302,7 @@ pub(crate) struct SliceSpec {
     pub(crate) service: ObjKey,
     /// UDP ports: name and number.
     pub(crate) ports: Vec<(Box<str>, u16)>,
-    /// Each endpoint's first address and whether it is serving.
+    /// Each endpoint's first address and whether it is an allowed backend (ready or serving).
     pub(crate) endpoints: Vec<(IpAddr, bool)>,
 }
 
@@ -275,10 +371,14 @@ pub(crate) fn parse_endpoint_slice(
             );
             continue;
         };
+        // kube-proxy routes to `ready` endpoints and, when a service has none, to serving
+        // terminating ones; it reads an unset condition as true (the API's contract). So an
+        // endpoint it may route to is one that is ready or serving: a publishNotReadyAddresses
+        // Service's not-ready pod is `ready=true, serving=false` and does get traffic.
         let conditions = endpoint.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-        let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
-        endpoints.push((ip, serving));
+        let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
+        endpoints.push((ip, ready || serving));
     }
     let service = ObjKey {
         namespace: key.namespace.clone(),
@@ -428,8 +528,18 @@ pub(crate) fn parse_pod(
     Some((key, Some(PodSpec { ips, ports })))
 }
 
+/// This node's addresses from its Node object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct NodeAddrs {
+    /// Every InternalIP and ExternalIP, sorted, without duplicates.
+    pub(crate) all: Vec<IpAddr>,
+    /// The node's primary IP of each family, as kube-proxy picks them (`GetNodeHostIPs`): the
+    /// first InternalIP of the family, else its first ExternalIP. At most one per family.
+    pub(crate) primary: Vec<IpAddr>,
+}
+
 /// This node's addresses from its status (`None` if `node` is another node).
-pub(crate) fn parse_node(node: &Node, node_name: &str, report: &mut Report) -> Option<Vec<IpAddr>> {
+pub(crate) fn parse_node(node: &Node, node_name: &str, report: &mut Report) -> Option<NodeAddrs> {
     let meta = &node.metadata;
     if meta.name.as_deref() != Some(node_name) {
         report.skip(
@@ -438,14 +548,17 @@ pub(crate) fn parse_node(node: &Node, node_name: &str, report: &mut Report) -> O
         );
         return None;
     }
-    let mut ips = Vec::new();
+    let mut internal = Vec::new();
+    let mut external = Vec::new();
     let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
     for address in addresses.into_iter().flatten() {
-        if !matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
-            continue;
-        }
+        let list = match address.type_.as_str() {
+            "InternalIP" => &mut internal,
+            "ExternalIP" => &mut external,
+            _ => continue,
+        };
         match parse_ip(&address.address) {
-            Some(ip) => ips.push(ip),
+            Some(ip) => list.push(ip),
             None => report.skip(
                 &Described("Node", meta),
                 SkipReason::BadIp {
@@ -455,7 +568,17 @@ pub(crate) fn parse_node(node: &Node, node_name: &str, report: &mut Report) -> O
             ),
         }
     }
-    ips.sort_unstable();
-    ips.dedup();
-    Some(ips)
+    let ordered = internal.iter().chain(&external);
+    let primary: Vec<IpAddr> = [
+        ordered.clone().find(|ip| ip.is_ipv4()),
+        ordered.clone().find(|ip| ip.is_ipv6()),
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect();
+    let mut all: Vec<IpAddr> = ordered.copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    Some(NodeAddrs { all, primary })
 }

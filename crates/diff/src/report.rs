@@ -16,6 +16,20 @@ pub enum SkipReason {
         /// The text found there.
         value: String,
     },
+    /// An ExternalIP or LoadBalancer IP (or, in an inconsistent object, a ClusterIP) whose
+    /// family is not one of the Service's: kube-proxy programs no rule for it, so it is not a
+    /// frontend.
+    #[error(
+        "{field}: {value} is not of the Service's IP families ({families}): kube-proxy ignores it, so it is not judged"
+    )]
+    OtherFamily {
+        /// The field, e.g. `spec.externalIPs`.
+        field: &'static str,
+        /// The address as written.
+        value: String,
+        /// The Service's families: `IPv4`, `IPv6`, `IPv4,IPv6` or `none`.
+        families: &'static str,
+    },
     /// A field that should hold a port number (1..=65535) does not.
     #[error("{field}: {value} is not a port number")]
     BadPort {

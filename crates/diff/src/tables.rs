@@ -129,6 +129,18 @@ impl Backends {
         self.lookup(key) == Some(true)
     }
 
+    /// Every allowed (serving) backend.
+    pub(crate) fn allowed_keys(&self) -> impl Iterator<Item = Key> + '_ {
+        let v4 = self.v4.iter().filter(|v| *v & 1 == 1).map(|v| {
+            let packed = *v >> 1;
+            Key::new(
+                IpAddr::V4(Ipv4Addr::from_bits((packed >> 16) as u32)),
+                packed as u16,
+            )
+        });
+        v4.chain(self.v6.iter().filter(|b| b.serving).map(|b| b.key))
+    }
+
     /// True if `key` is a backend that is not serving.
     fn not_serving(&self, key: Key) -> bool {
         self.lookup(key) == Some(false)
@@ -191,14 +203,20 @@ impl Group {
         }
     }
 
-    /// Sets the backends from an unsorted list that may repeat keys; true if they changed.
-    pub(crate) fn set_backends(&mut self, list: Vec<Backend>) -> bool {
+    /// Sets the backends from an unsorted list that may repeat keys. `None` if nothing
+    /// changed, else the backends that were allowed before and are not any more.
+    pub(crate) fn set_backends(&mut self, list: Vec<Backend>) -> Option<Vec<Key>> {
         let backends = Backends::from_list(list);
         if backends == self.backends {
-            return false;
+            return None;
         }
+        let removed = self
+            .backends
+            .allowed_keys()
+            .filter(|key| !backends.allows(*key))
+            .collect();
         self.backends = backends;
-        true
+        Some(removed)
     }
 
     #[inline]
@@ -294,6 +312,12 @@ pub(crate) struct Slot {
     /// visiting the group (one memory hop less). Kept equal to the first owner's by
     /// [`Frontends::refresh_hot`]; it only ever proves Keep, which any allowing owner does.
     hot: Option<Arc<[u64]>>,
+    /// Backends that were allowed behind this frontend and that the index saw stop being
+    /// allowed (removed, not serving, re-ported, their owner deleted or replaced), with when.
+    /// A flow still answered by one of them is stale on positive evidence; any other
+    /// disallowed backend may merely be one the agent has not heard of yet.
+    #[allow(clippy::box_collection)] // most slots never lose a backend: keep them small
+    gone: Option<Box<FxHashMap<Key, Instant>>>,
 }
 
 impl Default for Slot {
@@ -303,6 +327,7 @@ impl Default for Slot {
             tomb: NONE,
             rest: None,
             hot: None,
+            gone: None,
         }
     }
 }
@@ -346,8 +371,34 @@ impl Slot {
         (self.tomb != NONE).then_some(self.tomb)
     }
 
+    /// When the index saw `key` stop being an allowed backend here, if it did.
+    #[inline]
+    pub(crate) fn gone_at(&self, key: Key) -> Option<Instant> {
+        self.gone.as_ref()?.get(&key).copied()
+    }
+
+    fn record_gone(&mut self, keys: &[Key], now: Instant) {
+        if keys.is_empty() {
+            return;
+        }
+        let gone = self.gone.get_or_insert_with(Box::default);
+        for key in keys {
+            gone.insert(*key, now);
+        }
+    }
+
+    /// Forgets backends that left before `before`.
+    fn expire_gone(&mut self, before: Instant) {
+        if let Some(gone) = &mut self.gone {
+            gone.retain(|_, at| *at >= before);
+            if gone.is_empty() {
+                self.gone = None;
+            }
+        }
+    }
+
     fn is_empty(&self) -> bool {
-        self.first == NONE && self.tomb == NONE
+        self.first == NONE && self.tomb == NONE && self.gone.is_none()
     }
 
     fn set_live(&mut self, mut ids: Vec<GroupId>) {
@@ -455,8 +506,34 @@ impl Frontends {
         }
     }
 
+    /// Records that `keys` stopped being allowed backends behind `fk` at `now`.
+    pub(crate) fn record_gone(&mut self, fk: FrontendKey, keys: &[Key], now: Instant) {
+        if !keys.is_empty() {
+            self.entry(fk).record_gone(keys, now);
+        }
+    }
+
+    /// Forgets departed backends older than `before`, and the slots left with nothing.
+    pub(crate) fn expire_gone(&mut self, before: Instant) {
+        fn sweep<K>(table: &mut FxHashMap<K, Slot>, before: Instant) {
+            table.retain(|_, slot| {
+                slot.expire_gone(before);
+                !slot.is_empty()
+            });
+        }
+        sweep(&mut self.addrs4, before);
+        sweep(&mut self.addrs6, before);
+        sweep(&mut self.node_ports, before);
+        sweep(&mut self.host_ports, before);
+    }
+
+    /// Frontends with a live owner or a tombstone (slots kept only for departed backends
+    /// are not counted).
     pub(crate) fn len(&self) -> usize {
-        self.addrs4.len() + self.addrs6.len() + self.node_ports.len() + self.host_ports.len()
+        fn owned<K>(table: &FxHashMap<K, Slot>) -> usize {
+            table.values().filter(|s| s.first != NONE || s.tomb != NONE).count()
+        }
+        owned(&self.addrs4) + owned(&self.addrs6) + owned(&self.node_ports) + owned(&self.host_ports)
     }
 }
 

@@ -131,6 +131,40 @@ impl fmt::Display for Reason {
     }
 }
 
+/// How the index knows a stale flow is stale.
+///
+/// The agent's view of the cluster can lag kube-proxy's (its own watch is slower, failing or
+/// frozen). A backend the agent has never seen may be one kube-proxy already routes to, so only
+/// a backend the agent *saw leave* is positive evidence on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Evidence {
+    /// The agent saw this backend stop being allowed behind the frontend (removed, no longer
+    /// serving, re-ported, its Service deleted or its Pod replaced), or the flow was never
+    /// DNATed although the agent knows serving backends (or the owner was deleted). Safe to act
+    /// on while the agent's view is fresh.
+    Removed,
+    /// The backend was never an allowed backend of this frontend in the agent's view: it may be
+    /// one the agent has not heard of yet. Safe to act on only once the agent's view is proven
+    /// newer than the flow (see [`Gate`](crate::Gate)).
+    Unseen,
+}
+
+impl Evidence {
+    /// The kebab-case name, for logs and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Evidence::Removed => "removed",
+            Evidence::Unseen => "unseen",
+        }
+    }
+}
+
+impl fmt::Display for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A stale flow: who owns the frontend it addressed, which port, and why it is stale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Stale<'a> {
@@ -142,6 +176,8 @@ pub struct Stale<'a> {
     pub frontend: Frontend,
     /// Why the flow is stale.
     pub reason: Reason,
+    /// Whether the agent saw the backend leave, or merely does not know it.
+    pub evidence: Evidence,
 }
 
 impl fmt::Display for Stale<'_> {

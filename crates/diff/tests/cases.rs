@@ -633,7 +633,7 @@ fn tombstone_expires_after_the_ttl() {
     let now = Instant::now();
     let mut index = Index::new(IndexConfig {
         tombstone_ttl: Duration::from_secs(30),
-        node_name: NODE.into(),
+        ..IndexConfig::new(NODE)
     });
     let _ = index.reset_services([&dns_service()], now);
     let _ = index.reset_endpoint_slices([&dns_slice(vec![ep("10.244.1.5")])], now);
@@ -988,21 +988,23 @@ fn fqdn_and_unlabelled_slices_are_ignored() {
 }
 
 #[test]
-fn serving_defaults_to_ready_and_ready_defaults_to_true() {
+fn allowed_is_ready_or_serving_each_unset_meaning_true() {
     let now = Instant::now();
     let endpoints = vec![
-        ep("10.244.0.1"),                                           // no conditions: serving
-        ep_cond("10.244.0.2", None, None, None),                    // both absent: serving
-        ep_cond("10.244.0.3", Some(false), None, None),             // serving absent → ready false
-        ep_cond("10.244.0.4", Some(true), None, None),              // serving absent → ready true
-        ep_cond("10.244.0.5", Some(false), Some(true), Some(true)), // serving wins over ready
-        ep_cond("10.244.0.6", Some(true), Some(false), None),
+        ep("10.244.0.1"),                                            // no conditions
+        ep_cond("10.244.0.2", None, None, None),                     // both absent
+        ep_cond("10.244.0.3", Some(false), None, None),              // serving absent → true
+        ep_cond("10.244.0.4", Some(true), None, None),               // ready
+        ep_cond("10.244.0.5", Some(false), Some(true), Some(true)),  // terminating, serving
+        ep_cond("10.244.0.6", Some(true), Some(false), None),        // publishNotReadyAddresses
+        ep_cond("10.244.0.7", Some(false), Some(false), None),       // neither
+        ep_cond("10.244.0.8", Some(false), Some(false), Some(true)), // terminating, not serving
     ];
     let index = dns_index(endpoints, now);
-    let want = [true, true, false, true, true, false];
-    for (i, serving) in want.iter().enumerate() {
+    let want = [true, true, true, true, true, true, false, false];
+    for (i, allowed) in want.iter().enumerate() {
         let f = flow("10.96.0.10:53", &format!("10.244.0.{}:5353", i + 1));
-        if *serving {
+        if *allowed {
             assert_keep(&index, f, now);
         } else {
             assert_stale(&index, f, now, Reason::EndpointNotServing);
@@ -1463,4 +1465,305 @@ fn edge_nothing_is_stale_until_the_first_streaming_relists_finish() {
     );
     let _ = index.finish_endpoint_slice_relist(slices, now);
     assert_stale(&index, gone, now, Reason::EndpointGone);
+}
+
+// ---- issue 14: what kube-proxy routes to, and what it ignores ----
+
+#[test]
+fn publish_not_ready_addresses_ready_but_not_serving_endpoints_keep_their_flows() {
+    // The EndpointSlice controller marks a not-ready pod of a publishNotReadyAddresses Service
+    // `ready=true, serving=false`; kube-proxy routes to it.
+    let now = Instant::now();
+    let index = dns_index(
+        vec![ep_cond("10.244.1.5", Some(true), Some(false), Some(false))],
+        now,
+    );
+    assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
+    assert_keep(
+        &index,
+        flow(&format!("{NODE_IP}:30053"), "10.244.1.5:5353"),
+        now,
+    );
+    // A backend nobody routes to is still stale.
+    assert_stale(
+        &index,
+        flow("10.96.0.10:53", "10.244.9.9:5353"),
+        now,
+        Reason::EndpointGone,
+    );
+}
+
+#[test]
+fn unset_serving_counts_as_serving_even_when_not_ready() {
+    // kube-proxy reads an unset `serving` as true, whatever `ready` says.
+    let now = Instant::now();
+    let index = dns_index(vec![ep_cond("10.244.1.5", Some(false), None, None)], now);
+    assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
+}
+
+/// A single-stack IPv4 `dns` Service that also lists an IPv6 ExternalIP (a public resolver) and
+/// an IPv6 LoadBalancer IP.
+fn dns_with_foreign_family_ips() -> Service {
+    with_lb(
+        with_external_ips(dns_service(), &["203.0.113.7", "2001:4860:4860::8888"]),
+        &[("198.51.100.9", None), ("2001:db8::9", Some("VIP"))],
+    )
+}
+
+#[test]
+fn external_and_lb_ips_of_a_family_the_service_lacks_are_not_frontends() {
+    let now = Instant::now();
+    let index = mk_index(
+        &[dns_with_foreign_family_ips()],
+        &[dns_slice(vec![ep("10.244.1.5")])],
+        &[],
+        &[NODE_IP],
+        now,
+    );
+    // Flows to the outside IPv6 resolver are none of this Service's business.
+    let resolver = "[2001:4860:4860::8888]:53";
+    assert_unrelated(&index, flow(resolver, resolver), now);
+    assert_unrelated(&index, flow("[2001:db8::9]:53", "[2001:db8::9]:53"), now);
+    // The IPv4 ones are still frontends.
+    assert_stale(
+        &index,
+        flow("203.0.113.7:53", "203.0.113.7:53"),
+        now,
+        Reason::NotDnated,
+    );
+    assert_keep(&index, flow("198.51.100.9:53", "10.244.1.5:5353"), now);
+}
+
+#[test]
+fn each_dropped_foreign_family_ip_is_reported_once_saying_why() {
+    let now = Instant::now();
+    let mut index = Index::new(IndexConfig::new(NODE));
+    let report = index.apply_service(&dns_with_foreign_family_ips(), now);
+    let texts: Vec<String> = report.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        texts,
+        [
+            "Service kube-system/dns: spec.externalIPs: 2001:4860:4860::8888 is not of the \
+             Service's IP families (IPv4): kube-proxy ignores it, so it is not judged",
+            "Service kube-system/dns: status.loadBalancer.ingress[].ip: 2001:db8::9 is not of \
+             the Service's IP families (IPv4): kube-proxy ignores it, so it is not judged",
+        ]
+    );
+    assert!(report.iter().all(|s| matches!(
+        s.reason,
+        SkipReason::OtherFamily {
+            families: "IPv4",
+            ..
+        }
+    )));
+}
+
+#[test]
+fn ip_families_decide_and_pair_with_cluster_ips_by_index() {
+    let now = Instant::now();
+    let v6_ext = "[fd00:ee::1]:53";
+    let slices = [dns_slice(vec![ep("10.244.1.5")])];
+    // Dual-stack: an IPv6 ExternalIP is a frontend.
+    let dual = with_external_ips(
+        with_ip_families(
+            mk_service(
+                "kube-system",
+                "dns",
+                &["10.96.0.10", "fd00:10:96::10"],
+                vec![udp_np("dns", 53, 30053)],
+            ),
+            &["IPv4", "IPv6"],
+        ),
+        &["fd00:ee::1"],
+    );
+    let index = mk_index(&[dual], &slices, &[], &[NODE_IP], now);
+    assert_stale(&index, flow(v6_ext, v6_ext), now, Reason::NotDnated);
+    // PreferDualStack with only the IPv4 ClusterIP allocated: IPv6 is not served (kube-proxy
+    // takes a family only with a ClusterIP at its index).
+    let half = with_external_ips(
+        with_ip_families(dns_service(), &["IPv4", "IPv6"]),
+        &["fd00:ee::1"],
+    );
+    let index = mk_index(&[half], &slices, &[], &[NODE_IP], now);
+    assert_unrelated(&index, flow(v6_ext, v6_ext), now);
+    // ipFamilies decides over the ClusterIPs listed (an inconsistent object): the IPv6
+    // ClusterIP of an IPv4-only Service is not served either.
+    let skewed = with_ip_families(
+        mk_service(
+            "kube-system",
+            "dns",
+            &["10.96.0.10", "fd00:10:96::10"],
+            vec![udp_np("dns", 53, 30053)],
+        ),
+        &["IPv4"],
+    );
+    let index = mk_index(&[skewed], &slices, &[], &[NODE_IP], now);
+    assert_unrelated(
+        &index,
+        flow("[fd00:10:96::10]:53", "[fd00:10:96::10]:53"),
+        now,
+    );
+    assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
+    // No family at all: nothing of the Service is served, its NodePort included.
+    let none = with_external_ips(with_ip_families(dns_service(), &["IPv5"]), &["203.0.113.7"]);
+    let index = mk_index(&[none], &slices, &[], &[NODE_IP], now);
+    assert_unrelated(&index, flow("10.96.0.10:53", "10.96.0.10:53"), now);
+    assert_unrelated(
+        &index,
+        flow(&format!("{NODE_IP}:30053"), "10.244.9.9:5353"),
+        now,
+    );
+    assert_eq!(index.stats().services, 0);
+}
+
+#[test]
+fn nodeport_addresses_cidrs_restrict_nodeports_but_not_host_ports() {
+    let now = Instant::now();
+    let cfg = IndexConfig {
+        nodeport_addresses: "192.168.1.0/24".parse().unwrap(),
+        ..IndexConfig::new(NODE)
+    };
+    let sip = mk_pod("ns", "sip", NODE, &["10.244.1.7"], &[(None, 5060, 5060)]);
+    let mut index = mk_index_with(
+        cfg,
+        &[dns_service()],
+        &[dns_slice(vec![ep("10.244.1.5")])],
+        &[sip],
+        &[NODE_IP],
+        now,
+    );
+    index.set_local_addrs(["10.0.5.5".parse().unwrap(), "fd00:1::5".parse().unwrap()]);
+    // 10.0.5.5 is a node address outside --nodeport-addresses: kube-proxy does not DNAT
+    // NodePorts there, so whatever flows to it is not service traffic.
+    assert_unrelated(&index, flow("10.0.5.5:30053", "10.0.5.5:30053"), now);
+    assert_stale(
+        &index,
+        flow(&format!("{NODE_IP}:30053"), "10.244.9.9:5353"),
+        now,
+        Reason::EndpointGone,
+    );
+    // No IPv6 network given: kube-proxy does not restrict that family.
+    assert_stale(
+        &index,
+        flow("[fd00:1::5]:30053", "[fd00:1::5]:30053"),
+        now,
+        Reason::NotDnated,
+    );
+    // Host ports keep every node address.
+    assert_stale(
+        &index,
+        flow("10.0.5.5:5060", "10.244.9.9:5060"),
+        now,
+        Reason::HostPortPodGone,
+    );
+}
+
+#[test]
+fn nodeport_addresses_primary_is_the_nodes_first_internal_ip_per_family() {
+    let now = Instant::now();
+    let cfg = IndexConfig {
+        nodeport_addresses: ctdiff::NodePortAddresses::Primary,
+        ..IndexConfig::new(NODE)
+    };
+    let mut index = mk_index_with(
+        cfg,
+        &[dns_service()],
+        &[dns_slice(vec![ep("10.244.1.5")])],
+        &[],
+        &[],
+        now,
+    );
+    let _ = index.take_dirty();
+    let _ = index.apply_node(&mk_node_typed(
+        NODE,
+        &[
+            ("ExternalIP", "203.0.113.5"),
+            ("InternalIP", "192.168.1.10"),
+            ("InternalIP", "192.168.1.11"),
+            ("ExternalIP", "2001:db8::5"),
+        ],
+    ));
+    assert!(
+        index.take_dirty().all,
+        "new NodePort addresses dirty everything"
+    );
+    let judged = |dst: &str| index.classify(&flow(dst, dst), now) != Verdict::Unrelated;
+    assert!(judged("192.168.1.10:30053"));
+    assert!(!judged("192.168.1.11:30053"), "not the first InternalIP");
+    assert!(
+        !judged("203.0.113.5:30053"),
+        "an ExternalIP, with an InternalIP of the family"
+    );
+    assert!(
+        judged("[2001:db8::5]:30053"),
+        "first IPv6 address, an ExternalIP"
+    );
+    // The primary IP moves with the Node object.
+    let _ = index.apply_node(&mk_node(NODE, &["192.168.1.11"]));
+    assert!(index.take_dirty().all);
+    let judged = |dst: &str| index.classify(&flow(dst, dst), now) != Verdict::Unrelated;
+    assert!(judged("192.168.1.11:30053"));
+    assert!(!judged("192.168.1.10:30053"));
+}
+
+#[test]
+fn nodeport_addresses_primary_matches_nothing_until_the_node_is_known() {
+    let now = Instant::now();
+    let mut index = Index::new(IndexConfig {
+        nodeport_addresses: ctdiff::NodePortAddresses::Primary,
+        ..IndexConfig::new(NODE)
+    });
+    let _ = index.reset_services([&dns_service()], now);
+    let _ = index.reset_endpoint_slices([&dns_slice(vec![ep("10.244.1.5")])], now);
+    index.set_local_addrs(["192.168.1.10".parse().unwrap()]);
+    let f = flow("192.168.1.10:30053", "192.168.1.10:30053");
+    assert_unrelated(&index, f, now);
+    let _ = index.apply_node(&mk_node(NODE, &["192.168.1.10"]));
+    assert_stale(&index, f, now, Reason::NotDnated);
+}
+
+#[test]
+fn service_handed_to_another_proxy_by_a_deleted_event_leaves_no_tombstone() {
+    // A watch that filters the label server-side, or a relabel followed by a deletion: the
+    // DELETED object carries the label. Its flows belong to the other proxy now.
+    let now = Instant::now();
+    let mut index = dns_index(vec![ep("10.244.1.5")], now);
+    let handed_over = with_label(dns_service(), ctdiff::LABEL_SERVICE_PROXY_NAME, "other");
+    let _ = index.delete_service(&handed_over, now);
+    assert_unrelated(&index, flow("10.96.0.10:53", "10.244.9.9:5353"), now);
+    assert_unrelated(
+        &index,
+        flow(&format!("{NODE_IP}:30053"), "10.244.9.9:5353"),
+        now,
+    );
+    assert_eq!(index.stats().tombstones, 0);
+    assert_eq!(index.stats().services, 0);
+}
+
+#[test]
+fn deleted_event_of_an_external_name_or_headless_object_leaves_no_tombstone() {
+    let now = Instant::now();
+    let mut external = dns_service();
+    external.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+    let headless = mk_service(
+        "kube-system",
+        "dns",
+        &["None"],
+        vec![udp_np("dns", 53, 30053)],
+    );
+    for gone in [external, headless] {
+        let mut index = dns_index(vec![ep("10.244.1.5")], now);
+        let _ = index.delete_service(&gone, now);
+        assert_unrelated(&index, flow("10.96.0.10:53", "10.244.9.9:5353"), now);
+        assert_eq!(index.stats().tombstones, 0);
+    }
+    // A handled object's deletion still leaves one.
+    let mut index = dns_index(vec![ep("10.244.1.5")], now);
+    let _ = index.delete_service(&dns_service(), now);
+    assert_stale(
+        &index,
+        flow("10.96.0.10:53", "10.244.9.9:5353"),
+        now,
+        Reason::ServiceDeleted,
+    );
 }

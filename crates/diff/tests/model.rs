@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ctdiff::k8s_openapi::api::core::v1::{Pod, Service};
 use ctdiff::k8s_openapi::api::discovery::v1::EndpointSlice;
-use ctdiff::{FlowRef, Index, Reason, Verdict};
+use ctdiff::{Cidr, FlowRef, Index, IndexConfig, NodePortAddresses, Reason, Verdict};
 use proptest::prelude::*;
 
 // ---- plain data ----
@@ -38,6 +38,8 @@ struct PSvc {
     kind: Kind,
     skip: bool,
     cluster_ips: Vec<IpAddr>,
+    /// `spec.ipFamilies` (true = IPv4), possibly inconsistent with the ClusterIPs.
+    ip_families: Option<Vec<bool>>,
     external_ips: Vec<IpAddr>,
     /// (ip, mode): None = absent, Some(true) = VIP, Some(false) = Proxy.
     lb: Vec<(IpAddr, Option<bool>)>,
@@ -72,12 +74,23 @@ struct PPod {
     host_ports: Vec<(Option<IpAddr>, u16, u16)>,
 }
 
+/// kube-proxy's `--nodeport-addresses`.
+#[derive(Clone, Debug, Default)]
+enum PNodePort {
+    #[default]
+    All,
+    /// (address, prefix length)
+    Cidrs(Vec<(IpAddr, u8)>),
+    Primary,
+}
+
 #[derive(Clone, Debug, Default)]
 struct Cluster {
     services: BTreeMap<(String, String), PSvc>,
     slices: BTreeMap<(String, String), PSlice>,
     pods: BTreeMap<String, PPod>,
     node_addrs: Vec<IpAddr>,
+    nodeport: PNodePort,
 }
 
 // ---- strategies: tiny pools so that addresses, ports and names collide often ----
@@ -144,10 +157,14 @@ fn service() -> impl Strategy<Value = PSvc> {
         }
         ports
     });
+    let ip_families = prop_oneof![
+        2 => Just(None),
+        1 => proptest::collection::vec(any::<bool>(), 1..3).prop_map(Some),
+    ];
     (
         (ns(), svc_name(), kind, prop::bool::weighted(0.1)),
-        proptest::collection::vec(ip(), 1..3),
-        proptest::collection::vec(ip(), 0..2),
+        (proptest::collection::vec(ip(), 1..3), ip_families),
+        proptest::collection::vec(ip(), 0..3),
         proptest::collection::vec(
             (
                 ip(),
@@ -158,12 +175,13 @@ fn service() -> impl Strategy<Value = PSvc> {
         ports,
     )
         .prop_map(
-            |((ns, name, kind, skip), cluster_ips, external_ips, lb, ports)| PSvc {
+            |((ns, name, kind, skip), (cluster_ips, ip_families), external_ips, lb, ports)| PSvc {
                 ns,
                 name,
                 kind,
                 skip,
                 cluster_ips,
+                ip_families,
                 external_ips,
                 lb,
                 ports,
@@ -234,14 +252,31 @@ fn pod() -> impl Strategy<Value = PPod> {
         })
 }
 
+fn nodeport_addresses() -> impl Strategy<Value = PNodePort> {
+    let cidr = ip().prop_flat_map(|ip| {
+        let prefixes: Vec<u8> = if ip.is_ipv4() {
+            vec![0, 30, 31, 32]
+        } else {
+            vec![0, 126, 127, 128]
+        };
+        proptest::sample::select(prefixes).prop_map(move |p| (ip, p))
+    });
+    prop_oneof![
+        3 => Just(PNodePort::All),
+        2 => proptest::collection::vec(cidr, 1..3).prop_map(PNodePort::Cidrs),
+        2 => Just(PNodePort::Primary),
+    ]
+}
+
 fn cluster() -> impl Strategy<Value = Cluster> {
     (
         proptest::collection::vec(service(), 0..5),
         proptest::collection::vec(slice(), 0..6),
         proptest::collection::vec(pod(), 0..3),
         proptest::collection::vec(ip(), 0..3),
+        nodeport_addresses(),
     )
-        .prop_map(|(services, slices, pods, node_addrs)| Cluster {
+        .prop_map(|(services, slices, pods, node_addrs, nodeport)| Cluster {
             services: services
                 .into_iter()
                 .map(|s| ((s.ns.clone(), s.name.clone()), s))
@@ -252,6 +287,7 @@ fn cluster() -> impl Strategy<Value = Cluster> {
                 .collect(),
             pods: pods.into_iter().map(|p| (p.name.clone(), p)).collect(),
             node_addrs,
+            nodeport,
         })
 }
 
@@ -345,6 +381,13 @@ fn to_service(s: &PSvc) -> Service {
         _ => ips.iter().map(String::as_str).collect(),
     };
     let mut svc = mk_service(&s.ns, &s.name, &ips, ports);
+    if let Some(families) = &s.ip_families {
+        let names: Vec<&str> = families
+            .iter()
+            .map(|v4| if *v4 { "IPv4" } else { "IPv6" })
+            .collect();
+        svc = with_ip_families(svc, &names);
+    }
     let external: Vec<String> = s
         .external_ips
         .iter()
@@ -455,7 +498,20 @@ fn build(c: &Cluster, now: Instant) -> Index {
     let slices: Vec<EndpointSlice> = c.slices.values().map(to_slice).collect();
     let pods: Vec<Pod> = c.pods.values().map(to_pod).collect();
     let texts = node_texts(c);
-    mk_index(
+    let nodeport_addresses = match &c.nodeport {
+        PNodePort::All => NodePortAddresses::All,
+        PNodePort::Cidrs(list) => NodePortAddresses::Cidrs(
+            list.iter()
+                .map(|(ip, prefix)| Cidr::new(*ip, *prefix).unwrap())
+                .collect(),
+        ),
+        PNodePort::Primary => NodePortAddresses::Primary,
+    };
+    mk_index_with(
+        IndexConfig {
+            nodeport_addresses,
+            ..IndexConfig::new(NODE)
+        },
         &services,
         &slices,
         &pods,
@@ -502,7 +558,9 @@ fn service_backends(c: &Cluster, svc: &PSvc, port_name: &str) -> Vec<(IpAddr, u1
                 continue;
             }
             for e in &slice.endpoints {
-                out.push((e.ip, *number, e.serving.unwrap_or(e.ready.unwrap_or(true))));
+                // Allowed: ready or serving, each unset meaning true.
+                let allowed = e.ready.unwrap_or(true) || e.serving.unwrap_or(true);
+                out.push((e.ip, *number, allowed));
             }
         }
     }
@@ -516,7 +574,11 @@ fn reference(c: &Cluster, f: &FlowRef) -> Expected {
     let (dip, dport) = canonical(f.orig_dst);
     let (rip, rport) = canonical(f.reply_src);
     let on_node = c.node_addrs.contains(&dip);
-    let handled = |s: &&PSvc| matches!(s.kind, Kind::Normal);
+    let nodeport_on_node = on_node && nodeport_admits(c, dip);
+    // A Service is served only in its IP families, and needs a ClusterIP of one of them.
+    let handled = |s: &&PSvc| {
+        matches!(s.kind, Kind::Normal) && s.cluster_ips.iter().any(|ip| in_families(s, *ip))
+    };
     let relevant_pods = || {
         c.pods
             .values()
@@ -534,6 +596,7 @@ fn reference(c: &Cluster, f: &FlowRef) -> Expected {
                 .filter(|(_, mode)| *mode != Some(false))
                 .map(|(ip, _)| *ip),
         );
+        ips.retain(|ip| in_families(svc, *ip));
         for p in svc.ports.iter().filter(|p| p.udp) {
             if p.port == dport && ips.contains(&dip) {
                 owners.push(svc_owner(c, svc, p));
@@ -561,8 +624,8 @@ fn reference(c: &Cluster, f: &FlowRef) -> Expected {
             }
         }
     }
-    // Class 4: NodePorts on node addresses.
-    if owners.is_empty() && on_node {
+    // Class 4: NodePorts on the node addresses --nodeport-addresses admits.
+    if owners.is_empty() && nodeport_on_node {
         for svc in c.services.values().filter(handled) {
             for p in svc.ports.iter().filter(|p| p.udp) {
                 if p.node_port == Some(dport) {
@@ -612,6 +675,48 @@ fn reference(c: &Cluster, f: &FlowRef) -> Expected {
         owner: format!("{}/{}", first.ns, first.name),
         port: first.port.clone(),
         reason,
+    }
+}
+
+/// Whether `ip` is of one of the Service's families: `spec.ipFamilies` entries that have a
+/// ClusterIP at their index, or without it the families of the ClusterIPs.
+fn in_families(svc: &PSvc, ip: IpAddr) -> bool {
+    match &svc.ip_families {
+        Some(families) => families
+            .iter()
+            .take(svc.cluster_ips.len())
+            .any(|v4| *v4 == ip.is_ipv4()),
+        None => svc.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()),
+    }
+}
+
+/// kube-proxy's `--nodeport-addresses`: per family, every address unless restricted.
+fn nodeport_admits(c: &Cluster, ip: IpAddr) -> bool {
+    let same = |other: &IpAddr| other.is_ipv4() == ip.is_ipv4();
+    match &c.nodeport {
+        PNodePort::All => true,
+        PNodePort::Cidrs(list) => {
+            let family: Vec<&(IpAddr, u8)> = list.iter().filter(|(net, _)| same(net)).collect();
+            family.is_empty()
+                || family.iter().any(|(net, prefix)| match (net, ip) {
+                    (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                        let bits = 32 - u32::from(*prefix);
+                        u64::from(net.to_bits()) >> bits == u64::from(ip.to_bits()) >> bits
+                    }
+                    (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                        let bits = 128 - u32::from(*prefix);
+                        net.to_bits().checked_shr(bits).unwrap_or(0)
+                            == ip.to_bits().checked_shr(bits).unwrap_or(0)
+                    }
+                    _ => false,
+                })
+        }
+        // The Node's first address of the family (all are InternalIPs here).
+        PNodePort::Primary => c
+            .node_addrs
+            .iter()
+            .find(|a| same(a))
+            .is_none_or(|p| *p == ip),
     }
 }
 

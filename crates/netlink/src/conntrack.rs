@@ -633,3 +633,72 @@ fn initial_seq() -> u32 {
         .map_or(0, |d| d.subsec_nanos());
     nanos ^ (std::process::id() << 16) ^ NEXT.fetch_add(0x1000_0000, Ordering::Relaxed)
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::model::{NewFlow, Tuple, proto};
+
+    #[test]
+    fn a_dump_without_an_answer_times_out_and_the_next_request_gets_a_new_socket() {
+        if !crate::testing::root_or_skip(
+            "a_dump_without_an_answer_times_out_and_the_next_request_gets_a_new_socket",
+        ) {
+            return;
+        }
+        socket::in_private_netns(|| {
+            let mut ct =
+                Conntrack::with_capabilities(Home::open(Netns::Current)?, Capabilities::NONE)?;
+            let flows: Vec<NewFlow> = (1..=3u8)
+                .map(|i| {
+                    let orig = Tuple::new(
+                        format!("10.0.0.{i}").parse().unwrap(),
+                        "10.96.0.1".parse().unwrap(),
+                        proto::UDP,
+                        1000,
+                        53,
+                    );
+                    NewFlow::symmetric(orig, 60)
+                })
+                .collect();
+            assert_eq!(ct.create(&flows)?.created, 3);
+            assert_eq!(ct.receive_timeout(), Some(DEFAULT_RECEIVE_TIMEOUT));
+            let timeout = Duration::from_millis(200);
+            ct.set_receive_timeout(Some(timeout))?;
+            // A stalled kernel, as the receiving side sees it: it waits for the end of a dump
+            // under a sequence number the kernel never answers, so after the real dump's last
+            // datagram nothing more comes.
+            ct.begin_exchange()?;
+            let seq = ct.next_seq(1);
+            ct.writer.clear();
+            ct.writer
+                .dump_request(&DumpFilter::all(), &KernelFilter::default(), seq);
+            socket::send_all(&ct.socket, ct.writer.as_bytes(), "dump conntrack")?;
+            let started = Instant::now();
+            let (outcome, drained) =
+                pipelined_dump(&ct.socket, seq.wrapping_add(1), ct.recv_timeout, |_| {
+                    Ok(false)
+                });
+            assert!(!drained);
+            match outcome {
+                Err(DumpEnd::Broken(Error::Timeout { after, .. })) => assert_eq!(after, timeout),
+                Err(DumpEnd::Broken(err) | DumpEnd::Kernel(err)) => panic!("{err}"),
+                Ok(()) => panic!("the dump cannot have ended"),
+            }
+            assert!(started.elapsed() < Duration::from_secs(5));
+            // The abandoned exchange costs one new socket, and the handle works on.
+            let mut seen = 0;
+            ct.dump(&DumpFilter::all(), |_| seen += 1)?;
+            assert_eq!((seen, ct.reopens()), (3, 1));
+            assert_eq!(
+                ct.receive_timeout(),
+                Some(timeout),
+                "kept across the re-open"
+            );
+            Ok(())
+        })
+        .unwrap();
+    }
+}

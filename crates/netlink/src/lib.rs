@@ -111,7 +111,7 @@ pub use events::{
     DEFAULT_EVENT_BUFFER, Event, EventKinds, EventOptions, EventStats, EventStream, events,
     events_with, events_with_buffer,
 };
-pub use model::{DumpFilter, Family, Flow, FlowKey, NewFlow, Status, Tuple, proto};
+pub use model::{DumpFilter, Family, Flow, FlowKey, NewFlow, Status, Tuple, ZoneDir, proto};
 pub use stats::{
     CpuStats, ProcStat, StatCounters, Stats, StatsReader, StatsSource, TableCount, parse_cpu_stats,
     parse_proc_stat, parse_sysctl_number, parse_table_count, read_proc_in,

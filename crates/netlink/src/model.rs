@@ -279,6 +279,22 @@ impl Not for Status {
     }
 }
 
+/// Which directions of an entry its conntrack zone applies to.
+///
+/// Zones usually apply to both directions (`CTA_ZONE`); rules can also put only the original
+/// or only the reply direction in a zone (e.g. iptables `CT --zone-orig`), which the kernel
+/// reports as `CTA_TUPLE_ZONE` inside that direction's tuple.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ZoneDir {
+    /// Both directions (also what a zone-0 entry says).
+    #[default]
+    Both,
+    /// The original direction only.
+    Original,
+    /// The reply direction only.
+    Reply,
+}
+
 /// One conntrack entry, as dumped or reported by an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
@@ -292,8 +308,12 @@ pub struct Flow {
     pub status: Status,
     /// Connection mark (0 when unset).
     pub mark: u32,
-    /// Conntrack zone (0, the default zone, when unset).
+    /// Conntrack zone id (0, the default zone, when unset), whatever direction it applies to
+    /// ([`Flow::zone_dir`]): an entry with any zone but 0 belongs to someone else's zone
+    /// (OVS/OVN, Antrea, CT rules) even when only one of its directions is zoned.
     pub zone: u16,
+    /// Which directions `zone` applies to.
+    pub zone_dir: ZoneDir,
     /// Seconds until the entry expires (0 when the message did not carry it, e.g. DESTROY).
     pub timeout: u32,
     /// The kernel's id of the entry (distinguishes re-creations of the same tuple).
@@ -306,8 +326,21 @@ impl Flow {
         FlowKey {
             family: self.family,
             orig: self.orig,
-            zone: self.zone,
+            zone: self.orig_zone(),
             id: Some(self.id),
+        }
+    }
+
+    /// Whether the entry is in the default zone (0) in both directions.
+    pub fn in_default_zone(&self) -> bool {
+        self.zone == 0
+    }
+
+    /// The zone id of the original direction, the one a lookup by original tuple needs.
+    pub fn orig_zone(&self) -> u16 {
+        match self.zone_dir {
+            ZoneDir::Reply => 0,
+            ZoneDir::Both | ZoneDir::Original => self.zone,
         }
     }
 }
@@ -319,7 +352,7 @@ pub struct FlowKey {
     pub family: Family,
     /// The complete original tuple.
     pub orig: Tuple,
-    /// Conntrack zone.
+    /// Conntrack zone of the original direction ([`Flow::orig_zone`]).
     pub zone: u16,
     /// The entry's id; with `Some`, an entry re-created with the same tuple is left alone.
     pub id: Option<u32>,
@@ -424,6 +457,7 @@ mod tests {
             status: Status::CONFIRMED | Status::ASSURED,
             mark: 0x4000,
             zone: 3,
+            zone_dir: ZoneDir::Both,
             timeout: 30,
             id: 7,
         }
@@ -473,5 +507,18 @@ mod tests {
         assert_eq!(key.id, Some(7));
         assert_eq!(key.zone, 3);
         assert_eq!(key.orig, flow.orig);
+        assert!(!flow.in_default_zone());
+        // A reply-only zone: the original direction is in zone 0, and so is the key.
+        let reply_zoned = Flow {
+            zone_dir: ZoneDir::Reply,
+            ..flow
+        };
+        assert_eq!(reply_zoned.key().zone, 0);
+        assert!(!reply_zoned.in_default_zone());
+        let orig_zoned = Flow {
+            zone_dir: ZoneDir::Original,
+            ..flow
+        };
+        assert_eq!(orig_zoned.key().zone, 3);
     }
 }

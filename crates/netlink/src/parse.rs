@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::error::Error;
-use crate::model::{Family, Flow, Status, Tuple, proto};
+use crate::model::{Family, Flow, Status, Tuple, ZoneDir, proto};
 use crate::wire::*;
 
 /// One netlink message inside a datagram.
@@ -256,22 +256,30 @@ where
 }
 
 /// Parses `CTA_TUPLE_ORIG` / `CTA_TUPLE_REPLY` contents: the kernel's usual layout directly,
-/// anything else attribute by attribute.
+/// anything else attribute by attribute. Also returns the tuple's `CTA_TUPLE_ZONE`, which the
+/// kernel writes only for a zone of this direction alone.
 #[inline(always)]
-fn parse_tuple(buf: &[u8], family: Family) -> Result<Tuple, Bad> {
+fn parse_tuple(buf: &[u8], family: Family) -> Result<(Tuple, Option<u16>), Bad> {
     let fast = match family {
         Family::V4 => canonical_tuple::<4, 48>(buf),
         Family::V6 => canonical_tuple::<16, 72>(buf),
     };
     match fast {
-        Some(tuple) => Ok(tuple),
-        None => parse_tuple_generic(buf),
+        Some(tuple) => Ok((tuple, None)),
+        None => parse_tuple_zoned(buf),
     }
 }
 
 /// Parses tuple contents in any order, with any extra attributes.
 #[cold]
 fn parse_tuple_generic(buf: &[u8]) -> Result<Tuple, Bad> {
+    parse_tuple_zoned(buf).map(|(tuple, _)| tuple)
+}
+
+/// [`parse_tuple_generic`], with the tuple's zone.
+#[cold]
+fn parse_tuple_zoned(buf: &[u8]) -> Result<(Tuple, Option<u16>), Bad> {
+    let mut tuple_zone = None;
     let mut src = None;
     let mut dst = None;
     let mut protonum = None;
@@ -318,6 +326,7 @@ fn parse_tuple_generic(buf: &[u8]) -> Result<Tuple, Bad> {
                     }
                 }
             }
+            CTA_TUPLE_ZONE => tuple_zone = Some(be_u16(payload, "short tuple zone")?),
             _ => {}
         }
     }
@@ -327,13 +336,16 @@ fn parse_tuple_generic(buf: &[u8]) -> Result<Tuple, Bad> {
     if proto::is_icmp(protonum) {
         dport = u16::from(icmp_type) << 8 | u16::from(icmp_code);
     }
-    Ok(Tuple {
-        src,
-        dst,
-        proto: protonum,
-        sport,
-        dport,
-    })
+    Ok((
+        Tuple {
+            src,
+            dst,
+            proto: protonum,
+            sport,
+            dport,
+        },
+        tuple_zone,
+    ))
 }
 
 /// Parses the payload (after `nlmsghdr`) of a ctnetlink `CT_NEW` / `CT_DELETE` message.
@@ -373,8 +385,21 @@ fn parse_flow_inner(payload: &[u8]) -> Result<Flow, Bad> {
             _ => {}
         }
     }
-    let (Some(orig), Some(reply)) = (orig, reply) else {
+    let (Some((orig, orig_zone)), Some((reply, reply_zone))) = (orig, reply) else {
         return Err(Bad::at("conntrack message without both tuples", 0));
+    };
+    // The kernel writes a zone in exactly one place: CTA_ZONE for both directions, or the
+    // tuple of the one direction it applies to.
+    let zone_dir = match (orig_zone, reply_zone) {
+        (Some(z), None) if zone == 0 => {
+            zone = z;
+            ZoneDir::Original
+        }
+        (None, Some(z)) if zone == 0 => {
+            zone = z;
+            ZoneDir::Reply
+        }
+        _ => ZoneDir::Both,
     };
     Ok(Flow {
         family,
@@ -383,6 +408,7 @@ fn parse_flow_inner(payload: &[u8]) -> Result<Flow, Bad> {
         status: flow_status,
         mark,
         zone,
+        zone_dir,
         timeout,
         id,
     })
@@ -478,6 +504,40 @@ mod tests {
         // ICMP carries type and code in `dport`: always the generic path.
         let icmp = kernel_tuple(&[10, 0, 0, 1], &[10, 0, 0, 2], proto::ICMP, 7, 0);
         assert_eq!(fast(&icmp, Family::V4), None);
+    }
+
+    /// A whole CT_NEW payload (after the netlink header) from its two tuples and extras.
+    fn payload(orig: &[u8], reply: &[u8], extra: &[u8]) -> Vec<u8> {
+        [
+            vec![libc::AF_INET as u8, 0, 0, 0],
+            attr(CTA_TUPLE_ORIG | NLA_F_NESTED, orig),
+            attr(CTA_TUPLE_REPLY | NLA_F_NESTED, reply),
+            extra.to_vec(),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn a_zone_of_one_direction_is_read_from_its_tuple() {
+        let orig = kernel_tuple(&[10, 0, 0, 1], &[10, 0, 0, 2], proto::UDP, 1000, 53);
+        let reply = kernel_tuple(&[10, 0, 0, 2], &[10, 0, 0, 1], proto::UDP, 53, 1000);
+        let zoned = |tuple: &[u8]| [tuple, &attr(CTA_TUPLE_ZONE, &7u16.to_be_bytes())].concat();
+        let read = |bytes: Vec<u8>| {
+            let flow = parse_flow(&bytes).expect("valid message");
+            (flow.zone, flow.zone_dir, flow.key().zone)
+        };
+        assert_eq!(read(payload(&orig, &reply, &[])), (0, ZoneDir::Both, 0));
+        let both = attr(CTA_ZONE, &7u16.to_be_bytes());
+        assert_eq!(read(payload(&orig, &reply, &both)), (7, ZoneDir::Both, 7));
+        assert_eq!(
+            read(payload(&zoned(&orig), &reply, &[])),
+            (7, ZoneDir::Original, 7)
+        );
+        // Only the reply direction is zoned: a lookup by original tuple is in zone 0.
+        assert_eq!(
+            read(payload(&orig, &zoned(&reply), &[])),
+            (7, ZoneDir::Reply, 0)
+        );
     }
 
     proptest! {

@@ -61,6 +61,7 @@ pub const CTA_STATUS_MASK: u16 = 26;
 // enum ctattr_tuple
 pub const CTA_TUPLE_IP: u16 = 1;
 pub const CTA_TUPLE_PROTO: u16 = 2;
+pub const CTA_TUPLE_ZONE: u16 = 3;
 
 // enum ctattr_ip
 pub const CTA_IP_V4_SRC: u16 = 1;

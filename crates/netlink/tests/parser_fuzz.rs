@@ -99,6 +99,7 @@ fn arb_flow() -> impl Strategy<Value = Flow> {
                     status: Status(status),
                     mark,
                     zone,
+                    zone_dir: ctnetlink::ZoneDir::Both,
                     timeout,
                     id,
                 }

@@ -326,12 +326,27 @@ fn probes_and_metrics_share_one_named_port_that_clashes_with_nothing() {
             assert_ne!(port.container_port, *taken, "{taken} belongs to {owner}");
         }
     }
-    let addr = env_value(container, "CONNTRACK_RECONCILER_METRICS_ADDR").expect("metrics addr");
-    let listen: std::net::SocketAddr = addr.parse().expect("metrics addr is ip:port");
-    assert_eq!(
-        i32::from(listen.port()),
-        METRICS_PORT,
-        "the agent listens on the named port"
+    // The agent listens on POD_IP:9795 by default (cli.rs); an explicit address, if any, must
+    // be on the named port too and must not open the server on every node interface.
+    if let Some(addr) = env_value(container, "CONNTRACK_RECONCILER_METRICS_ADDR") {
+        let listen: std::net::SocketAddr = addr.parse().expect("metrics addr is ip:port");
+        assert_eq!(
+            i32::from(listen.port()),
+            METRICS_PORT,
+            "the agent listens on the named port"
+        );
+        assert!(
+            !listen.ip().is_unspecified(),
+            "{addr}: the host-network agent must not listen on every node address"
+        );
+    }
+    assert!(
+        !container
+            .args
+            .iter()
+            .flatten()
+            .any(|arg| arg.starts_with("--metrics-addr")),
+        "the listen address comes from POD_IP, not from args"
     );
 
     let named = IntOrString::String("metrics".into());
@@ -395,7 +410,85 @@ fn image_is_set_by_kustomize() {
 }
 
 #[test]
-fn rbac_is_read_only_and_exact() {
+fn metrics_server_binds_the_pod_ip_from_the_downward_api() {
+    let base = load_base();
+    let container = agent_container(&base.daemon_set);
+    let pod_ip = container
+        .env
+        .iter()
+        .flatten()
+        .find(|var| var.name == "POD_IP")
+        .expect("POD_IP, the admin server's default listen address");
+    let field = pod_ip
+        .value_from
+        .as_ref()
+        .and_then(|source| source.field_ref.as_ref())
+        .expect("POD_IP from a fieldRef");
+    // On the host network the pod IP is the node's primary address: the one the kubelet
+    // probes and Prometheus scrapes.
+    assert_eq!(field.field_path, "status.podIP");
+    assert_eq!(
+        env_value(container, "CONNTRACK_RECONCILER_METRICS_ADDR"),
+        None,
+        "an explicit address would override POD_IP"
+    );
+}
+
+/// Every base image of the agent's Dockerfile is pinned by digest, with the tag kept so a
+/// reader knows which release the digest is.
+#[test]
+fn dockerfile_pins_base_images_by_tag_and_digest() {
+    let path = crate::util::workspace_root().join("Dockerfile");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut stages = BTreeSet::new();
+    let mut bases = 0;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if !words
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+        {
+            continue;
+        }
+        let image = words
+            .iter()
+            .skip(1)
+            .find(|w| !w.starts_with("--"))
+            .unwrap_or_else(|| panic!("FROM without an image: {line}"));
+        if let Some(alias) = words
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case("AS"))
+            .and_then(|i| words.get(i + 1))
+        {
+            stages.insert(alias.to_string());
+        }
+        if stages.contains(*image) && !line.contains('@') {
+            continue; // an earlier stage of this file
+        }
+        bases += 1;
+        let (reference, digest) = image
+            .split_once("@sha256:")
+            .unwrap_or_else(|| panic!("{image}: not pinned by digest"));
+        assert!(
+            digest.len() == 64
+                && digest
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{image}: a sha256 digest is 64 lowercase hex digits"
+        );
+        let name_end = reference.rfind('/').map_or(0, |slash| slash + 1);
+        assert!(
+            reference[name_end..].contains(':'),
+            "{image}: keep the tag next to the digest, for readers"
+        );
+    }
+    assert!(bases >= 2, "a build image and a runtime image: {bases}");
+}
+
+/// The agent lists (`check`, and every watch's initial list) and watches; it never reads a
+/// single object by name, so not even `get` is granted.
+#[test]
+fn rbac_is_list_and_watch_only_and_exact() {
     let base = load_base();
     let rules = base.cluster_role.rules.as_ref().expect("rules");
     let mut granted = BTreeSet::new();
@@ -406,8 +499,8 @@ fn rbac_is_read_only_and_exact() {
             for resource in rule.resources.iter().flatten() {
                 for verb in &rule.verbs {
                     assert!(
-                        ["get", "list", "watch"].contains(&verb.as_str()),
-                        "{verb} on {resource} is not read-only"
+                        ["list", "watch"].contains(&verb.as_str()),
+                        "{verb} on {resource}: only list and watch are used"
                     );
                     granted.insert((group.as_str(), resource.as_str(), verb.as_str()));
                 }
@@ -419,10 +512,8 @@ fn rbac_is_read_only_and_exact() {
         ("", "services", "watch"),
         ("discovery.k8s.io", "endpointslices", "list"),
         ("discovery.k8s.io", "endpointslices", "watch"),
-        ("", "nodes", "get"),
         ("", "nodes", "list"),
         ("", "nodes", "watch"),
-        ("", "pods", "get"),
         ("", "pods", "list"),
         ("", "pods", "watch"),
     ]);

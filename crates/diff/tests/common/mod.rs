@@ -85,6 +85,12 @@ pub fn with_lb(mut svc: Service, ingress: &[(&str, Option<&str>)]) -> Service {
     svc
 }
 
+/// Sets `spec.ipFamilies`.
+pub fn with_ip_families(mut svc: Service, families: &[&str]) -> Service {
+    svc.spec.as_mut().unwrap().ip_families = Some(families.iter().map(|s| s.to_string()).collect());
+    svc
+}
+
 pub fn with_label(mut svc: Service, key: &str, value: &str) -> Service {
     svc.metadata
         .labels
@@ -208,6 +214,12 @@ pub fn mk_pod(
 
 /// This node with its InternalIP addresses.
 pub fn mk_node(name: &str, addrs: &[&str]) -> Node {
+    let typed: Vec<(&str, &str)> = addrs.iter().map(|a| ("InternalIP", *a)).collect();
+    mk_node_typed(name, &typed)
+}
+
+/// A node with addresses of the given types: (type, address), in order.
+pub fn mk_node_typed(name: &str, addrs: &[(&str, &str)]) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -218,9 +230,9 @@ pub fn mk_node(name: &str, addrs: &[&str]) -> Node {
             addresses: Some(
                 addrs
                     .iter()
-                    .map(|a| NodeAddress {
+                    .map(|(type_, a)| NodeAddress {
                         address: a.to_string(),
-                        type_: "InternalIP".into(),
+                        type_: type_.to_string(),
                     })
                     .collect(),
             ),
@@ -237,7 +249,26 @@ pub fn mk_index(
     node_addrs: &[&str],
     now: Instant,
 ) -> Index {
-    let mut index = Index::new(IndexConfig::new(NODE));
+    mk_index_with(
+        IndexConfig::new(NODE),
+        services,
+        slices,
+        pods,
+        node_addrs,
+        now,
+    )
+}
+
+/// [`mk_index`] with a configuration (its node name should be [`NODE`]).
+pub fn mk_index_with(
+    cfg: IndexConfig,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    pods: &[Pod],
+    node_addrs: &[&str],
+    now: Instant,
+) -> Index {
+    let mut index = Index::new(cfg);
     let _ = index.reset_services(services, now);
     let _ = index.reset_endpoint_slices(slices, now);
     let _ = index.reset_pods(pods, now);

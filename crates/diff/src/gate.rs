@@ -1,0 +1,380 @@
+//! Acting only on fresh, positive evidence: whether a stale verdict may be acted on *now*.
+//!
+//! The index judges flows against the agent's view of the cluster, and that view can lag
+//! kube-proxy's: its watch may be slower, failing, relisting or silently frozen while
+//! kube-proxy, with its own watch, already routes new flows to backends the agent has not heard
+//! of. [`Knowledge`] tracks how current the view of each watched kind is; [`Gate`] turns a
+//! verdict into a [`Decision`]:
+//! - nothing is deleted unless every kind is *fresh*: fully listed, not relisting, not failing,
+//!   and heard from within `stale_after`;
+//! - a backend the agent saw leave ([`Evidence::Removed`]) may go at once;
+//! - a backend it never saw ([`Evidence::Unseen`]) may go only once the kinds that decide the
+//!   verdict have delivered an event or bookmark received at least `grace` after the flow was
+//!   first seen. A watch delivers in order, so by then any backend kube-proxy could have chosen
+//!   for the flow would have reached the index; `grace` bounds how far the agent's watch may run
+//!   behind kube-proxy's without a healthy flow being deleted.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use crate::verdict::{Evidence, Frontend, Stale};
+
+/// A watched Kubernetes kind whose freshness the gate tracks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Services.
+    Services,
+    /// EndpointSlices.
+    EndpointSlices,
+    /// This node's Node object.
+    Nodes,
+    /// Pods on this node.
+    Pods,
+}
+
+impl Kind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Kind; 4] = [Kind::Services, Kind::EndpointSlices, Kind::Nodes, Kind::Pods];
+
+    /// The plural lower-case resource name, for logs and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Services => "services",
+            Kind::EndpointSlices => "endpointslices",
+            Kind::Nodes => "nodes",
+            Kind::Pods => "pods",
+        }
+    }
+
+    const fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How current the agent's view of one kind is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindFreshness {
+    /// A complete list has been applied at least once.
+    pub listed: bool,
+    /// A relist is in progress (the index holds old and new objects mixed).
+    pub relisting: bool,
+    /// The watch has failed since it last answered, since this instant.
+    pub failing_since: Option<Instant>,
+    /// The last time the watch answered at all (a list page, a watch accepted, an event, a
+    /// bookmark).
+    pub last_alive: Option<Instant>,
+    /// Everything the API server sent up to about this instant has been applied to the index:
+    /// the receipt time of the latest event or bookmark applied, or the start of the latest
+    /// complete list.
+    pub confirmed: Option<Instant>,
+}
+
+/// Why the agent's view is not fresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Staleness {
+    /// The kind has never been listed completely.
+    NotListed(Kind),
+    /// The kind is being relisted.
+    Relisting(Kind),
+    /// The kind's watch is failing, since this instant.
+    Failing(Kind, Instant),
+    /// The kind's watch has not answered for this long.
+    Silent(Kind, Duration),
+}
+
+impl fmt::Display for Staleness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Staleness::NotListed(kind) => write!(f, "{kind} not listed yet"),
+            Staleness::Relisting(kind) => write!(f, "{kind} relisting"),
+            Staleness::Failing(kind, _) => write!(f, "{kind} watch failing"),
+            Staleness::Silent(kind, quiet) => {
+                write!(f, "{kind} watch silent for {}s", quiet.as_secs())
+            }
+        }
+    }
+}
+
+/// How current the agent's view of every watched kind is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Knowledge {
+    kinds: [KindFreshness; 4],
+    stale_after: Duration,
+}
+
+impl Knowledge {
+    /// Nothing known yet. A kind that has not been heard from for `stale_after` is stale.
+    pub fn new(stale_after: Duration) -> Self {
+        Knowledge {
+            kinds: [KindFreshness::default(); 4],
+            stale_after,
+        }
+    }
+
+    /// The state of one kind.
+    pub fn kind(&self, kind: Kind) -> &KindFreshness {
+        &self.kinds[kind.slot()]
+    }
+
+    fn kind_mut(&mut self, kind: Kind) -> &mut KindFreshness {
+        &mut self.kinds[kind.slot()]
+    }
+
+    /// The watch answered (a list page, an accepted watch request): it is alive, not failing.
+    pub fn alive(&mut self, kind: Kind, at: Instant) {
+        let k = self.kind_mut(kind);
+        k.last_alive = Some(k.last_alive.map_or(at, |t| t.max(at)));
+        k.failing_since = None;
+    }
+
+    /// A relist started at `at`.
+    pub fn relist_started(&mut self, kind: Kind, at: Instant) {
+        self.alive(kind, at);
+        self.kind_mut(kind).relisting = true;
+    }
+
+    /// A complete list that started at `started` has been applied: the view is as current as
+    /// the API server was then.
+    pub fn listed(&mut self, kind: Kind, started: Instant, at: Instant) {
+        self.alive(kind, at);
+        let k = self.kind_mut(kind);
+        k.listed = true;
+        k.relisting = false;
+        k.confirmed = Some(k.confirmed.map_or(started, |t| t.max(started)));
+    }
+
+    /// An event or bookmark received at `at` has been applied (with everything before it).
+    pub fn confirmed(&mut self, kind: Kind, at: Instant) {
+        self.alive(kind, at);
+        let k = self.kind_mut(kind);
+        k.confirmed = Some(k.confirmed.map_or(at, |t| t.max(at)));
+    }
+
+    /// The watch failed at `at` (an error answer, a broken or silent connection).
+    pub fn failed(&mut self, kind: Kind, at: Instant) {
+        let k = self.kind_mut(kind);
+        k.failing_since.get_or_insert(at);
+    }
+
+    /// Why `kind`'s view is not fresh at `now`, if it is not.
+    pub fn staleness(&self, kind: Kind, now: Instant) -> Option<Staleness> {
+        let k = self.kind(kind);
+        if !k.listed {
+            return Some(Staleness::NotListed(kind));
+        }
+        if k.relisting {
+            return Some(Staleness::Relisting(kind));
+        }
+        if let Some(since) = k.failing_since {
+            return Some(Staleness::Failing(kind, since));
+        }
+        let quiet = k
+            .last_alive
+            .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+        (quiet > self.stale_after).then_some(Staleness::Silent(kind, quiet))
+    }
+
+    /// The first reason, in [`Kind::ALL`] order, why the view is not fresh at `now`.
+    pub fn first_staleness(&self, now: Instant) -> Option<Staleness> {
+        Kind::ALL.iter().find_map(|k| self.staleness(*k, now))
+    }
+
+    /// Whether every kind is fresh at `now`.
+    pub fn all_fresh(&self, now: Instant) -> bool {
+        self.first_staleness(now).is_none()
+    }
+
+    /// Whether every kind in `kinds` has confirmed its view at or after `at`.
+    pub fn confirmed_since(&self, kinds: &[Kind], at: Instant) -> bool {
+        kinds
+            .iter()
+            .all(|k| self.kind(*k).confirmed.is_some_and(|c| c >= at))
+    }
+}
+
+/// The kinds whose view decides a verdict on `frontend`.
+pub fn deciding_kinds(frontend: &Frontend) -> &'static [Kind] {
+    match frontend {
+        Frontend::HostPort(_) => &[Kind::Pods],
+        Frontend::Addr(_) | Frontend::NodePort(_) => &[Kind::Services, Kind::EndpointSlices],
+    }
+}
+
+/// What to do with a stale flow now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Delete it.
+    Delete,
+    /// Not yet: its backend was never seen by the agent, and the agent's view is not yet proven
+    /// newer than the flow. Check again later.
+    Defer,
+    /// Not now: the agent's view is not fresh (see [`Knowledge::first_staleness`]).
+    Hold,
+}
+
+impl Decision {
+    /// The kebab-case name, for logs and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Decision::Delete => "delete",
+            Decision::Defer => "defer",
+            Decision::Hold => "hold",
+        }
+    }
+}
+
+/// Settings of a [`Gate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GateConfig {
+    /// How far the agent's watch may run behind kube-proxy's: a never-seen backend's flow may go
+    /// only after an event or bookmark received this long after the flow was first seen.
+    pub grace: Duration,
+    /// At most this many flows are remembered as waiting; more are deferred without memory
+    /// (and seen anew, later).
+    pub max_waiting: usize,
+    /// A waiting flow not seen again for this long is forgotten.
+    pub forget_after: Duration,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            grace: Duration::from_secs(5),
+            max_waiting: 100_000,
+            forget_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A flow waiting for proof that its never-seen backend is really gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting<F> {
+    /// When the flow was first seen stale.
+    pub first_seen: Instant,
+    /// When it was last seen stale.
+    pub last_seen: Instant,
+    /// The flow, as the caller handed it in (to re-check it without a table walk).
+    pub flow: F,
+}
+
+/// Decides, flow by flow, whether a stale verdict may be acted on now; remembers the flows that
+/// wait (keyed by `K`, carrying the caller's flow `F`).
+#[derive(Debug)]
+pub struct Gate<K, F> {
+    cfg: GateConfig,
+    waiting: HashMap<K, Waiting<F>>,
+}
+
+impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
+    /// An empty gate.
+    pub fn new(cfg: GateConfig) -> Self {
+        Gate {
+            cfg,
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GateConfig {
+        &self.cfg
+    }
+
+    /// Decides about a flow the index judged `stale` at `now`.
+    ///
+    /// A [`Decision::Delete`] forgets the flow; the caller should [`forget`](Gate::forget) it
+    /// too when it turns out not stale any more (or gone).
+    pub fn decide(
+        &mut self,
+        key: K,
+        flow: F,
+        stale: &Stale<'_>,
+        knowledge: &Knowledge,
+        now: Instant,
+    ) -> Decision {
+        let fresh = knowledge.all_fresh(now);
+        match stale.evidence {
+            Evidence::Removed => {
+                if fresh {
+                    self.waiting.remove(&key);
+                    Decision::Delete
+                } else {
+                    Decision::Hold
+                }
+            }
+            Evidence::Unseen => {
+                let first_seen = self.note(key, flow, now);
+                if !fresh {
+                    return Decision::Hold;
+                }
+                let Some(proof_at) = first_seen.checked_add(self.cfg.grace) else {
+                    return Decision::Defer;
+                };
+                if now >= proof_at
+                    && knowledge.confirmed_since(deciding_kinds(&stale.frontend), proof_at)
+                {
+                    self.waiting.remove(&key);
+                    Decision::Delete
+                } else {
+                    Decision::Defer
+                }
+            }
+        }
+    }
+
+    /// Records that `key` was seen stale at `now`; returns when it was first seen.
+    fn note(&mut self, key: K, flow: F, now: Instant) -> Instant {
+        if let Some(w) = self.waiting.get_mut(&key) {
+            w.last_seen = now;
+            w.flow = flow;
+            return w.first_seen;
+        }
+        if self.waiting.len() < self.cfg.max_waiting {
+            self.waiting.insert(
+                key,
+                Waiting {
+                    first_seen: now,
+                    last_seen: now,
+                    flow,
+                },
+            );
+        }
+        now
+    }
+
+    /// Forgets a flow (no longer stale, deleted, or gone from the table).
+    pub fn forget(&mut self, key: &K) {
+        self.waiting.remove(key);
+    }
+
+    /// Forgets flows not seen stale for `forget_after`; returns how many.
+    pub fn sweep(&mut self, now: Instant) -> usize {
+        let before = self.waiting.len();
+        let limit = self.cfg.forget_after;
+        self.waiting
+            .retain(|_, w| now.saturating_duration_since(w.last_seen) < limit);
+        before - self.waiting.len()
+    }
+
+    /// The flows waiting, for a re-check without a table walk.
+    pub fn waiting(&self) -> impl Iterator<Item = (&K, &Waiting<F>)> {
+        self.waiting.iter()
+    }
+
+    /// How many flows wait.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether no flow waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
