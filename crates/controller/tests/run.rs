@@ -252,11 +252,23 @@ fn event_path_deletes_a_stale_new_flow_at_once() {
     }
     let mut lab = Lab::new("runevent");
     dns_state(&lab);
-    let agent = lab.start_agent(&["--resync-interval", "1h", "--follow-ups", "1h"]);
+    let agent = lab.start_agent(&[
+        "--resync-interval",
+        "1h",
+        "--follow-ups",
+        "1h",
+        "--unseen-backend-grace",
+        "1s",
+    ]);
     agent.wait_ready();
-    std::thread::sleep(Duration::from_millis(300)); // let the startup pass finish
+    // The agent sees 10.244.1.2 leave the service: positive evidence.
+    lab.api
+        .apply(&slice("dns", 5353, &["10.244.1.1"]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // let the change and its pass finish
+    let passes_before = agent.metric("conntrack_reconciler_passes_total", &[]);
     let created = Instant::now();
-    lab.create(&[flow(4001, ("10.96.0.10", 53), ("10.244.1.9", 5353))]);
+    lab.create(&[flow(4001, ("10.96.0.10", 53), ("10.244.1.2", 5353))]);
     lab.create(&[flow(4002, ("10.96.0.10", 53), ("10.244.1.1", 5353))]);
     wait_for(
         "event path deletion",
@@ -264,16 +276,38 @@ fn event_path_deletes_a_stale_new_flow_at_once() {
         || !lab.ports().contains(&4001),
         &agent,
     );
-    eprintln!("stale NEW flow deleted within {:?}", created.elapsed());
+    let removed_after = created.elapsed();
+    eprintln!("stale NEW flow to a removed backend deleted within {removed_after:?}");
+    assert!(
+        removed_after < Duration::from_secs(1),
+        "a backend seen removed needs no grace: {removed_after:?}"
+    );
     assert!(lab.ports().contains(&4002), "the healthy new flow stays");
     assert!(agent.metric("conntrack_reconciler_events_total", &["new"]) >= 2.0);
-    // Only the startup pass ran: the event path did the deletion.
+    // No pass ran meanwhile: the event path did the deletion.
     assert_eq!(
         agent.metric("conntrack_reconciler_passes_total", &[]),
-        1.0,
+        passes_before,
         "{}",
         agent.logs()
     );
+    // A backend the agent never saw may be one kube-proxy knows and the agent does not yet:
+    // its flow waits for proof (an event or bookmark received a grace after the flow).
+    let created = Instant::now();
+    lab.create(&[flow(4003, ("10.96.0.10", 53), ("10.244.1.9", 5353))]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        lab.ports().contains(&4003),
+        "a never-seen backend's flow is not deleted before the grace"
+    );
+    wait_for(
+        "waiting flow proven stale",
+        Duration::from_secs(10),
+        || !lab.ports().contains(&4003),
+        &agent,
+    );
+    eprintln!("stale NEW flow to a never-seen backend deleted within {:?}", created.elapsed());
+    assert!(lab.ports().contains(&4002), "the healthy new flow stays");
 }
 
 #[test]
