@@ -87,8 +87,12 @@ fn print_flow(out: &mut impl std::io::Write, flow: &Flow) -> std::io::Result<()>
         write!(out, "[ASSURED] ")?;
     }
     write!(out, "mark={} ", flow.mark)?;
-    if flow.zone != 0 {
-        write!(out, "zone={} ", flow.zone)?;
+    // conntrack -L prints a one-direction zone as zone-orig= / zone-reply=.
+    match (flow.zone, flow.zone_dir) {
+        (0, _) => {}
+        (zone, ctnetlink::ZoneDir::Both) => write!(out, "zone={zone} ")?,
+        (zone, ctnetlink::ZoneDir::Original) => write!(out, "zone-orig={zone} ")?,
+        (zone, ctnetlink::ZoneDir::Reply) => write!(out, "zone-reply={zone} ")?,
     }
     writeln!(out, "use=1")
 }

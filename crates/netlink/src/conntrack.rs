@@ -639,7 +639,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::model::{NewFlow, Tuple, proto};
+    use crate::model::{NewFlow, Tuple, ZoneDir, proto};
 
     #[test]
     fn a_dump_without_an_answer_times_out_and_the_next_request_gets_a_new_socket() {
@@ -697,6 +697,51 @@ mod tests {
                 Some(timeout),
                 "kept across the re-open"
             );
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_zone_of_one_direction_is_reported_and_its_entry_deleted_by_key() {
+        if !crate::testing::root_or_skip(
+            "a_zone_of_one_direction_is_reported_and_its_entry_deleted_by_key",
+        ) {
+            return;
+        }
+        socket::in_private_netns(|| {
+            let mut ct =
+                Conntrack::with_capabilities(Home::open(Netns::Current)?, Capabilities::NONE)?;
+            for (i, reply_only) in [(1u8, false), (2, true)] {
+                let orig = Tuple::new(
+                    format!("10.0.0.{i}").parse().unwrap(),
+                    "10.96.0.1".parse().unwrap(),
+                    proto::UDP,
+                    1000,
+                    53,
+                );
+                let flow = NewFlow {
+                    zone: 9,
+                    ..NewFlow::symmetric(orig, 60)
+                };
+                let seq = ct.next_seq(1);
+                ct.writer.clear();
+                ct.writer.create_one_way_zoned(&flow, reply_only, seq)?;
+                let outcomes = ct.run_batch(seq, 1, "create")?;
+                assert!(matches!(outcomes[0], Outcome::Done));
+            }
+            let mut flows = Vec::new();
+            ct.dump(&DumpFilter::all(), |f| flows.push(*f))?;
+            flows.sort_by_key(|f| f.orig.src);
+            let seen: Vec<_> = flows.iter().map(|f| (f.zone, f.zone_dir)).collect();
+            assert_eq!(
+                seen,
+                [(9, ZoneDir::Original), (9, ZoneDir::Reply)],
+                "{flows:#?}"
+            );
+            assert!(flows.iter().all(|f| !f.in_default_zone()));
+            let report = ct.delete(flows.iter().map(Flow::key))?;
+            assert_eq!((report.deleted, report.already_gone), (2, 0), "{report:?}");
             Ok(())
         })
         .unwrap();

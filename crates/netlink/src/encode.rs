@@ -101,6 +101,17 @@ impl MsgWriter {
 
     /// A complete tuple (`CTA_TUPLE_ORIG` or `CTA_TUPLE_REPLY`).
     fn tuple(&mut self, ty: u16, family: Family, tuple: &Tuple) -> Result<(), Error> {
+        self.tuple_in_zone(ty, family, tuple, None)
+    }
+
+    /// A tuple, with a `CTA_TUPLE_ZONE` (a zone of this direction alone) when `zone` is set.
+    fn tuple_in_zone(
+        &mut self,
+        ty: u16,
+        family: Family,
+        tuple: &Tuple,
+        zone: Option<u16>,
+    ) -> Result<(), Error> {
         let outer = self.begin_nested(ty);
         let ip = self.begin_nested(CTA_TUPLE_IP);
         match (family, tuple.src, tuple.dst) {
@@ -140,6 +151,9 @@ impl MsgWriter {
             self.attr_u8(code, tuple.dport as u8);
         }
         self.end_nested(l4);
+        if let Some(zone) = zone {
+            self.attr_be16(CTA_TUPLE_ZONE, zone);
+        }
         self.end_nested(outer);
         Ok(())
     }
@@ -194,6 +208,34 @@ impl MsgWriter {
         if flow.zone != 0 {
             self.attr_be16(CTA_ZONE, flow.zone);
         }
+        self.end_msg(start);
+        Ok(())
+    }
+
+    /// A `CT_NEW` whose zone applies to one direction only (tests: [`NewFlow`] cannot say so).
+    #[cfg(test)]
+    pub fn create_one_way_zoned(
+        &mut self,
+        flow: &NewFlow,
+        reply_only: bool,
+        seq: u32,
+    ) -> Result<(), Error> {
+        let family = flow.orig.family().ok_or(Error::Invalid("mixed families"))?;
+        let start = self.begin_ct_msg(
+            IPCTNL_MSG_CT_NEW,
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+            seq,
+            family.to_af(),
+        );
+        let (orig_zone, reply_zone) = if reply_only {
+            (None, Some(flow.zone))
+        } else {
+            (Some(flow.zone), None)
+        };
+        self.tuple_in_zone(CTA_TUPLE_ORIG, family, &flow.orig, orig_zone)?;
+        self.tuple_in_zone(CTA_TUPLE_REPLY, family, &flow.reply, reply_zone)?;
+        self.attr_be32(CTA_TIMEOUT, flow.timeout);
+        self.attr_be32(CTA_STATUS, Status::CONFIRMED.bits());
         self.end_msg(start);
         Ok(())
     }

@@ -270,13 +270,14 @@ fn parse_tuple(buf: &[u8], family: Family) -> Result<(Tuple, Option<u16>), Bad> 
     }
 }
 
-/// Parses tuple contents in any order, with any extra attributes.
-#[cold]
+/// Parses tuple contents in any order, with any extra attributes (the tests' reference).
+#[cfg(test)]
 fn parse_tuple_generic(buf: &[u8]) -> Result<Tuple, Bad> {
     parse_tuple_zoned(buf).map(|(tuple, _)| tuple)
 }
 
-/// [`parse_tuple_generic`], with the tuple's zone.
+/// Parses tuple contents in any order, with any extra attributes; also returns the tuple's
+/// zone.
 #[cold]
 fn parse_tuple_zoned(buf: &[u8]) -> Result<(Tuple, Option<u16>), Bad> {
     let mut tuple_zone = None;
