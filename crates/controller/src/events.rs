@@ -12,7 +12,7 @@ use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::pass::{FlowGate, flow_ref};
 use crate::ratelimit::RateLimiter;
 use ctdiff::{Decision, Frontend, Index, Verdict};
-use ctnetlink::{Conntrack, Event, EventKinds, Family};
+use ctnetlink::{Conntrack, Event, EventOptions, Family};
 use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -62,7 +62,13 @@ impl EventPath {
         let mut limiter = RateLimiter::<Frontend>::new(self.per_second);
         let mut ct: Option<Conntrack> = None;
         loop {
-            let stream = ctnetlink::events(self.netns.as_deref(), EventKinds::NEW);
+            // NEW only, and only UDP of the reconciled families: a socket filter drops the rest
+            // in the kernel, so TCP's event volume never reaches the agent.
+            let options = EventOptions {
+                families: Some(self.families.clone()),
+                ..EventOptions::new_only(&[ctnetlink::proto::UDP])
+            };
+            let stream = ctnetlink::events_with(self.netns.as_deref(), &options);
             let mut stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
@@ -71,8 +77,17 @@ impl EventPath {
                     continue;
                 }
             };
-            tracing::info!("following conntrack events");
+            tracing::info!("following conntrack NEW events of UDP flows");
+            let mut malformed = 0;
             while let Some(item) = stream.next().await {
+                let stats = stream.stats();
+                if stats.malformed > malformed {
+                    self.metrics.events_malformed.inc_by(stats.malformed - malformed);
+                    malformed = stats.malformed;
+                    if let Some(e) = stream.last_malformed() {
+                        tracing::warn!(error = %e, "skipped an unparseable conntrack event");
+                    }
+                }
                 match item {
                     Ok(Event::New(flow)) => {
                         self.metrics

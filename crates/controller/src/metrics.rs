@@ -102,6 +102,8 @@ pub struct Metrics {
     pub events: Family<KindLabels, Counter>,
     /// Times the kernel reported lost conntrack events.
     pub events_lost: Counter,
+    /// Conntrack event messages that could not be parsed and were skipped.
+    pub events_malformed: Counter,
     /// Event-path deletions suppressed by the per-frontend rate limit.
     pub event_deletes_rate_limited: Counter,
     /// Unix time of the last pass that completed without error.
@@ -151,6 +153,7 @@ impl Metrics {
             budget_exhausted: Counter::default(),
             events: Family::default(),
             events_lost: Counter::default(),
+            events_malformed: Counter::default(),
             event_deletes_rate_limited: Counter::default(),
             last_successful_pass: Gauge::default(),
             store_ready: Family::default(),
@@ -212,6 +215,11 @@ impl Metrics {
             "events_lost",
             "Times the kernel reported lost conntrack events",
             m.events_lost.clone(),
+        );
+        r.register(
+            "events_malformed",
+            "Conntrack event messages that could not be parsed and were skipped",
+            m.events_malformed.clone(),
         );
         r.register(
             "event_deletes_rate_limited",
