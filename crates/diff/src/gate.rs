@@ -378,3 +378,181 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
         self.waiting.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{Reason, ServiceName};
+
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn stale(evidence: Evidence, frontend: Frontend) -> Stale<'static> {
+        Stale {
+            service: ServiceName {
+                namespace: "d",
+                name: "dns",
+            },
+            port: "",
+            frontend,
+            reason: Reason::EndpointGone,
+            evidence,
+        }
+    }
+
+    fn vip() -> Frontend {
+        Frontend::Addr("10.96.0.10:53".parse().unwrap())
+    }
+
+    /// Every kind listed at `t0` (lists started then) and alive.
+    fn fresh_at(t0: Instant) -> Knowledge {
+        let mut k = Knowledge::new(secs(90));
+        for kind in Kind::ALL {
+            k.relist_started(kind, t0);
+            k.listed(kind, t0, t0);
+        }
+        k
+    }
+
+    fn gate() -> Gate<u32, ()> {
+        Gate::new(GateConfig {
+            grace: GRACE,
+            ..GateConfig::default()
+        })
+    }
+
+    #[test]
+    fn nothing_is_fresh_before_every_kind_is_listed() {
+        let t0 = Instant::now();
+        let mut k = Knowledge::new(secs(90));
+        assert_eq!(
+            k.first_staleness(t0),
+            Some(Staleness::NotListed(Kind::Services))
+        );
+        for kind in [Kind::Services, Kind::EndpointSlices, Kind::Nodes] {
+            k.relist_started(kind, t0);
+            k.listed(kind, t0, t0);
+        }
+        assert_eq!(k.first_staleness(t0), Some(Staleness::NotListed(Kind::Pods)));
+        k.relist_started(Kind::Pods, t0);
+        assert_eq!(k.first_staleness(t0), Some(Staleness::NotListed(Kind::Pods)));
+        k.listed(Kind::Pods, t0, t0);
+        assert!(k.all_fresh(t0));
+    }
+
+    #[test]
+    fn failing_relisting_and_silent_watches_are_stale() {
+        let t0 = Instant::now();
+        let mut k = fresh_at(t0);
+        k.failed(Kind::EndpointSlices, t0 + secs(1));
+        assert_eq!(
+            k.first_staleness(t0 + secs(2)),
+            Some(Staleness::Failing(Kind::EndpointSlices, t0 + secs(1)))
+        );
+        // A later failure keeps the first instant; an answer clears it.
+        k.failed(Kind::EndpointSlices, t0 + secs(3));
+        k.alive(Kind::EndpointSlices, t0 + secs(4));
+        assert!(k.all_fresh(t0 + secs(4)));
+        k.relist_started(Kind::Services, t0 + secs(5));
+        assert_eq!(
+            k.first_staleness(t0 + secs(5)),
+            Some(Staleness::Relisting(Kind::Services))
+        );
+        k.listed(Kind::Services, t0 + secs(5), t0 + secs(6));
+        assert!(k.all_fresh(t0 + secs(6)));
+        // Silence: nodes and pods were last heard from at t0.
+        assert_eq!(
+            k.first_staleness(t0 + secs(91)),
+            Some(Staleness::Silent(Kind::Nodes, secs(91)))
+        );
+        for kind in Kind::ALL {
+            k.confirmed(kind, t0 + secs(91));
+        }
+        assert!(k.all_fresh(t0 + secs(91)));
+    }
+
+    #[test]
+    fn a_backend_seen_removed_goes_at_once_but_only_on_a_fresh_view() {
+        let t0 = Instant::now();
+        let mut k = fresh_at(t0);
+        let mut g = gate();
+        let s = stale(Evidence::Removed, vip());
+        assert_eq!(g.decide(1, (), &s, &k, t0), Decision::Delete);
+        k.failed(Kind::EndpointSlices, t0 + secs(1));
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(1)), Decision::Hold);
+        assert!(g.is_empty(), "held removed-backend flows are found again by a pass");
+    }
+
+    #[test]
+    fn a_never_seen_backend_waits_for_an_event_received_a_grace_after_the_flow() {
+        let t0 = Instant::now();
+        let mut k = fresh_at(t0);
+        let mut g = gate();
+        let s = stale(Evidence::Unseen, vip());
+        let seen = t0 + secs(10);
+        assert_eq!(g.decide(7, (), &s, &k, seen), Decision::Defer);
+        // Events before first_seen + grace prove nothing: they may precede the backend.
+        k.confirmed(Kind::Services, seen + secs(4));
+        k.confirmed(Kind::EndpointSlices, seen + secs(4));
+        assert_eq!(g.decide(7, (), &s, &k, seen + secs(6)), Decision::Defer);
+        // A bookmark of one deciding kind is not enough.
+        k.confirmed(Kind::EndpointSlices, seen + secs(6));
+        assert_eq!(g.decide(7, (), &s, &k, seen + secs(6)), Decision::Defer);
+        k.confirmed(Kind::Services, seen + secs(6));
+        assert_eq!(g.decide(7, (), &s, &k, seen + secs(6)), Decision::Delete);
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_frozen_watch_never_proves_a_never_seen_backend_gone() {
+        let t0 = Instant::now();
+        let k = fresh_at(t0);
+        let mut g = gate();
+        let s = stale(Evidence::Unseen, vip());
+        for n in 0..200 {
+            let d = g.decide(3, (), &s, &k, t0 + secs(n));
+            assert_ne!(d, Decision::Delete, "at +{n}s");
+        }
+    }
+
+    #[test]
+    fn host_ports_are_decided_by_the_pod_watch() {
+        let t0 = Instant::now();
+        let mut k = fresh_at(t0);
+        let mut g = gate();
+        let s = stale(
+            Evidence::Unseen,
+            Frontend::HostPort("192.168.1.2:8125".parse().unwrap()),
+        );
+        assert_eq!(g.decide(1, (), &s, &k, t0), Decision::Defer);
+        k.confirmed(Kind::Services, t0 + secs(6));
+        k.confirmed(Kind::EndpointSlices, t0 + secs(6));
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(6)), Decision::Defer);
+        k.confirmed(Kind::Pods, t0 + secs(6));
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(6)), Decision::Delete);
+    }
+
+    #[test]
+    fn waiting_flows_are_bounded_and_forgotten() {
+        let t0 = Instant::now();
+        let k = fresh_at(t0);
+        let mut g: Gate<u32, ()> = Gate::new(GateConfig {
+            grace: GRACE,
+            max_waiting: 2,
+            forget_after: secs(60),
+        });
+        let s = stale(Evidence::Unseen, vip());
+        for key in 0..5 {
+            assert_eq!(g.decide(key, (), &s, &k, t0), Decision::Defer);
+        }
+        assert_eq!(g.len(), 2);
+        assert_eq!(g.decide(0, (), &s, &k, t0 + secs(30)), Decision::Defer);
+        assert_eq!(g.sweep(t0 + secs(61)), 1, "key 1 was not seen for 61 s");
+        assert_eq!(g.waiting().map(|(k, _)| *k).collect::<Vec<_>>(), vec![0]);
+        g.forget(&0);
+        assert!(g.is_empty());
+    }
+}
