@@ -178,6 +178,9 @@ fn no_false_deletion(scenario: LagScenario) {
             outcome.agent_log
         )
     };
+    if std::env::var_os("E2E_SHOW_TIMELINE").is_some() {
+        eprintln!("{}", explain());
+    }
     assert!(
         outcome.at_risk > 0,
         "the scenario put no flow at risk: it tests nothing:\n{}",

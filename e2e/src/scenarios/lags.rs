@@ -440,7 +440,10 @@ impl Run<'_> {
         let client = self
             .lab
             .start_client("client", ClientPlace::Pod, target, CLIENT_PORT)?;
-        let bystanders = start_bystanders(&self.lab, ClientPlace::Pod, target)?;
+        // More flows on the victim, more chances that one is classified before the flip back
+        // (a pass classifies flows in the table's hash order).
+        let bystanders =
+            self.start_clients("by", ClientPlace::Pod, target, 9, CLIENT_PORT + 1000)?;
         let before = wait_steady(&self.lab, &client)?.backend;
         wait_bystanders(&bystanders)?;
         let victim = before
