@@ -535,6 +535,27 @@ mod tests {
         }
     }
 
+    /// The small read buffer bounds request heads only: a large `/metrics` body still arrives
+    /// whole.
+    #[tokio::test]
+    async fn a_large_response_is_delivered_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = "x".repeat(1 << 20);
+        let app = Router::new().route("/big", get(move || async move { body.clone() }));
+        let addr = start(app, ServeConfig::default()).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{}", &text[..80]);
+        let (_, payload) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(payload.len(), 1 << 20);
+    }
+
     #[tokio::test]
     async fn a_slow_request_gets_a_503_after_the_request_timeout() {
         let app = Router::new().route(
