@@ -26,7 +26,16 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
             .await
             .context("reading the desired state from the cluster")?
     } else {
-        ClusterState::from_files(&args.state)?
+        let state = ClusterState::from_files(&args.state)?;
+        // Deleting on a partial view deletes healthy flows; a report may show one, warned.
+        if args.delete {
+            state.require_complete()?;
+        } else {
+            for problem in state.incompleteness() {
+                tracing::warn!("{problem}; `check --delete` refuses such state");
+            }
+        }
+        state
     };
     for warning in &state.warnings {
         tracing::warn!("{warning}");

@@ -1,17 +1,51 @@
 //! Desired state from files, for `check --state`: exactly what `kubectl get … -o yaml|json`
 //! prints (a `v1 List`, typed lists, single objects, multi-document YAML).
 //!
-//! JSON is read by the YAML parser (JSON is YAML), so there is one code path. Kinds the engine
-//! does not use are skipped with a warning; an object of a used kind that does not deserialize is
-//! an error naming the file and the object, because acting on a partly read state could delete
-//! healthy flows.
+//! JSON is read by the YAML parser's value type, so there is one code path after parsing.
+//! `check --delete` acts on what is read here, and a flow judged on partial or misread state is a
+//! healthy flow deleted, so the reading is strict, in two tiers:
+//!
+//! - **Errors, always**: text that is not one clean document stream (bad syntax, a JSON document
+//!   followed by another, nesting deeper than any object needs, a file over
+//!   [`MAX_STATE_FILE_BYTES`]) and objects of a used kind that no API server would have served
+//!   (missing name, namespace or `addressType`, a port out of 1–65535, a protocol other than
+//!   `TCP`/`UDP`/`SCTP`, an address that is not an IP) or that the files give twice with different
+//!   content. Such input has no single reading.
+//! - **Incomplete** ([`ClusterState::incompleteness`]): valid input that does not show the whole
+//!   truth the engine needs: v1 `Endpoints` or non-v1 EndpointSlices (not read), EndpointSlices
+//!   without the `kubernetes.io/service-name` label or with a UDP port without a number, and every
+//!   judged Service with UDP ports that lacks an EndpointSlice of one of its IP families.
+//!   `check --delete` refuses such state; a read-only `check` warns and reports.
+//!
+//! Kinds the engine does not use at all (ConfigMaps…) are skipped with a warning.
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_yaml::Value;
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
+
+/// The largest state file read: a full `kubectl get` of a very large cluster fits many times
+/// over, and a bigger file is far more likely a mistake (a log, a device) than state.
+pub const MAX_STATE_FILE_BYTES: u64 = 256 << 20;
+
+/// The deepest flow-style (`[`/`{`) nesting accepted. libyaml's scanner costs time in proportion
+/// to the flow depth for every token, so a file of nested brackets would stall it for minutes
+/// before serde_yaml's own recursion limit (128 levels, counting block nesting too) is checked;
+/// no Kubernetes object comes near this depth.
+const MAX_FLOW_DEPTH: usize = 100;
+
+/// How to produce a state file `check --delete` accepts.
+pub const COMPLETE_STATE_HINT: &str = "dump a complete state with `kubectl get services,endpointslices.discovery.k8s.io -A -o yaml > state.yaml` (add `pods,nodes` to judge hostPorts and this node's NodePort addresses)";
+
+/// The label naming an EndpointSlice's Service.
+const LABEL_SERVICE_NAME: &str = ctdiff::LABEL_SERVICE_NAME;
 
 /// The objects read from state files.
 #[derive(Debug, Default)]
@@ -26,6 +60,13 @@ pub struct ClusterState {
     pub pods: Vec<Pod>,
     /// Objects skipped, with why.
     pub warnings: Vec<String>,
+    /// Objects read but not usable that make the state incomplete (v1 Endpoints, v1beta1
+    /// slices, unlabelled slices…), with why. [`ClusterState::incompleteness`] adds the
+    /// Services left without slices.
+    pub incomplete_objects: Vec<String>,
+    /// Where each object read so far sits in its list, by `Kind namespace/name`: a second copy
+    /// must be identical.
+    pub(crate) seen: HashMap<String, usize>,
 }
 
 impl ClusterState {
@@ -34,7 +75,7 @@ impl ClusterState {
         let mut state = ClusterState::default();
         for path in paths {
             let path = path.as_ref();
-            let text = std::fs::read_to_string(path)
+            let text = read_capped(path)
                 .with_context(|| format!("reading state file {}", path.display()))?;
             state
                 .add_text(&text)
@@ -45,19 +86,39 @@ impl ClusterState {
 
     /// Adds every object of one file's text.
     pub fn add_text(&mut self, text: &str) -> Result<()> {
+        // Before any parser sees it: see MAX_FLOW_DEPTH.
+        check_flow_depth(text)?;
         if text.trim_start().starts_with(['{', '[']) {
             // JSON (`-o json`): serde_json's parser is several times faster and leaner than the
             // YAML one on large lists; the value type, and so the rest, is the same.
-            let value = Value::deserialize(&mut serde_json::Deserializer::from_str(text))
-                .map_err(|e| anyhow!("not valid JSON: {e}"))?;
+            let mut de = serde_json::Deserializer::from_str(text);
+            let value = Value::deserialize(&mut de)
+                .map_err(|e| anyhow!("not valid JSON: {}", nesting_hint(e.to_string())))?;
+            // `kubectl get -o json` prints one document; a second one would be dropped.
+            de.end().map_err(|e| {
+                anyhow!(
+                    "trailing data after the first JSON document ({e}): one JSON file holds one \
+                     document (a List for several objects); pass more files with more --state"
+                )
+            })?;
             return self.add_value(value);
         }
         for (n, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let value = Value::deserialize(document)
-                .map_err(|e| anyhow!("document {}: not valid YAML or JSON: {e}", n + 1))?;
+            let mut value = Value::deserialize(document).map_err(|e| {
+                anyhow!(
+                    "document {}: not valid YAML or JSON: {}",
+                    n + 1,
+                    nesting_hint(e.to_string())
+                )
+            })?;
             if value.is_null() {
                 continue; // an empty document, e.g. a trailing `---`
             }
+            // `<<: *anchor` keys would otherwise reach the typed objects as unknown fields and
+            // be dropped with what they merge in.
+            value
+                .apply_merge()
+                .map_err(|e| anyhow!("document {}: {e}", n + 1))?;
             self.add_value(value)
                 .with_context(|| format!("document {}", n + 1))?;
         }
@@ -94,19 +155,557 @@ impl ClusterState {
         }
         let name = object_name(map);
         match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Service") => self.services.push(typed(value, &kind, &name)?),
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                self.slices.push(typed(value, &kind, &name)?)
+            ("v1", "Service") => {
+                let svc: Service = typed(value, &kind, &name)?;
+                check_service(&svc).with_context(|| format!("Service {name}"))?;
+                insert(&mut self.services, &mut self.seen, "Service", &name, svc)?;
             }
-            ("v1", "Node") => self.nodes.push(typed(value, &kind, &name)?),
-            ("v1", "Pod") => self.pods.push(typed(value, &kind, &name)?),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                let slice: EndpointSlice = typed(value, &kind, &name)?;
+                let incomplete =
+                    check_slice(&slice).with_context(|| format!("EndpointSlice {name}"))?;
+                self.incomplete_objects.extend(
+                    incomplete
+                        .into_iter()
+                        .map(|why| format!("EndpointSlice {name} {why}")),
+                );
+                insert(
+                    &mut self.slices,
+                    &mut self.seen,
+                    "EndpointSlice",
+                    &name,
+                    slice,
+                )?;
+            }
+            ("v1", "Node") => {
+                let node: Node = typed(value, &kind, &name)?;
+                check_node(&node).with_context(|| format!("Node {name}"))?;
+                insert(&mut self.nodes, &mut self.seen, "Node", &name, node)?;
+            }
+            ("v1", "Pod") => {
+                let pod: Pod = typed(value, &kind, &name)?;
+                check_pod(&pod).with_context(|| format!("Pod {name}"))?;
+                insert(&mut self.pods, &mut self.seen, "Pod", &name, pod)?;
+            }
             ("", _) | (_, "") => bail!("object {name} has no apiVersion or kind"),
+            ("v1", "Endpoints") => self.incomplete_objects.push(format!(
+                "v1 Endpoints {name} is not read (the reconciler reads discovery.k8s.io/v1 \
+                 EndpointSlices, as kube-proxy does)"
+            )),
+            (_, "EndpointSlice") => self.incomplete_objects.push(format!(
+                "{api_version} EndpointSlice {name} is not read (only discovery.k8s.io/v1 \
+                 EndpointSlices are: Kubernetes 1.21 or later)"
+            )),
+            (_, "Service" | "Node" | "Pod") => {
+                bail!("{api_version} {kind} {name}: unknown apiVersion for a {kind} (v1)")
+            }
             _ => self.warnings.push(format!(
                 "skipped {api_version} {kind} {name}: not used by the reconciler"
             )),
         }
         Ok(())
     }
+
+    /// Why the state may not be the whole truth, one sentence each: the objects read but not
+    /// usable, then every Service the engine would judge (UDP ports, a ClusterIP, not handed
+    /// to another proxy, not skipped by annotation) that lacks an EndpointSlice of one of its IP
+    /// families. Empty when complete.
+    ///
+    /// A Service with a selector always has at least one slice per family (the EndpointSlice
+    /// controller creates an empty one when no pod matches), so its absence means the file is
+    /// partial. A Service without a selector may legitimately have none, but a file cannot
+    /// prove it, so it counts too: such a Service can be annotated
+    /// `conntrack-reconciler/skip: "true"` or left out of the file.
+    pub fn incompleteness(&self) -> Vec<String> {
+        let mut out = self.incomplete_objects.clone();
+        let covered: HashSet<(&str, &str, &str)> = self
+            .slices
+            .iter()
+            .filter_map(|s| {
+                let ns = s.metadata.namespace.as_deref()?;
+                let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+                Some((ns, svc.as_str(), s.address_type.as_str()))
+            })
+            .collect();
+        for svc in &self.services {
+            let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+            let name = svc.metadata.name.as_deref().unwrap_or_default();
+            for family in judged_families(svc) {
+                if !covered.contains(&(ns, name, family)) {
+                    let selectorless = svc
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.selector.as_ref())
+                        .is_none_or(|s| s.is_empty());
+                    out.push(format!(
+                        "Service {ns}/{name} has UDP ports but no {family} EndpointSlice in the \
+                         state files{}",
+                        if selectorless {
+                            " (it has no selector: if it truly has no endpoints, annotate it \
+                             conntrack-reconciler/skip: \"true\" or leave it out)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Fails, in one line, when [`ClusterState::incompleteness`] finds anything: the first
+    /// problem, how many more, and how to produce a complete file.
+    pub fn require_complete(&self) -> Result<()> {
+        let problems = self.incompleteness();
+        let Some(first) = problems.first() else {
+            return Ok(());
+        };
+        let more = match problems.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and {n} more)"),
+        };
+        bail!("refusing to delete on incomplete state: {first}{more}; {COMPLETE_STATE_HINT}")
+    }
+}
+
+/// The IP families (as EndpointSlice `addressType`s) in which the engine judges `svc`'s UDP
+/// frontends; empty when it judges none. Mirrors ctdiff's parsing of Services.
+fn judged_families(svc: &Service) -> Vec<&'static str> {
+    let meta = &svc.metadata;
+    if meta
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(ctdiff::LABEL_SERVICE_PROXY_NAME))
+        || meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ctdiff::ANNOTATION_SKIP))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return Vec::new();
+    }
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
+    let udp = spec
+        .ports
+        .iter()
+        .flatten()
+        .any(|p| p.protocol.as_deref() == Some("UDP"));
+    if !udp || spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
+    let cluster_ips: Vec<&str> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    };
+    if matches!(cluster_ips.first(), None | Some(&"" | &"None")) {
+        return Vec::new();
+    }
+    let listed = spec.ip_families.as_deref().unwrap_or_default();
+    let mut families = Vec::new();
+    for ip in cluster_ips.iter().filter_map(|t| parse_ip(t)) {
+        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        if (listed.is_empty() || listed.iter().any(|f| f == family)) && !families.contains(&family)
+        {
+            families.push(family);
+        }
+    }
+    families
+}
+
+/// Adds `object` unless an identical copy is there already; a different copy is an error.
+fn insert<T: PartialEq>(
+    list: &mut Vec<T>,
+    seen: &mut HashMap<String, usize>,
+    kind: &str,
+    name: &str,
+    object: T,
+) -> Result<()> {
+    match seen.entry(format!("{kind} {name}")) {
+        std::collections::hash_map::Entry::Occupied(at) => {
+            if list[*at.get()] != object {
+                bail!(
+                    "{kind} {name} is in the state twice with different content (two snapshots?): \
+                     which one is true is unknown; keep one"
+                );
+            }
+        }
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(list.len());
+            list.push(object);
+        }
+    }
+    Ok(())
+}
+
+/// Reads at most [`MAX_STATE_FILE_BYTES`] (and refuses more), also from pipes such as
+/// `--state <(kubectl get …)`, whose size is unknown up front.
+fn read_capped(path: &Path) -> Result<String> {
+    let too_big = || {
+        anyhow!(
+            "larger than {} MiB, the most a state file may hold; split it (one file per kind, \
+             each with its own --state)",
+            MAX_STATE_FILE_BYTES >> 20
+        )
+    };
+    let file = std::fs::File::open(path)?;
+    if let Ok(meta) = file.metadata()
+        && meta.is_file()
+        && meta.len() > MAX_STATE_FILE_BYTES
+    {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STATE_FILE_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| anyhow!("not UTF-8 text: {e}"))
+}
+
+/// Parser errors about recursion say what it means for a state file.
+fn nesting_hint(message: String) -> String {
+    if message.contains("recursion limit exceeded") {
+        format!("{message} (nested too deep for a Kubernetes object)")
+    } else {
+        message
+    }
+}
+
+/// Fails when flow collections (`[`, `{`) nest deeper than [`MAX_FLOW_DEPTH`]; one pass, no
+/// allocation. A small YAML tokenizer: brackets count only where YAML reads them as flow
+/// indicators (anywhere inside a flow collection; at the start of a node outside one), never in
+/// quoted scalars, comments or block scalars (`|`, `>`). Where it is unsure it counts, so it
+/// may overestimate depth, never miss it, on the input a parser would accept.
+fn check_flow_depth(text: &str) -> Result<()> {
+    let b = text.as_bytes();
+    let ws = |c: u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    let at = |i: usize| b.get(i).copied().unwrap_or(b'\n');
+    let (mut depth, mut line, mut i) = (0usize, 1usize, 0usize);
+    // Whether a node may start here (so `[`, `{`, quotes, `|` are indicators), and whether the
+    // previous byte was white space (so `#` starts a comment).
+    let (mut node_start, mut after_space) = (true, true);
+    let mut line_begin = 0usize;
+    while i < b.len() {
+        let c = b[i];
+        if i == line_begin
+            && depth == 0
+            && (b[i..].starts_with(b"---") || b[i..].starts_with(b"..."))
+            && ws(at(i + 3))
+        {
+            // A document marker; a node may follow on the same line.
+            i += 3;
+            node_start = true;
+            continue;
+        }
+        match c {
+            b'\n' => {
+                line += 1;
+                line_begin = i + 1;
+                node_start = true;
+            }
+            b' ' | b'\t' | b'\r' => {}
+            b'#' if after_space => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'[' | b'{' if node_start || depth > 0 => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    bail!(
+                        "line {line}: brackets nested deeper than {MAX_FLOW_DEPTH} levels, far \
+                         deeper than any Kubernetes object"
+                    );
+                }
+                node_start = true;
+            }
+            b']' | b'}' if depth > 0 => {
+                depth -= 1;
+                node_start = false;
+            }
+            b',' if depth > 0 => node_start = true,
+            b':' if depth > 0 || ws(at(i + 1)) => node_start = true,
+            b'-' | b'?' if node_start && ws(at(i + 1)) => {}
+            // Anchors, tags, aliases: a node may still follow.
+            b'&' | b'!' | b'*' if node_start => {
+                while i < b.len() && !ws(b[i]) && !(depth > 0 && b",[]{}".contains(&b[i])) {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' if node_start => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    if at(i) == b'\n' {
+                        line += 1;
+                    }
+                    i += 1;
+                }
+                node_start = false;
+            }
+            b'\'' if node_start => {
+                i += 1;
+                while i < b.len() && !(b[i] == b'\'' && at(i + 1) != b'\'') {
+                    if b[i] == b'\'' {
+                        i += 1; // `''`, an escaped quote
+                    } else if b[i] == b'\n' {
+                        line += 1;
+                    }
+                    i += 1;
+                }
+                node_start = false;
+            }
+            b'|' | b'>' if node_start && depth == 0 => {
+                // A block scalar: its lines are those indented deeper than the node holding it
+                // (the key of `key: |`, the dash of `- |`).
+                let mut parent = line_begin;
+                let mut j = line_begin;
+                while j < i {
+                    match b[j] {
+                        b' ' => j += 1,
+                        b'-' | b'?' if ws(at(j + 1)) => {
+                            parent = j;
+                            j += 1;
+                        }
+                        _ => {
+                            parent = j;
+                            break;
+                        }
+                    }
+                }
+                let parent_col = parent - line_begin;
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                while i < b.len() {
+                    let start = i + 1;
+                    let mut k = start;
+                    while k < b.len() && b[k] == b' ' {
+                        k += 1;
+                    }
+                    let blank = k >= b.len() || matches!(b[k], b'\n' | b'\r');
+                    if !blank && k - start <= parent_col {
+                        break;
+                    }
+                    line += 1;
+                    i = k;
+                    while i < b.len() && b[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            _ => node_start = false,
+        }
+        after_space = ws(c);
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Like ctdiff: canonical IP text, or legacy IPv4 with leading zeros (which the API still
+/// serves for objects created before it was refused).
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = text.split('.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *octet = part.parse().ok()?;
+    }
+    parts
+        .next()
+        .is_none()
+        .then_some(IpAddr::V4(Ipv4Addr::from(octets)))
+}
+
+fn ip(field: &str, text: &str) -> Result<IpAddr> {
+    parse_ip(text).ok_or_else(|| anyhow!("{field}: {text:?} is not an IP address"))
+}
+
+fn port(field: &str, value: i32) -> Result<()> {
+    if !(1..=65535).contains(&value) {
+        bail!("{field}: {value} is not a port number (1-65535)");
+    }
+    Ok(())
+}
+
+/// A port where 0 means none (`nodePort`, `hostPort`).
+fn optional_port(field: &str, value: Option<i32>) -> Result<()> {
+    match value {
+        None | Some(0) => Ok(()),
+        Some(value) => port(field, value),
+    }
+}
+
+fn protocol(field: &str, value: Option<&str>) -> Result<()> {
+    match value {
+        None | Some("TCP" | "UDP" | "SCTP") => Ok(()),
+        Some(other) => bail!(
+            "{field}: protocol {other:?} is not TCP, UDP or SCTP (the API spells them in capitals)"
+        ),
+    }
+}
+
+fn named(meta: &ObjectMeta, namespaced: bool) -> Result<()> {
+    if meta.name.as_deref().is_none_or(str::is_empty) {
+        bail!("metadata.name is missing");
+    }
+    if namespaced && meta.namespace.as_deref().is_none_or(str::is_empty) {
+        bail!("metadata.namespace is missing");
+    }
+    Ok(())
+}
+
+fn check_service(svc: &Service) -> Result<()> {
+    named(&svc.metadata, true)?;
+    let Some(spec) = svc.spec.as_ref() else {
+        return Ok(());
+    };
+    for p in spec.ports.iter().flatten() {
+        protocol("spec.ports[].protocol", p.protocol.as_deref())?;
+        port("spec.ports[].port", p.port)?;
+        optional_port("spec.ports[].nodePort", p.node_port)?;
+        match &p.target_port {
+            Some(IntOrString::Int(n)) => port("spec.ports[].targetPort", *n)?,
+            Some(IntOrString::String(s)) if s.is_empty() => {
+                bail!("spec.ports[].targetPort is empty")
+            }
+            _ => {}
+        }
+    }
+    let cluster_ips = spec
+        .cluster_ip
+        .iter()
+        .chain(spec.cluster_ips.iter().flatten());
+    for text in cluster_ips.filter(|t| !t.is_empty() && *t != "None") {
+        ip("spec.clusterIPs", text)?;
+    }
+    for text in spec.external_ips.iter().flatten() {
+        ip("spec.externalIPs", text)?;
+    }
+    for family in spec.ip_families.iter().flatten() {
+        if !matches!(family.as_str(), "IPv4" | "IPv6") {
+            bail!("spec.ipFamilies: {family:?} is not IPv4 or IPv6");
+        }
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for text in ingress
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref())
+    {
+        ip("status.loadBalancer.ingress[].ip", text)?;
+    }
+    Ok(())
+}
+
+/// Errors for what no API server serves; returns what makes the state incomplete.
+fn check_slice(slice: &EndpointSlice) -> Result<Vec<String>> {
+    named(&slice.metadata, true)?;
+    let family = match slice.address_type.as_str() {
+        "" => bail!("has no addressType (IPv4, IPv6 or FQDN)"),
+        "IPv4" => Some(true),
+        "IPv6" => Some(false),
+        "FQDN" => None,
+        other => bail!("addressType {other:?} is not IPv4, IPv6 or FQDN"),
+    };
+    let mut incomplete = Vec::new();
+    let labelled = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        .is_some_and(|s| !s.is_empty());
+    if !labelled {
+        incomplete.push(format!(
+            "has no {LABEL_SERVICE_NAME} label, so it belongs to no Service (kube-proxy ignores it \
+             too; add the label, or leave such slices out with `-l {LABEL_SERVICE_NAME}`)"
+        ));
+    }
+    for p in slice.ports.iter().flatten() {
+        protocol("ports[].protocol", p.protocol.as_deref())?;
+        match p.port {
+            Some(value) => port("ports[].port", value)?,
+            None if p.protocol.as_deref() == Some("UDP") => incomplete.push(format!(
+                "has UDP port {:?} without a number (\"all ports\"), which no proxy can use",
+                p.name.as_deref().unwrap_or_default()
+            )),
+            None => {}
+        }
+    }
+    for (n, endpoint) in slice.endpoints.iter().enumerate() {
+        if endpoint.addresses.is_empty() {
+            bail!("endpoints[{n}] has no addresses");
+        }
+        if let Some(v4) = family {
+            for text in &endpoint.addresses {
+                let addr = ip("endpoints[].addresses", text)?;
+                if addr.is_ipv4() != v4 {
+                    bail!(
+                        "endpoints[].addresses: {text:?} is not of the slice's addressType {}",
+                        slice.address_type
+                    );
+                }
+            }
+        }
+    }
+    Ok(incomplete)
+}
+
+fn check_pod(pod: &Pod) -> Result<()> {
+    named(&pod.metadata, true)?;
+    if let Some(spec) = pod.spec.as_ref() {
+        let containers = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten());
+        for p in containers.flat_map(|c| c.ports.iter().flatten()) {
+            protocol("containers[].ports[].protocol", p.protocol.as_deref())?;
+            port("containers[].ports[].containerPort", p.container_port)?;
+            optional_port("containers[].ports[].hostPort", p.host_port)?;
+            if let Some(text) = p.host_ip.as_deref().filter(|t| !t.is_empty()) {
+                ip("containers[].ports[].hostIP", text)?;
+            }
+        }
+    }
+    if let Some(status) = pod.status.as_ref() {
+        let ips = status
+            .pod_ip
+            .iter()
+            .chain(status.pod_ips.iter().flatten().map(|p| &p.ip));
+        for text in ips.filter(|t| !t.is_empty()) {
+            ip("status.podIPs", text)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_node(node: &Node) -> Result<()> {
+    named(&node.metadata, false)?;
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for a in addresses.into_iter().flatten() {
+        if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
+            ip("status.addresses", &a.address)?;
+        }
+    }
+    Ok(())
 }
 
 fn typed<T: serde::de::DeserializeOwned>(value: Value, kind: &str, name: &str) -> Result<T> {
@@ -263,7 +862,11 @@ ports: [{name: dns, port: 53, protocol: UDP}]
     fn concatenated_json_documents_are_an_error() {
         let one = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"a"}}"#;
         let two = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"b"}}"#;
-        for text in [format!("{one}{two}"), format!("{one}\n{two}\n"), format!("[{one}]\n[]")] {
+        for text in [
+            format!("{one}{two}"),
+            format!("{one}\n{two}\n"),
+            format!("[{one}]\n[]"),
+        ] {
             let err = ClusterState::default().add_text(&text).unwrap_err();
             assert!(format!("{err:#}").contains("trailing"), "{err:#}");
         }
@@ -313,10 +916,14 @@ ports: [{name: dns, port: 53, protocol: UDP}]
     #[test]
     fn out_of_range_ports_are_errors() {
         let service = |port: &str| {
-            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{{{port}}}]\n")
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{{{port}}}]\n"
+            )
         };
         let pod = |port: &str| {
-            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: n}}\nspec:\n  containers: [{{name: c, ports: [{{{port}}}]}}]\n")
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: n}}\nspec:\n  containers: [{{name: c, ports: [{{{port}}}]}}]\n"
+            )
         };
         for (text, must_mention) in [
             (slice_with("port: 53", "port: 70000"), "70000"),
@@ -324,12 +931,21 @@ ports: [{name: dns, port: 53, protocol: UDP}]
             (service("port: 0, protocol: UDP"), "spec.ports[].port"),
             (service("port: 65536, protocol: UDP"), "65536"),
             (service("port: 53, protocol: UDP, nodePort: 99999"), "99999"),
-            (service("port: 53, protocol: UDP, targetPort: -1"), "targetPort"),
+            (
+                service("port: 53, protocol: UDP, targetPort: -1"),
+                "targetPort",
+            ),
             (pod("containerPort: 70000, protocol: UDP"), "70000"),
-            (pod("containerPort: 53, hostPort: 70000, protocol: UDP"), "70000"),
+            (
+                pod("containerPort: 53, hostPort: 70000, protocol: UDP"),
+                "70000",
+            ),
         ] {
             let err = ClusterState::default().add_text(&text).unwrap_err();
-            assert!(format!("{err:#}").contains(must_mention), "{must_mention}: {err:#}");
+            assert!(
+                format!("{err:#}").contains(must_mention),
+                "{must_mention}: {err:#}"
+            );
         }
     }
 
@@ -338,9 +954,17 @@ ports: [{name: dns, port: 53, protocol: UDP}]
         for protocol in ["udp", "Udp", "tcp", "QUIC", "\"\""] {
             let text = slice_with("protocol: UDP", &format!("protocol: {protocol}"));
             let err = ClusterState::default().add_text(&text).unwrap_err();
-            assert!(format!("{err:#}").contains("protocol"), "{protocol}: {err:#}");
-            let text = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  ports: [{{port: 53, protocol: {protocol}}}]\n");
-            assert!(ClusterState::default().add_text(&text).is_err(), "{protocol}");
+            assert!(
+                format!("{err:#}").contains("protocol"),
+                "{protocol}: {err:#}"
+            );
+            let text = format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  ports: [{{port: 53, protocol: {protocol}}}]\n"
+            );
+            assert!(
+                ClusterState::default().add_text(&text).is_err(),
+                "{protocol}"
+            );
         }
         // Every protocol of the API, and none (TCP by default), is accepted.
         for protocol in ["UDP", "TCP", "SCTP"] {
@@ -361,7 +985,10 @@ ports: [{name: dns, port: 53, protocol: UDP}]
         file.set_len((256 << 20) + 1).unwrap();
         let err = ClusterState::from_files(&[&path]).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("huge.yaml") && msg.contains("256 MiB"), "{msg}");
+        assert!(
+            msg.contains("huge.yaml") && msg.contains("256 MiB"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -385,6 +1012,115 @@ ports: [{name: dns, port: 53, protocol: UDP}]
                 &text[..20]
             );
             assert!(format!("{err:#}").contains("deep"), "{err:#}");
+        }
+    }
+    #[test]
+    fn flow_depth_scan_ignores_brackets_in_strings_and_sees_them_after_markers() {
+        // kubectl's own output: block scalars with JSON, quoted brackets, plain scalars with
+        // brackets, comments. Unbalanced in every way, none of them flow collections.
+        let open = "[".repeat(300);
+        let text = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: n\n  annotations:\n    a: |\n      {open}\n    b: '{open}'\n    c: \"{open}\\\"\"\n    d: x{open}\n    e: >-\n      {open}\n\n      {open}\n    # {open}\n    f: [\"]]]\", '}}}}', {{k: \"[[[\"}}]\n"
+        );
+        let mut s = ClusterState::default();
+        s.add_text(&text).unwrap();
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        // A flow collection after a document marker, an anchor or a tag is counted.
+        for text in [
+            format!("--- {open}"),
+            format!("a: &x {open}"),
+            format!("a: !!seq {open}"),
+            format!("- - {open}"),
+            format!("a: |\n  x\nb: {open}"),
+        ] {
+            let err = ClusterState::default().add_text(&text).unwrap_err();
+            assert!(format!("{err:#}").contains("deep"), "{text:.20}: {err:#}");
+        }
+    }
+
+    const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: kube-system}
+spec:
+  selector: {k8s-app: dns}
+  clusterIPs: [10.96.0.10, \"fd00::a\"]
+  ports: [{name: dns, port: 53, protocol: UDP}]
+";
+
+    fn incompleteness(texts: &[&str]) -> Vec<String> {
+        let mut s = ClusterState::default();
+        for text in texts {
+            s.add_text(text).unwrap();
+        }
+        s.incompleteness()
+    }
+
+    #[test]
+    fn a_judged_service_needs_a_slice_of_each_of_its_families() {
+        let v6 = slice_with("addressType: IPv4", "addressType: IPv6")
+            .replace("10.244.0.5", "fd00::5")
+            .replace("dns-abc", "dns-def");
+        let empty_v6 = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: dns-ghi\n  namespace: kube-system\n  labels: {kubernetes.io/service-name: dns}\naddressType: IPv6\nendpoints: null\nports: null\n";
+        assert!(incompleteness(&[SERVICE, SLICE, &v6]).is_empty());
+        // An empty slice (no pod matches) proves there is nothing, as it does for kube-proxy.
+        assert!(incompleteness(&[SERVICE, SLICE, empty_v6]).is_empty());
+        let missing = incompleteness(&[SERVICE, SLICE]);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].contains("no IPv6 EndpointSlice"), "{missing:?}");
+        assert!(!missing[0].contains("selector"), "{missing:?}");
+        // Without a selector a file cannot prove there are none either; the way out is named.
+        let selectorless = SERVICE.replace("  selector: {k8s-app: dns}\n", "");
+        let missing = incompleteness(&[&selectorless]);
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert!(
+            missing[0].contains("conntrack-reconciler/skip"),
+            "{missing:?}"
+        );
+        // Services the engine does not judge need nothing.
+        for (from, to) in [
+            ("protocol: UDP", "protocol: TCP"),
+            ("[10.96.0.10, \"fd00::a\"]", "[None]"),
+            (
+                "namespace: kube-system}",
+                "namespace: kube-system, annotations: {conntrack-reconciler/skip: \"true\"}}",
+            ),
+            (
+                "namespace: kube-system}",
+                "namespace: kube-system, labels: {service.kubernetes.io/service-proxy-name: x}}",
+            ),
+            ("spec:\n", "spec:\n  type: ExternalName\n"),
+        ] {
+            let text = SERVICE.replace(from, to);
+            assert!(incompleteness(&[&text]).is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn unusable_objects_make_the_state_incomplete_not_invalid() {
+        let endpoints =
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {name: dns, namespace: kube-system}\n";
+        let beta = slice_with("discovery.k8s.io/v1", "discovery.k8s.io/v1beta1");
+        let unlabelled = slice_with("  labels: {kubernetes.io/service-name: dns}\n", "");
+        let all_ports = slice_with("port: 53, ", "");
+        for (text, must_mention) in [
+            (endpoints, "v1 Endpoints kube-system/dns"),
+            (&beta, "v1beta1 EndpointSlice kube-system/dns-abc"),
+            (&unlabelled, "kubernetes.io/service-name"),
+            (&all_ports, "without a number"),
+        ] {
+            let mut s = ClusterState::default();
+            s.add_text(text).unwrap();
+            let problems = s.incompleteness();
+            assert!(
+                problems.iter().any(|p| p.contains(must_mention)),
+                "{must_mention}: {problems:?}"
+            );
+            let err = format!("{:#}", s.require_complete().unwrap_err());
+            assert!(
+                err.contains(must_mention) && err.contains("kubectl get"),
+                "{err}"
+            );
+            assert!(!err.contains('\n'), "one line: {err}");
         }
     }
 }

@@ -435,13 +435,14 @@ fn assert_refused(test: &str, files: &[(&str, String)], must_mention: &[&str]) {
         !out.status.success(),
         "{test}: must be refused\nstdout: {stdout}\nstderr: {stderr}"
     );
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error"))
-        .collect();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "{test}: one error line: {stderr}");
     for word in must_mention {
-        assert!(errors[0].contains(word), "{test}: {word:?} not in {}", errors[0]);
+        assert!(
+            errors[0].contains(word),
+            "{test}: {word:?} not in {}",
+            errors[0]
+        );
     }
     assert_eq!(
         remaining_client_ports(&mut ct).len(),
@@ -469,7 +470,10 @@ subsets:
     assert_refused(
         "check_delete_refuses_v1_endpoints_instead_of_slices",
         &[("state.yaml", list)],
-        &["Endpoints kube-system/dns", "endpointslices.discovery.k8s.io"],
+        &[
+            "Endpoints kube-system/dns",
+            "endpointslices.discovery.k8s.io",
+        ],
     );
 }
 
@@ -504,7 +508,11 @@ fn check_delete_refuses_a_service_without_any_slice() {
     assert_refused(
         "check_delete_refuses_a_service_without_any_slice",
         &[("services.yaml", DNS_SERVICE.to_owned())],
-        &["Service kube-system/dns", "no IPv4 EndpointSlice", "kubectl get"],
+        &[
+            "Service kube-system/dns",
+            "no IPv4 EndpointSlice",
+            "kubectl get",
+        ],
     );
 }
 
@@ -559,7 +567,10 @@ fn check_delete_refuses_a_slice_without_service_name_label() {
     assert_refused(
         "check_delete_refuses_a_slice_without_service_name_label",
         &[("state.yaml", format!("{DNS_SERVICE}---\n{slice}"))],
-        &["EndpointSlice kube-system/dns-v4", "kubernetes.io/service-name"],
+        &[
+            "EndpointSlice kube-system/dns-v4",
+            "kubernetes.io/service-name",
+        ],
     );
 }
 
@@ -577,10 +588,42 @@ fn check_delete_refuses_an_out_of_range_port() {
 #[test]
 fn check_delete_refuses_a_lowercase_protocol() {
     // `udp` is no protocol of the API: the port was taken for a TCP one and the flows judged.
-    let slice = dns_slice("dns-v4", "10.244.1.1", &[("protocol: UDP", "protocol: udp")]);
+    let slice = dns_slice(
+        "dns-v4",
+        "10.244.1.1",
+        &[("protocol: UDP", "protocol: udp")],
+    );
     assert_refused(
         "check_delete_refuses_a_lowercase_protocol",
         &[("state.yaml", format!("{DNS_SERVICE}---\n{slice}"))],
         &["EndpointSlice kube-system/dns-v4", "\"udp\""],
     );
+}
+
+#[test]
+fn check_report_on_incomplete_state_warns_instead_of_refusing() {
+    // Read-only: the report runs, and says why its verdicts on that Service cannot be trusted.
+    if !root_or_skip("check_report_on_incomplete_state_warns_instead_of_refusing") {
+        return;
+    }
+    let ns = TestNetns::new("checkwarn").unwrap();
+    let mut ct = fill(&ns);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("services.yaml");
+    std::fs::write(&path, DNS_SERVICE).unwrap();
+    let out = Command::new(BIN)
+        .args(["--log-format", "text", "check", "--node-name", "node-1"])
+        .args(["--netns", ns.path().to_str().unwrap()])
+        .arg("--state")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Service kube-system/dns has UDP ports but no IPv4 EndpointSlice")
+            && stderr.contains("--delete` refuses"),
+        "{stderr}"
+    );
+    assert_eq!(remaining_client_ports(&mut ct).len(), table().len());
 }
