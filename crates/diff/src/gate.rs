@@ -7,12 +7,17 @@
 //! verdict into a [`Decision`]:
 //! - nothing is deleted unless every kind is *fresh*: fully listed, not relisting, not failing,
 //!   and heard from within `stale_after`;
-//! - a backend the agent saw leave ([`Evidence::Removed`]) may go at once;
-//! - a backend it never saw ([`Evidence::Unseen`]) may go only once the kinds that decide the
-//!   verdict have delivered an event or bookmark received at least `grace` after the flow was
-//!   first seen. A watch delivers in order, so by then any backend kube-proxy could have chosen
-//!   for the flow would have reached the index; `grace` bounds how far the agent's watch may run
-//!   behind kube-proxy's without a healthy flow being deleted.
+//! - nothing is deleted unless the kinds that decide the verdict (Services and EndpointSlices;
+//!   Pods for host ports) delivered an event or bookmark received within the last `grace`: the
+//!   view is at most that old (a frozen watch stops deletions at once, not after `stale_after`);
+//! - a backend the agent saw leave ([`Evidence::Removed`]) may then go at once;
+//! - a backend it never saw ([`Evidence::Unseen`]) may go only once those kinds have also
+//!   delivered an event or bookmark received at least `grace` after the flow was first seen. A
+//!   watch delivers in order, so by then any backend kube-proxy could have chosen for the flow
+//!   would have reached the index.
+//!
+//! `grace` bounds how far the agent's watch may run behind the API server. Within that bound a
+//! flow whose backend has been allowed for the last two graces is never deleted.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -290,7 +295,8 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
     /// Decides about a flow the index judged `stale` at `now`.
     ///
     /// A [`Decision::Delete`] forgets the flow; the caller should [`forget`](Gate::forget) it
-    /// too when it turns out not stale any more (or gone).
+    /// too when it turns out not stale any more (or gone). A deferred flow is remembered (with
+    /// when it was first seen) for re-checks.
     pub fn decide(
         &mut self,
         key: K,
@@ -299,33 +305,36 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
         knowledge: &Knowledge,
         now: Instant,
     ) -> Decision {
-        let fresh = knowledge.all_fresh(now);
-        match stale.evidence {
-            Evidence::Removed => {
-                if fresh {
-                    self.waiting.remove(&key);
-                    Decision::Delete
-                } else {
-                    Decision::Hold
-                }
+        if !knowledge.all_fresh(now) {
+            if stale.evidence == Evidence::Unseen {
+                self.note(key, flow, now);
             }
-            Evidence::Unseen => {
-                let first_seen = self.note(key, flow, now);
-                if !fresh {
-                    return Decision::Hold;
-                }
-                let Some(proof_at) = first_seen.checked_add(self.cfg.grace) else {
-                    return Decision::Defer;
-                };
-                if now >= proof_at
-                    && knowledge.confirmed_since(deciding_kinds(&stale.frontend), proof_at)
-                {
-                    self.waiting.remove(&key);
-                    Decision::Delete
-                } else {
-                    Decision::Defer
-                }
+            return Decision::Hold;
+        }
+        let grace = self.cfg.grace;
+        // Every verdict needs a view at most `grace` old: the deciding watches delivered
+        // something received within the last `grace`. A backend that was allowed throughout
+        // the last two graces is then known to the index (delivery lags by less than `grace`),
+        // so it cannot be judged stale — not even after a flap the agent saw half of.
+        let mut proof_at = now.checked_sub(grace).unwrap_or(now);
+        if stale.evidence == Evidence::Unseen {
+            // A never-seen backend existed when the flow was created; only a view newer than
+            // the flow (by `grace`, the delivery lag allowed for) proves it gone since.
+            let first_seen = self.note(key, flow, now);
+            let Some(after_flow) = first_seen.checked_add(grace) else {
+                return Decision::Defer;
+            };
+            if now < after_flow {
+                return Decision::Defer;
             }
+            proof_at = proof_at.max(after_flow);
+        }
+        if knowledge.confirmed_since(deciding_kinds(&stale.frontend), proof_at) {
+            self.waiting.remove(&key);
+            Decision::Delete
+        } else {
+            self.note(key, flow, now);
+            Decision::Defer
         }
     }
 
@@ -484,6 +493,30 @@ mod tests {
         k.failed(Kind::EndpointSlices, t0 + secs(1));
         assert_eq!(g.decide(1, (), &s, &k, t0 + secs(1)), Decision::Hold);
         assert!(g.is_empty(), "held removed-backend flows are found again by a pass");
+    }
+
+    #[test]
+    fn a_removed_backend_waits_when_the_view_is_older_than_the_grace() {
+        // The agent saw the backend leave, but its slices watch then froze: the backend may
+        // have come back long ago (a readiness flap) without the agent hearing of it.
+        let t0 = Instant::now();
+        let mut k = fresh_at(t0);
+        let mut g = gate();
+        let s = stale(Evidence::Removed, vip());
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(4)), Decision::Delete);
+        for n in [6, 30, 89] {
+            assert_eq!(
+                g.decide(1, (), &s, &k, t0 + secs(n)),
+                Decision::Defer,
+                "at +{n}s"
+            );
+        }
+        assert_eq!(g.len(), 1, "remembered for the re-check");
+        // A bookmark of each deciding kind brings the view up to date.
+        k.confirmed(Kind::Services, t0 + secs(89));
+        k.confirmed(Kind::EndpointSlices, t0 + secs(89));
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(90)), Decision::Delete);
+        assert!(g.is_empty());
     }
 
     #[test]
