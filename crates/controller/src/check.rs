@@ -20,9 +20,13 @@ use std::time::Instant;
 
 /// Runs `check`; output goes to `out`.
 pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
-    let state = if args.state.is_empty() {
-        let client = kube_client::client(args.target.kubeconfig.as_deref()).await?;
-        from_cluster(client, args.node_name.as_deref())
+    let client = if args.state.is_empty() {
+        Some(kube_client::client(args.target.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
+    let state = if let Some(client) = &client {
+        from_cluster(client.clone(), args.node_name.as_deref())
             .await
             .context("reading the desired state from the cluster")?
     } else {
@@ -43,7 +47,11 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     let index = build_index(&state, &args)?;
     let netns = args.target.netns.clone();
     let families = args.target.family.families().to_vec();
-    let delete = args.delete;
+    // From the cluster, a flow created after the list may go to a backend the list has not
+    // seen: the first walk only reports, and what it finds is judged again against a second
+    // list taken after the walk before anything is deleted (see `confirm_with_fresh_state`).
+    let confirm = args.delete && client.is_some();
+    let delete = args.delete && !confirm;
     let with_stats = args.stats;
     type Outcome = (Vec<(Family, PassReport)>, Option<StatsSummary>);
     let (reports, summary) = tokio::task::spawn_blocking(move || -> Result<Outcome> {
@@ -88,6 +96,20 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     })
     .await
     .context("check task failed")??;
+    let reports = match (&client, confirm) {
+        (Some(client), true) => {
+            let fresh = from_cluster(client.clone(), args.node_name.as_deref())
+                .await
+                .context("reading the desired state from the cluster again before deleting")?;
+            let fresh = build_index(&fresh, &args)?;
+            let netns = args.target.netns.clone();
+            tokio::task::spawn_blocking(move || confirm_with_fresh_state(reports, &fresh, netns))
+                .await
+                .context("check task failed")??
+        }
+        _ => reports,
+    };
+    let delete = args.delete;
     match args.output {
         OutputFormat::Json => print_json(&reports, summary.as_ref(), out)?,
         OutputFormat::Text => {
@@ -104,6 +126,43 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// Keeps the reported flows that are still stale against `fresh` (a state listed after the
+/// table walk, so it knows every backend those flows could have been sent to) and deletes them.
+fn confirm_with_fresh_state(
+    reports: Vec<(Family, PassReport)>,
+    fresh: &Index,
+    netns: Option<std::path::PathBuf>,
+) -> Result<Vec<(Family, PassReport)>> {
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let mut ct = Conntrack::open_with_capabilities(netns.as_deref(), caps)
+        .context("opening the conntrack table")?;
+    let now = Instant::now();
+    let mut out = Vec::with_capacity(reports.len());
+    for (family, mut report) in reports {
+        let before = report.stale.len();
+        report.stale.retain(|s| {
+            fresh
+                .classify(&crate::pass::flow_ref(&s.flow), now)
+                .is_stale()
+        });
+        report.recovered += (before - report.stale.len()) as u64;
+        if !report.stale.is_empty() {
+            let deleted = ct
+                .delete(report.stale.iter().map(|s| s.flow.key()))
+                .with_context(|| format!("deleting from the {family} conntrack table"))?;
+            report.deleted = deleted.deleted;
+            report.already_gone = deleted.already_gone;
+            report.failed = deleted
+                .failed
+                .into_iter()
+                .map(|(key, err)| (key, err.to_string()))
+                .collect();
+        }
+        out.push((family, report));
+    }
+    Ok(out)
+}
+
 fn build_index(state: &ClusterState, args: &CheckArgs) -> Result<Index> {
     let node_name = args
         .node_name
@@ -112,7 +171,10 @@ fn build_index(state: &ClusterState, args: &CheckArgs) -> Result<Index> {
             [only] => only.metadata.name.clone(),
             _ => None,
         });
-    let mut index = Index::new(IndexConfig::new(node_name.clone().unwrap_or_default()));
+    let mut index = Index::new(IndexConfig {
+        nodeport_addresses: args.target.nodeport_addresses.clone(),
+        ..IndexConfig::new(node_name.clone().unwrap_or_default())
+    });
     let now = Instant::now();
     let mut report = index.reset_services(&state.services, now);
     report.merge(index.reset_endpoint_slices(&state.slices, now));

@@ -78,6 +78,13 @@ pub struct TargetArgs {
     /// IP families to reconcile.
     #[arg(long, env = "CONNTRACK_RECONCILER_FAMILY", value_enum, default_value_t = FamilyArg::Both)]
     pub family: FamilyArg,
+
+    /// The node addresses NodePorts are served on, as kube-proxy's `--nodeport-addresses`:
+    /// empty for every node address, `primary` for the node's primary IP per family, or
+    /// comma-separated CIDRs. Set it like kube-proxy's, or flows to other node addresses with a
+    /// NodePort's port number (not service traffic there) are judged as NodePort flows.
+    #[arg(long, env = "CONNTRACK_RECONCILER_NODEPORT_ADDRESSES", default_value = "", value_parser = ctdiff::NodePortAddresses::parse)]
+    pub nodeport_addresses: ctdiff::NodePortAddresses,
 }
 
 /// Flags of `run`.
@@ -255,8 +262,13 @@ pub enum OutputFormat {
 /// Flags of `check`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// Desired state from these files (YAML or JSON; `kubectl get svc,endpointslices -A -o yaml`
-    /// output, multi-document YAML, Node and Pod objects too) instead of the cluster. Repeatable.
+    /// Desired state from these files (YAML or JSON, at most 256 MiB each) instead of the
+    /// cluster: `kubectl get services,endpointslices.discovery.k8s.io -A -o yaml` (add
+    /// `pods,nodes` for hostPorts and NodePort addresses). Repeatable. Malformed or ambiguous
+    /// input (a second JSON document, duplicates that differ, bad ports or protocols, missing
+    /// fields) is always an error; incomplete input (v1 Endpoints, v1beta1 slices, a UDP Service
+    /// without an EndpointSlice per family) is refused with --delete and warned about otherwise.
+    /// See docs/operations.md.
     #[arg(long = "state", value_name = "FILE")]
     pub state: Vec<PathBuf>,
 
@@ -275,7 +287,9 @@ pub struct CheckArgs {
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
-    /// Delete the stale flows it reports.
+    /// Delete the stale flows it reports. With --state, refuses state files that are
+    /// incomplete; from the cluster, lists the state again after reading the table and deletes
+    /// only what is still stale against it.
     #[arg(long)]
     pub delete: bool,
 

@@ -55,6 +55,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let mut index = Index::new(IndexConfig {
         tombstone_ttl: args.tombstone_ttl,
+        nodeport_addresses: args.target.nodeport_addresses.clone(),
         ..IndexConfig::new(args.node_name.clone())
     });
     *index.knowledge_mut() = Knowledge::new(args.watch_stale_after);
