@@ -131,7 +131,8 @@ fn counter_help(name: &str) -> &'static str {
 
 impl Collector for TableMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let ready = self.health.is_ready() && self.health.is_alive();
+        let ready =
+            self.health.is_ready() && self.health.is_alive() && self.health.stale().is_none();
         gauge(
             &mut encoder,
             "ready",
