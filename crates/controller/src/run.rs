@@ -217,7 +217,7 @@ async fn index_loop(
                         continue;
                     }
                     What::Bookmark => {
-                        index.knowledge_mut().confirmed(kind, at);
+                        index.knowledge_mut().bookmarked(kind, at);
                         continue;
                     }
                     What::Failed(error) => {

@@ -5,7 +5,11 @@
 //! must *see* how current its view is (ctdiff's `Knowledge`): bookmarks (which `watcher` hides)
 //! prove that everything before them was delivered, an accepted watch proves the server
 //! answers, and a watch silent for longer than the idle timeout (a frozen connection) is
-//! reported and restarted instead of waiting for the client's read timeout.
+//! reported and replaced instead of waiting for the client's read timeout. After any failure
+//! the loop lists again (with backoff) rather than resuming from its last resourceVersion: a
+//! resumed watch replays missed events long after they were sent, and only a list tells the
+//! agent how current its view is again. Only a watch the server ended normally (its timeout)
+//! is resumed at once.
 //!
 //! Selectors are ones every supported API server accepts: Services are watched unfiltered (a
 //! `service.kubernetes.io/service-proxy-name` label is handled by ctdiff, so relabelling a
@@ -309,15 +313,15 @@ where
                 Ok(Some(item)) => item,
                 // The server ended the watch (its timeout): continue from where it left off.
                 Ok(None) => break,
+                // Silent for too long: a frozen connection, or a server without periodic
+                // bookmarks. Resuming from `rv` would replay what was missed long after it was
+                // sent, and the agent could not tell when the replay ends; a relist can.
                 Err(_) => {
                     let why = format!(
-                        "watch: no event or bookmark for {}s; restarting it",
+                        "watch: no event or bookmark for {}s; listing again",
                         timing.idle_timeout.as_secs()
                     );
-                    if let End::Closed = fail(tx, kind, why).await {
-                        return End::Closed;
-                    }
-                    break;
+                    return fail(tx, kind, why).await;
                 }
             };
             let at = Instant::now();

@@ -80,6 +80,10 @@ pub struct KindFreshness {
     /// the receipt time of the latest event or bookmark applied, or the start of the latest
     /// complete list.
     pub confirmed: Option<Instant>,
+    /// The watch resumed from an old resourceVersion after a gap and may still be replaying
+    /// missed events: its events prove nothing until a bookmark (sent after the replay) or a
+    /// complete list arrives.
+    pub catching_up: bool,
 }
 
 /// Why the agent's view is not fresh.
@@ -89,6 +93,8 @@ pub enum Staleness {
     NotListed(Kind),
     /// The kind is being relisted.
     Relisting(Kind),
+    /// The kind's watch resumed after a gap and is replaying what it missed.
+    CatchingUp(Kind),
     /// The kind's watch is failing, since this instant.
     Failing(Kind, Instant),
     /// The kind's watch has not answered for this long.
@@ -100,6 +106,7 @@ impl fmt::Display for Staleness {
         match self {
             Staleness::NotListed(kind) => write!(f, "{kind} not listed yet"),
             Staleness::Relisting(kind) => write!(f, "{kind} relisting"),
+            Staleness::CatchingUp(kind) => write!(f, "{kind} watch catching up"),
             Staleness::Failing(kind, _) => write!(f, "{kind} watch failing"),
             Staleness::Silent(kind, quiet) => {
                 write!(f, "{kind} watch silent for {}s", quiet.as_secs())
@@ -153,14 +160,33 @@ impl Knowledge {
         let k = self.kind_mut(kind);
         k.listed = true;
         k.relisting = false;
+        k.catching_up = false;
         k.confirmed = Some(k.confirmed.map_or(started, |t| t.max(started)));
     }
 
-    /// An event or bookmark received at `at` has been applied (with everything before it).
+    /// The watch resumed at `at` from a resourceVersion older than the gap it was down for: the
+    /// events it delivers next may have been sent long ago. The kind is not fresh, and its
+    /// events confirm nothing, until a bookmark or a complete list.
+    pub fn resumed(&mut self, kind: Kind, at: Instant) {
+        self.alive(kind, at);
+        self.kind_mut(kind).catching_up = true;
+    }
+
+    /// An event received at `at` has been applied (with everything before it). While the
+    /// watch is catching up, that only shows it is alive.
     pub fn confirmed(&mut self, kind: Kind, at: Instant) {
         self.alive(kind, at);
         let k = self.kind_mut(kind);
-        k.confirmed = Some(k.confirmed.map_or(at, |t| t.max(at)));
+        if !k.catching_up {
+            k.confirmed = Some(k.confirmed.map_or(at, |t| t.max(at)));
+        }
+    }
+
+    /// A bookmark received at `at` has been applied: the API server sends it after every event
+    /// before it, replayed ones included.
+    pub fn bookmarked(&mut self, kind: Kind, at: Instant) {
+        self.kind_mut(kind).catching_up = false;
+        self.confirmed(kind, at);
     }
 
     /// The watch failed at `at` (an error answer, a broken or silent connection).
@@ -177,6 +203,9 @@ impl Knowledge {
         }
         if k.relisting {
             return Some(Staleness::Relisting(kind));
+        }
+        if k.catching_up {
+            return Some(Staleness::CatchingUp(kind));
         }
         if let Some(since) = k.failing_since {
             return Some(Staleness::Failing(kind, since));
@@ -481,6 +510,25 @@ mod tests {
             k.confirmed(kind, t0 + secs(91));
         }
         assert!(k.all_fresh(t0 + secs(91)));
+    }
+
+    #[test]
+    fn a_resumed_watch_proves_nothing_until_a_bookmark() {
+        let t0 = Instant::now();
+        let mut k = fresh_at(t0);
+        k.failed(Kind::EndpointSlices, t0 + secs(1));
+        k.resumed(Kind::EndpointSlices, t0 + secs(20));
+        assert_eq!(
+            k.first_staleness(t0 + secs(20)),
+            Some(Staleness::CatchingUp(Kind::EndpointSlices))
+        );
+        // A replayed event shows life, not currency.
+        k.confirmed(Kind::EndpointSlices, t0 + secs(21));
+        assert_eq!(k.kind(Kind::EndpointSlices).confirmed, Some(t0));
+        assert!(!k.all_fresh(t0 + secs(21)));
+        k.bookmarked(Kind::EndpointSlices, t0 + secs(22));
+        assert_eq!(k.kind(Kind::EndpointSlices).confirmed, Some(t0 + secs(22)));
+        assert!(k.all_fresh(t0 + secs(22)));
     }
 
     #[test]
