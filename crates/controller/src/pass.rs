@@ -240,14 +240,28 @@ fn decide(
     }
 }
 
-/// The waiting flows (deferred by the gate) that may be deleted now, judged from memory
-/// against the current index: no table walk. Flows no longer stale are forgotten.
-pub fn recheck_waiting(index: &RwLock<Index>, gate: &Mutex<FlowGate>, now: Instant) -> Recheck {
+/// The waiting flows (deferred by the gate) that may be deleted now, at most `budget` of them
+/// (0: no limit), judged from memory against the current index: no table walk. Flows no longer
+/// stale are forgotten.
+pub fn recheck_waiting(
+    index: &RwLock<Index>,
+    gate: &Mutex<FlowGate>,
+    now: Instant,
+    budget: u64,
+) -> Recheck {
+    let budget = match budget {
+        0 => usize::MAX,
+        b => usize::try_from(b).unwrap_or(usize::MAX),
+    };
     let index = index.read().unwrap_or_else(PoisonError::into_inner);
     let mut gate = gate.lock().unwrap_or_else(PoisonError::into_inner);
     let waiting: Vec<(FlowKey, Flow)> = gate.waiting().map(|(k, w)| (*k, w.flow)).collect();
     let mut out = Recheck::default();
     for (key, flow) in waiting {
+        if out.delete.len() >= budget {
+            out.budget_hit = true;
+            break; // the rest waits for the next re-check
+        }
         let Verdict::Stale(stale) = index.classify(&flow_ref(&flow), now) else {
             gate.forget(&key);
             out.recovered += 1;
@@ -280,4 +294,6 @@ pub struct Recheck {
     pub recovered: u64,
     /// Flows forgotten (not seen stale for long).
     pub forgotten: usize,
+    /// Whether the deletion budget stopped the re-check.
+    pub budget_hit: bool,
 }

@@ -405,10 +405,10 @@ fn record_freshness(p: &PassLoop) -> bool {
 /// through (on a blocking thread: deleting is a netlink exchange).
 async fn recheck(ct: Conntrack, p: &PassLoop) -> Result<Conntrack> {
     let (index, gate) = (p.index.clone(), p.gate.clone());
-    let dry_run = p.args.dry_run;
+    let (dry_run, budget) = (p.args.dry_run, p.args.max_deletes_per_pass);
     let (ct, found, deleted) = tokio::task::spawn_blocking(move || {
         let mut ct = ct;
-        let found = recheck_waiting(&index, &gate, Instant::now());
+        let found = recheck_waiting(&index, &gate, Instant::now(), budget);
         let deleted = if dry_run || found.delete.is_empty() {
             None
         } else {
@@ -425,6 +425,9 @@ async fn recheck(ct: Conntrack, p: &PassLoop) -> Result<Conntrack> {
     };
     for s in &found.delete {
         record_stale(counter, s, dry_run);
+    }
+    if found.budget_hit {
+        p.metrics.budget_exhausted.inc();
     }
     match deleted {
         Some(Ok(report)) if !report.failed.is_empty() => {
