@@ -146,18 +146,9 @@ fn confirm_with_fresh_state(
                 .is_stale()
         });
         report.recovered += (before - report.stale.len()) as u64;
-        if !report.stale.is_empty() {
-            let deleted = ct
-                .delete(report.stale.iter().map(|s| s.flow.key()))
-                .with_context(|| format!("deleting from the {family} conntrack table"))?;
-            report.deleted = deleted.deleted;
-            report.already_gone = deleted.already_gone;
-            report.failed = deleted
-                .failed
-                .into_iter()
-                .map(|(key, err)| (key, err.to_string()))
-                .collect();
-        }
+        report
+            .delete_stale(&mut ct)
+            .with_context(|| format!("deleting from the {family} conntrack table"))?;
         out.push((family, report));
     }
     Ok(out)
@@ -205,8 +196,7 @@ async fn from_cluster(client: Client, node_name: Option<&str>) -> Result<Cluster
     let mut state = ClusterState {
         services: list_all(
             Api::all(client.clone()),
-            ListParams::default()
-                .labels(SERVICE_LABELS),
+            ListParams::default().labels(SERVICE_LABELS),
             "services",
         )
         .await?,

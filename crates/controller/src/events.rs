@@ -82,7 +82,9 @@ impl EventPath {
             while let Some(item) = stream.next().await {
                 let stats = stream.stats();
                 if stats.malformed > malformed {
-                    self.metrics.events_malformed.inc_by(stats.malformed - malformed);
+                    self.metrics
+                        .events_malformed
+                        .inc_by(stats.malformed - malformed);
                     malformed = stats.malformed;
                     if let Some(e) = stream.last_malformed() {
                         tracing::warn!(error = %e, "skipped an unparseable conntrack event");

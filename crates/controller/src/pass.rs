@@ -81,6 +81,36 @@ impl PassReport {
     pub fn budget_hit(&self) -> bool {
         !self.over_budget.is_empty()
     }
+
+    /// Deletes `stale` by exact key and records the outcome.
+    pub fn delete_stale(&mut self, ct: &mut Conntrack) -> Result<(), ctnetlink::Error> {
+        if self.stale.is_empty() {
+            return Ok(());
+        }
+        let deleted = ct.delete(self.stale.iter().map(|s| s.flow.key()))?;
+        self.deleted = deleted.deleted;
+        self.already_gone = deleted.already_gone;
+        self.failed = deleted
+            .failed
+            .into_iter()
+            .map(|(key, err)| (key, err.to_string()))
+            .collect();
+        Ok(())
+    }
+}
+
+impl StaleFlow {
+    /// The flow with its verdict's details.
+    pub fn new(flow: Flow, stale: &ctdiff::Stale<'_>) -> Self {
+        StaleFlow {
+            flow,
+            service: stale.service.to_string(),
+            port: stale.port.to_owned(),
+            frontend: stale.frontend,
+            reason: stale.reason,
+            evidence: stale.evidence,
+        }
+    }
 }
 
 /// The part of a flow classification needs.
@@ -161,15 +191,8 @@ pub fn run_pass(
         }
     })?;
     decide(index, gate, candidates, cfg, &mut report);
-    if !cfg.dry_run && !report.stale.is_empty() {
-        let deleted = ct.delete(report.stale.iter().map(|s| s.flow.key()))?;
-        report.deleted = deleted.deleted;
-        report.already_gone = deleted.already_gone;
-        report.failed = deleted
-            .failed
-            .into_iter()
-            .map(|(key, err)| (key, err.to_string()))
-            .collect();
+    if !cfg.dry_run {
+        report.delete_stale(ct)?;
     }
     Ok(report)
 }
@@ -215,14 +238,7 @@ fn decide(
                 if cfg.dry_run {
                     report.tally.left(fref.orig_dst, stale.reason);
                 }
-                report.stale.push(StaleFlow {
-                    flow,
-                    service: stale.service.to_string(),
-                    port: stale.port.to_owned(),
-                    frontend: stale.frontend,
-                    reason: stale.reason,
-                    evidence: stale.evidence,
-                });
+                report.stale.push(StaleFlow::new(flow, &stale));
             }
             Decision::Delete => {
                 report.tally.left(fref.orig_dst, stale.reason);
@@ -268,14 +284,7 @@ pub fn recheck_waiting(
             continue;
         };
         match gate.decide(key, flow, &stale, index.knowledge(), now) {
-            Decision::Delete => out.delete.push(StaleFlow {
-                flow,
-                service: stale.service.to_string(),
-                port: stale.port.to_owned(),
-                frontend: stale.frontend,
-                reason: stale.reason,
-                evidence: stale.evidence,
-            }),
+            Decision::Delete => out.delete.push(StaleFlow::new(flow, &stale)),
             Decision::Defer | Decision::Hold => out.still_waiting += 1,
         }
     }

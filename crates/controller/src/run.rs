@@ -339,10 +339,18 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
             next_tick = now + TICK;
             let fresh = record_freshness(&p);
             if fresh && p.held.swap(false, Ordering::Relaxed) {
-                tracing::info!("the view is fresh again: a full pass picks up the flows held meanwhile");
+                tracing::info!(
+                    "the view is fresh again: a full pass picks up the flows held meanwhile"
+                );
                 scheduler.on_view_fresh();
             }
-            if fresh && !p.gate.lock().unwrap_or_else(PoisonError::into_inner).is_empty() {
+            if fresh
+                && !p
+                    .gate
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_empty()
+            {
                 let handle = p.ct.take().context("the conntrack handle is missing")?;
                 p.ct = Some(recheck(handle, &p).await?);
             }

@@ -368,7 +368,11 @@ mod tests {
             }
         }
         assert_eq!(passes.len(), 5, "1 s, 2 s, 4 s, 8 s gaps: {passes:?}");
-        assert!(passes.windows(2).all(|w| w[1] - w[0] >= Duration::from_secs(1)));
+        assert!(
+            passes
+                .windows(2)
+                .all(|w| w[1] - w[0] >= Duration::from_secs(1))
+        );
         // A minute without losses starts the backoff over.
         let later = t0 + Duration::from_secs(100);
         s.on_events_lost(later);

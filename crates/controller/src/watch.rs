@@ -107,50 +107,59 @@ pub fn spawn(
     timing: WatchTiming,
     tx: mpsc::Sender<Update>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let node = node_fields(node_name);
-    let pods = pod_fields(node_name);
+    let by_fields = |fields: String| Selectors {
+        labels: None,
+        fields: Some(fields),
+    };
+    let slices = Selectors {
+        labels: Some(SLICE_LABELS.to_owned()),
+        fields: None,
+    };
     vec![
-        tokio::spawn(watch_kind(
-            Api::<Service>::all(client.clone()),
-            Selectors::default(),
-            Kind::Services,
-            What::Service,
-            timing,
-            tx.clone(),
-        )),
-        tokio::spawn(watch_kind(
-            Api::<EndpointSlice>::all(client.clone()),
-            Selectors {
-                labels: Some(SLICE_LABELS.to_owned()),
-                fields: None,
-            },
-            Kind::EndpointSlices,
-            What::Slice,
-            timing,
-            tx.clone(),
-        )),
-        tokio::spawn(watch_kind(
-            Api::<Node>::all(client.clone()),
-            Selectors {
-                labels: None,
-                fields: Some(node),
-            },
-            Kind::Nodes,
-            What::Node,
-            timing,
-            tx.clone(),
-        )),
-        tokio::spawn(watch_kind(
-            Api::<Pod>::all(client),
-            Selectors {
-                labels: None,
-                fields: Some(pods),
-            },
-            Kind::Pods,
-            What::Pod,
-            timing,
-            tx,
-        )),
+        tokio::spawn(
+            KindWatch {
+                api: Api::<Service>::all(client.clone()),
+                selectors: Selectors::default(),
+                kind: Kind::Services,
+                wrap: What::Service,
+                timing,
+                tx: tx.clone(),
+            }
+            .run(),
+        ),
+        tokio::spawn(
+            KindWatch {
+                api: Api::<EndpointSlice>::all(client.clone()),
+                selectors: slices,
+                kind: Kind::EndpointSlices,
+                wrap: What::Slice,
+                timing,
+                tx: tx.clone(),
+            }
+            .run(),
+        ),
+        tokio::spawn(
+            KindWatch {
+                api: Api::<Node>::all(client.clone()),
+                selectors: by_fields(node_fields(node_name)),
+                kind: Kind::Nodes,
+                wrap: What::Node,
+                timing,
+                tx: tx.clone(),
+            }
+            .run(),
+        ),
+        tokio::spawn(
+            KindWatch {
+                api: Api::<Pod>::all(client),
+                selectors: by_fields(pod_fields(node_name)),
+                kind: Kind::Pods,
+                wrap: What::Pod,
+                timing,
+                tx,
+            }
+            .run(),
+        ),
     ]
 }
 
@@ -174,7 +183,9 @@ impl Selectors {
     }
 
     fn watch(&self, timing: &WatchTiming) -> WatchParams {
-        let secs = u32::try_from(timing.server_timeout.as_secs()).unwrap_or(290).max(1);
+        let secs = u32::try_from(timing.server_timeout.as_secs())
+            .unwrap_or(290)
+            .max(1);
         let mut wp = WatchParams::default().timeout(secs);
         if let Some(l) = &self.labels {
             wp = wp.labels(l);
@@ -196,169 +207,167 @@ enum End {
     Failed,
 }
 
-/// Sends `what` about `kind`; false once the receiver is gone.
-async fn send(tx: &mpsc::Sender<Update>, kind: Kind, at: Instant, what: What) -> bool {
-    tx.send(Update { kind, at, what }).await.is_ok()
-}
-
 /// The list-then-watch loop of one kind.
-async fn watch_kind<K>(
+struct KindWatch<K> {
     api: Api<K>,
     selectors: Selectors,
     kind: Kind,
     wrap: fn(Event<K>) -> What,
     timing: WatchTiming,
     tx: mpsc::Sender<Update>,
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Prune + 'static,
-{
-    let mut backoff = DefaultBackoff::default();
-    loop {
-        let end = match list(&api, &selectors, kind, wrap, &timing, &tx).await {
-            Ok(rv) => {
-                backoff = DefaultBackoff::default();
-                watch_from(&api, &selectors, kind, wrap, &timing, &tx, rv).await
-            }
-            Err(end) => end,
-        };
-        match end {
-            End::Closed => return,
-            End::Relist => {}
-            End::Failed => {
-                let pause = backoff.next().unwrap_or(Duration::from_secs(30));
-                tokio::time::sleep(pause).await;
-            }
-        }
-    }
 }
 
-/// Lists every object (paginated, streamed as `Init`, `InitApply`…, `InitDone`); returns the
-/// list's resource version.
-async fn list<K>(
-    api: &Api<K>,
-    selectors: &Selectors,
-    kind: Kind,
-    wrap: fn(Event<K>) -> What,
-    timing: &WatchTiming,
-    tx: &mpsc::Sender<Update>,
-) -> Result<String, End>
+impl<K> KindWatch<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Prune + 'static,
 {
-    let started = Instant::now();
-    if !send(tx, kind, started, wrap(Event::Init)).await {
-        return Err(End::Closed);
-    }
-    let mut params = selectors.list();
-    loop {
-        let page = match tokio::time::timeout(timing.idle_timeout, api.list(&params)).await {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => return Err(fail(tx, kind, format!("list: {e}")).await),
-            Err(_) => {
-                let why = format!("list: no answer in {}s", timing.idle_timeout.as_secs());
-                return Err(fail(tx, kind, why).await);
-            }
-        };
-        for mut obj in page.items {
-            obj.prune();
-            if !send(tx, kind, Instant::now(), wrap(Event::InitApply(obj))).await {
-                return Err(End::Closed);
+    /// Lists, then watches; lists again after an expired resourceVersion or (with backoff) a
+    /// failure. Returns when the receiver is gone.
+    async fn run(self) {
+        let mut backoff = DefaultBackoff::default();
+        loop {
+            let end = match self.list().await {
+                Ok(rv) => {
+                    backoff = DefaultBackoff::default();
+                    self.watch_from(rv).await
+                }
+                Err(end) => end,
+            };
+            match end {
+                End::Closed => return,
+                End::Relist => {}
+                End::Failed => {
+                    let pause = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => {
-                let rv = page.metadata.resource_version.unwrap_or_default();
-                // `at` of InitDone is the list's start: its content is at least that current.
-                if !send(tx, kind, started, wrap(Event::InitDone)).await {
+    }
+
+    /// Sends `what`; false once the receiver is gone.
+    async fn send(&self, at: Instant, what: What) -> bool {
+        let update = Update {
+            kind: self.kind,
+            at,
+            what,
+        };
+        self.tx.send(update).await.is_ok()
+    }
+
+    /// Reports a failure; `End::Failed`, or `End::Closed` when the receiver is gone.
+    async fn fail(&self, why: String) -> End {
+        if self.send(Instant::now(), What::Failed(why)).await {
+            End::Failed
+        } else {
+            End::Closed
+        }
+    }
+
+    fn idle_secs(&self) -> u64 {
+        self.timing.idle_timeout.as_secs()
+    }
+
+    /// Lists every object (paginated, streamed as `Init`, `InitApply`…, `InitDone`); returns
+    /// the list's resource version.
+    async fn list(&self) -> Result<String, End> {
+        let started = Instant::now();
+        if !self.send(started, (self.wrap)(Event::Init)).await {
+            return Err(End::Closed);
+        }
+        let idle = self.timing.idle_timeout;
+        let mut params = self.selectors.list();
+        loop {
+            let page = match tokio::time::timeout(idle, self.api.list(&params)).await {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => return Err(self.fail(format!("list: {e}")).await),
+                Err(_) => {
+                    let why = format!("list: no answer in {}s", self.idle_secs());
+                    return Err(self.fail(why).await);
+                }
+            };
+            for mut obj in page.items {
+                obj.prune();
+                let what = (self.wrap)(Event::InitApply(obj));
+                if !self.send(Instant::now(), what).await {
                     return Err(End::Closed);
                 }
-                return Ok(rv);
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => {
+                    let rv = page.metadata.resource_version.unwrap_or_default();
+                    // `at` of InitDone is the list's start: its content is at least that current.
+                    if !self.send(started, (self.wrap)(Event::InitDone)).await {
+                        return Err(End::Closed);
+                    }
+                    return Ok(rv);
+                }
             }
         }
     }
-}
 
-/// Watches from `rv` until the resource version expires or the watch fails.
-async fn watch_from<K>(
-    api: &Api<K>,
-    selectors: &Selectors,
-    kind: Kind,
-    wrap: fn(Event<K>) -> What,
-    timing: &WatchTiming,
-    tx: &mpsc::Sender<Update>,
-    mut rv: String,
-) -> End
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Prune + 'static,
-{
-    let params = selectors.watch(timing);
-    loop {
-        let stream = match tokio::time::timeout(timing.idle_timeout, api.watch(&params, &rv)).await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(kube::Error::Api(status))) if status.code == 410 => return End::Relist,
-            Ok(Err(e)) => return fail(tx, kind, format!("watch: {e}")).await,
-            Err(_) => {
-                let why = format!("watch: no answer in {}s", timing.idle_timeout.as_secs());
-                return fail(tx, kind, why).await;
-            }
-        };
-        if !send(tx, kind, Instant::now(), What::Watching).await {
-            return End::Closed;
-        }
-        let mut stream = std::pin::pin!(stream);
+    /// Watches from `rv` until the resource version expires or the watch fails.
+    async fn watch_from(&self, mut rv: String) -> End {
+        let params = self.selectors.watch(&self.timing);
+        let idle = self.timing.idle_timeout;
         loop {
-            let item = match tokio::time::timeout(timing.idle_timeout, stream.next()).await {
-                Ok(Some(item)) => item,
-                // The server ended the watch (its timeout): continue from where it left off.
-                Ok(None) => break,
-                // Silent for too long: a frozen connection, or a server without periodic
-                // bookmarks. Resuming from `rv` would replay what was missed long after it was
-                // sent, and the agent could not tell when the replay ends; a relist can.
+            let stream = match tokio::time::timeout(idle, self.api.watch(&params, &rv)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(kube::Error::Api(status))) if status.code == 410 => return End::Relist,
+                Ok(Err(e)) => return self.fail(format!("watch: {e}")).await,
                 Err(_) => {
-                    let why = format!(
-                        "watch: no event or bookmark for {}s; listing again",
-                        timing.idle_timeout.as_secs()
-                    );
-                    return fail(tx, kind, why).await;
+                    let why = format!("watch: no answer in {}s", self.idle_secs());
+                    return self.fail(why).await;
                 }
             };
-            let at = Instant::now();
-            let what = match item {
-                Ok(WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj)) => {
-                    rv = obj.resource_version().unwrap_or_else(|| rv.clone());
-                    obj.prune();
-                    wrap(Event::Apply(obj))
-                }
-                Ok(WatchEvent::Deleted(mut obj)) => {
-                    rv = obj.resource_version().unwrap_or_else(|| rv.clone());
-                    obj.prune();
-                    wrap(Event::Delete(obj))
-                }
-                Ok(WatchEvent::Bookmark(bookmark)) => {
-                    rv = bookmark.metadata.resource_version;
-                    What::Bookmark
-                }
-                Ok(WatchEvent::Error(status)) if status.code == 410 => return End::Relist,
-                Ok(WatchEvent::Error(status)) => {
-                    return fail(tx, kind, format!("watch: error event: {}", status.message)).await;
-                }
-                Err(e) => return fail(tx, kind, format!("watch: {e}")).await,
-            };
-            if !send(tx, kind, at, what).await {
+            if !self.send(Instant::now(), What::Watching).await {
                 return End::Closed;
             }
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let item = match tokio::time::timeout(idle, stream.next()).await {
+                    Ok(Some(item)) => item,
+                    // The server ended the watch (its timeout): continue from where it left off.
+                    Ok(None) => break,
+                    // Silent for too long: a frozen connection, or a server without periodic
+                    // bookmarks. Resuming from `rv` would replay what was missed long after it
+                    // was sent, and the agent could not tell when the replay ends; a list can.
+                    Err(_) => {
+                        let why = format!(
+                            "watch: no event or bookmark for {}s; listing again",
+                            self.idle_secs()
+                        );
+                        return self.fail(why).await;
+                    }
+                };
+                let at = Instant::now();
+                let what = match item {
+                    Ok(WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj)) => {
+                        rv = obj.resource_version().unwrap_or_else(|| rv.clone());
+                        obj.prune();
+                        (self.wrap)(Event::Apply(obj))
+                    }
+                    Ok(WatchEvent::Deleted(mut obj)) => {
+                        rv = obj.resource_version().unwrap_or_else(|| rv.clone());
+                        obj.prune();
+                        (self.wrap)(Event::Delete(obj))
+                    }
+                    Ok(WatchEvent::Bookmark(bookmark)) => {
+                        rv = bookmark.metadata.resource_version;
+                        What::Bookmark
+                    }
+                    Ok(WatchEvent::Error(status)) if status.code == 410 => return End::Relist,
+                    Ok(WatchEvent::Error(status)) => {
+                        let why = format!("watch: error event: {}", status.message);
+                        return self.fail(why).await;
+                    }
+                    Err(e) => return self.fail(format!("watch: {e}")).await,
+                };
+                if !self.send(at, what).await {
+                    return End::Closed;
+                }
+            }
         }
-    }
-}
-
-/// Reports a failure; `End::Failed`, or `End::Closed` when the receiver is gone.
-async fn fail(tx: &mpsc::Sender<Update>, kind: Kind, why: String) -> End {
-    if send(tx, kind, Instant::now(), What::Failed(why)).await {
-        End::Failed
-    } else {
-        End::Closed
     }
 }
 

@@ -262,9 +262,7 @@ fn event_path_deletes_a_stale_new_flow_at_once() {
     ]);
     agent.wait_ready();
     // The agent sees 10.244.1.2 leave the service: positive evidence.
-    lab.api
-        .apply(&slice("dns", 5353, &["10.244.1.1"]))
-        .unwrap();
+    lab.api.apply(&slice("dns", 5353, &["10.244.1.1"])).unwrap();
     std::thread::sleep(Duration::from_millis(500)); // let the change and its pass finish
     let passes_before = agent.metric("conntrack_reconciler_passes_total", &[]);
     let created = Instant::now();
@@ -306,7 +304,10 @@ fn event_path_deletes_a_stale_new_flow_at_once() {
         || !lab.ports().contains(&4003),
         &agent,
     );
-    eprintln!("stale NEW flow to a never-seen backend deleted within {:?}", created.elapsed());
+    eprintln!(
+        "stale NEW flow to a never-seen backend deleted within {:?}",
+        created.elapsed()
+    );
     assert!(lab.ports().contains(&4002), "the healthy new flow stays");
 }
 

@@ -111,7 +111,11 @@ impl Index {
         let evidence = if reason == Reason::NotDnated {
             // Never DNATed: stale for sure once kube-proxy has serving backends to DNAT to, and
             // the agent knows of some. Without any, the agent may be the one behind.
-            if slot.live().any(|id| self.groups.get(id).is_some_and(|g| g.backends.serving() > 0)) {
+            if slot.live().any(|id| {
+                self.groups
+                    .get(id)
+                    .is_some_and(|g| g.backends.serving() > 0)
+            }) {
                 Evidence::Removed
             } else {
                 Evidence::Unseen

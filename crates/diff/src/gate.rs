@@ -41,7 +41,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Kind; 4] = [Kind::Services, Kind::EndpointSlices, Kind::Nodes, Kind::Pods];
+    pub const ALL: [Kind; 4] = [
+        Kind::Services,
+        Kind::EndpointSlices,
+        Kind::Nodes,
+        Kind::Pods,
+    ];
 
     /// The plural lower-case resource name, for logs and metric labels.
     pub const fn as_str(self) -> &'static str {
@@ -474,9 +479,15 @@ mod tests {
             k.relist_started(kind, t0);
             k.listed(kind, t0, t0);
         }
-        assert_eq!(k.first_staleness(t0), Some(Staleness::NotListed(Kind::Pods)));
+        assert_eq!(
+            k.first_staleness(t0),
+            Some(Staleness::NotListed(Kind::Pods))
+        );
         k.relist_started(Kind::Pods, t0);
-        assert_eq!(k.first_staleness(t0), Some(Staleness::NotListed(Kind::Pods)));
+        assert_eq!(
+            k.first_staleness(t0),
+            Some(Staleness::NotListed(Kind::Pods))
+        );
         k.listed(Kind::Pods, t0, t0);
         assert!(k.all_fresh(t0));
     }
@@ -540,7 +551,10 @@ mod tests {
         assert_eq!(g.decide(1, (), &s, &k, t0), Decision::Delete);
         k.failed(Kind::EndpointSlices, t0 + secs(1));
         assert_eq!(g.decide(1, (), &s, &k, t0 + secs(1)), Decision::Hold);
-        assert!(g.is_empty(), "held removed-backend flows are found again by a pass");
+        assert!(
+            g.is_empty(),
+            "held removed-backend flows are found again by a pass"
+        );
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub use dirty::{Dirty, DirtyMatcher};
 pub use gate::{
     Decision, Gate, GateConfig, Kind, KindFreshness, Knowledge, Staleness, Waiting, deciding_kinds,
 };
-pub use index::{DEFAULT_STALE_AFTER, DEFAULT_TOMBSTONE_TTL, Index, IndexConfig, IndexStats, Relist};
+pub use index::{
+    DEFAULT_STALE_AFTER, DEFAULT_TOMBSTONE_TTL, Index, IndexConfig, IndexStats, Relist,
+};
 pub use parse::{ANNOTATION_SKIP, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
 pub use report::{Report, Skip, SkipReason};
 pub use verdict::{Evidence, FlowRef, Frontend, IPPROTO_UDP, Reason, ServiceName, Stale, Verdict};

@@ -531,9 +531,15 @@ impl Frontends {
     /// are not counted).
     pub(crate) fn len(&self) -> usize {
         fn owned<K>(table: &FxHashMap<K, Slot>) -> usize {
-            table.values().filter(|s| s.first != NONE || s.tomb != NONE).count()
+            table
+                .values()
+                .filter(|s| s.first != NONE || s.tomb != NONE)
+                .count()
         }
-        owned(&self.addrs4) + owned(&self.addrs6) + owned(&self.node_ports) + owned(&self.host_ports)
+        owned(&self.addrs4)
+            + owned(&self.addrs6)
+            + owned(&self.node_ports)
+            + owned(&self.host_ports)
     }
 }
 

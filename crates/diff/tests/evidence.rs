@@ -114,7 +114,13 @@ fn a_new_service_without_its_slice_yet_is_unseen_and_not_dnated_needs_known_back
 fn a_deleted_service_leaves_its_backends_removed_and_others_unseen() {
     let now = Instant::now();
     let svc = mk_service("d", "dns", &[VIP], vec![udp("", 53)]);
-    let mut index = mk_index(&[svc.clone()], &[dns(&["10.244.0.1"])], &[], &[], now);
+    let mut index = mk_index(
+        std::slice::from_ref(&svc),
+        &[dns(&["10.244.0.1"])],
+        &[],
+        &[],
+        now,
+    );
     let _ = index.delete_service(&svc, now);
     assert_eq!(
         evidence(&index, "10.244.0.1:5353", now),

@@ -1304,7 +1304,9 @@ fn resumed_watch_replay_does_not_confirm_a_view_still_missing_events() {
         Some(Decision::Defer)
     );
     // At 4 s the watch resumes: accepted, then E1 replayed (E2 follows at 4.3 s).
-    index.knowledge_mut().resumed(Kind::EndpointSlices, ms(4_000));
+    index
+        .knowledge_mut()
+        .resumed(Kind::EndpointSlices, ms(4_000));
     let _ = index.apply_endpoint_slice(&dns_slice("s1", vec![ep(c), ep("10.1.0.4")]), ms(4_000));
     confirm(&mut index, &[Kind::EndpointSlices], ms(4_000));
     confirm(&mut index, &ALL_BUT_SLICES, ms(4_100));
