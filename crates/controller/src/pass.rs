@@ -306,3 +306,166 @@ pub struct Recheck {
     /// Whether the deletion budget stopped the re-check.
     pub budget_hit: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctdiff::{GateConfig, IndexConfig, Kind};
+    use ctnetlink::{Status, Tuple};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn service() -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": "dns", "namespace": "d"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "ports": [{"port": 53, "protocol": "UDP"}]}
+        }))
+        .unwrap()
+    }
+
+    fn slice(ready: &[(&str, bool)]) -> EndpointSlice {
+        let endpoints: Vec<_> = ready
+            .iter()
+            .map(|(ip, r)| json!({"addresses": [ip], "conditions": {"ready": r, "serving": r}}))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "dns-1", "namespace": "d",
+                         "labels": {"kubernetes.io/service-name": "dns"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"port": 5353, "protocol": "UDP"}]
+        }))
+        .unwrap()
+    }
+
+    fn flow(sport: u16, backend: &str) -> Flow {
+        let client = "10.244.2.9".parse().unwrap();
+        let vip = "10.96.0.10".parse().unwrap();
+        let backend = backend.parse().unwrap();
+        Flow {
+            family: Family::V4,
+            orig: Tuple::new(client, vip, ctnetlink::proto::UDP, sport, 53),
+            reply: Tuple::new(backend, client, ctnetlink::proto::UDP, 5353, sport),
+            status: Status::CONFIRMED,
+            mark: 0,
+            zone: 0,
+            timeout: 30,
+            id: u32::from(sport),
+            zone_dir: ctnetlink::ZoneDir::Both,
+        }
+    }
+
+    /// An index listed at `t0` with `ready`, where 10.244.0.2 was seen leaving.
+    fn index(t0: Instant) -> RwLock<Index> {
+        let mut index = Index::new(IndexConfig::new("n1"));
+        let _ = index.reset_services([&service()], t0);
+        let _ = index
+            .reset_endpoint_slices([&slice(&[("10.244.0.1", true), ("10.244.0.2", true)])], t0);
+        let _ = index.reset_pods([], t0);
+        let _ =
+            index.apply_endpoint_slice(&slice(&[("10.244.0.1", true), ("10.244.0.2", false)]), t0);
+        for kind in Kind::ALL {
+            index.knowledge_mut().relist_started(kind, t0);
+            index.knowledge_mut().listed(kind, t0, t0);
+        }
+        RwLock::new(index)
+    }
+
+    fn cfg() -> PassConfig {
+        PassConfig {
+            family: Family::V4,
+            dry_run: false,
+            budget: 0,
+            zone: 0,
+        }
+    }
+
+    #[test]
+    fn a_verdict_that_went_stale_during_the_dump_is_not_acted_on() {
+        let t0 = Instant::now();
+        let index = index(t0);
+        let gate = Mutex::new(FlowGate::new(GateConfig::default()));
+        let mut report = PassReport::default();
+        // Judged stale while dumping; the slice flips it back to ready before the delete.
+        let _ = index
+            .write()
+            .unwrap()
+            .apply_endpoint_slice(&slice(&[("10.244.0.1", true), ("10.244.0.2", true)]), t0);
+        decide(
+            &index,
+            Some(&gate),
+            vec![flow(4000, "10.244.0.2")],
+            &cfg(),
+            &mut report,
+        );
+        assert!(report.stale.is_empty(), "{report:?}");
+        assert_eq!(report.recovered, 1);
+    }
+
+    #[test]
+    fn the_budget_caps_deletions_and_counts_the_rest_by_reason() {
+        let t0 = Instant::now();
+        let index = index(t0);
+        let gate = Mutex::new(FlowGate::new(GateConfig::default()));
+        let mut report = PassReport::default();
+        let flows: Vec<Flow> = (0..5).map(|i| flow(4000 + i, "10.244.0.2")).collect();
+        decide(
+            &index,
+            Some(&gate),
+            flows,
+            &PassConfig { budget: 3, ..cfg() },
+            &mut report,
+        );
+        assert_eq!(report.stale.len(), 3);
+        assert_eq!(report.over_budget, vec![(Reason::EndpointNotServing, 2)]);
+    }
+
+    #[test]
+    fn the_gate_defers_never_seen_backends_and_holds_on_a_stale_view() {
+        let t0 = Instant::now();
+        let index = index(t0);
+        let gate = Mutex::new(FlowGate::new(GateConfig::default()));
+        let mut report = PassReport::default();
+        decide(
+            &index,
+            Some(&gate),
+            vec![flow(4000, "10.244.0.9")],
+            &cfg(),
+            &mut report,
+        );
+        assert!(report.stale.is_empty());
+        assert_eq!(report.deferred, 1);
+        assert_eq!(gate.lock().unwrap().len(), 1);
+        // Nothing proves the view newer than the flow yet; a bookmark a grace later does.
+        let later = Instant::now() + Duration::from_secs(6);
+        let found = recheck_waiting(&index, &gate, later, 0);
+        assert!(found.delete.is_empty());
+        for kind in Kind::ALL {
+            index
+                .write()
+                .unwrap()
+                .knowledge_mut()
+                .bookmarked(kind, later);
+        }
+        let found = recheck_waiting(&index, &gate, later, 0);
+        assert_eq!(found.delete.len(), 1);
+        // A failing watch holds even positive evidence.
+        index
+            .write()
+            .unwrap()
+            .knowledge_mut()
+            .failed(Kind::EndpointSlices, later);
+        let mut report = PassReport::default();
+        decide(
+            &index,
+            Some(&gate),
+            vec![flow(4001, "10.244.0.2")],
+            &cfg(),
+            &mut report,
+        );
+        assert_eq!((report.stale.len(), report.held), (0, 1));
+    }
+}

@@ -229,6 +229,10 @@ fn endpoint_removal_cleans_its_flows_and_sigterm_exits_zero() {
     let mut lab = Lab::new("runchange");
     dns_state(&lab);
     lab.create(&healthy());
+    // The same stale flow in another conntrack zone (OVS, OVN, Antrea) is not ours to judge.
+    let mut zoned = flow(1102, ("10.96.0.10", 53), ("10.244.1.2", 5353));
+    zoned.zone = 7;
+    lab.create(&[zoned]);
     let mut agent = lab.start_agent(&["--no-events"]);
     agent.wait_ready();
     lab.api.apply(&slice("dns", 5353, &["10.244.1.1"])).unwrap();
@@ -240,6 +244,25 @@ fn endpoint_removal_cleans_its_flows_and_sigterm_exits_zero() {
     );
     let left = lab.ports();
     assert!(left.contains(&1001) && left.contains(&1003), "{left:?}");
+    assert!(
+        left.contains(&1102),
+        "a zone-7 flow is left alone: {left:?}"
+    );
+    // API servers before 1.31 refuse `spec.clusterIP!=None`; a label selector on Services would
+    // turn a relabel to another proxy into a deletion. Services are watched unfiltered.
+    let services: Vec<String> = lab
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/services"))
+        .collect();
+    assert!(!services.is_empty());
+    assert!(
+        services
+            .iter()
+            .all(|r| !r.contains("fieldSelector") && !r.contains("labelSelector")),
+        "{services:?}"
+    );
     assert!(agent.metric("conntrack_reconciler_passes_total", &["change"]) >= 1.0);
     let status = agent.terminate();
     assert!(status.success(), "exit status {status}\n{}", agent.logs());
