@@ -60,7 +60,7 @@ impl EventPath {
     /// Follows conntrack NEW events until the process ends; resubscribes after failures.
     pub async fn run(mut self) {
         let mut limiter = RateLimiter::<Frontend>::new(self.per_second);
-        let mut ct: Option<Conntrack> = None;
+        let deleter = EventDeleter::spawn(self.netns.clone(), self.metrics.clone());
         loop {
             // NEW only, and only UDP of the reconciled families: a socket filter drops the rest
             // in the kernel, so TCP's event volume never reaches the agent.
@@ -96,7 +96,7 @@ impl EventPath {
                             .events
                             .get_or_create(&KindLabels { kind: "new" })
                             .inc();
-                        self.on_new(&flow, &mut limiter, &mut ct);
+                        self.on_new(&flow, &mut limiter, &deleter);
                     }
                     Ok(Event::Destroy(_)) => {} // not subscribed
                     Ok(Event::Lost) => {
@@ -122,7 +122,7 @@ impl EventPath {
         &mut self,
         flow: &ctnetlink::Flow,
         limiter: &mut RateLimiter<Frontend>,
-        ct: &mut Option<Conntrack>,
+        deleter: &EventDeleter,
     ) {
         if flow.orig.proto != ctnetlink::proto::UDP
             || flow.zone != self.zone
@@ -178,38 +178,100 @@ impl EventPath {
             let _ = self.signals.send(EventSignal::RateLimited(frontend));
             return;
         }
-        if ct.is_none() {
-            let opened = match &self.netns {
-                Some(path) => Conntrack::open_in(path),
-                None => Conntrack::open(),
-            };
-            match opened {
-                Ok(handle) => *ct = Some(handle),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot open conntrack for event-path deletes");
-                    return;
+        // The delete is a netlink exchange: it runs on the deleter's own thread, never on a
+        // tokio worker.
+        deleter.delete(DeleteJob {
+            flow: *flow,
+            labels,
+            service,
+            reason: reason.as_str(),
+        });
+    }
+}
+
+/// One event-path deletion, with what its metrics and log need.
+struct DeleteJob {
+    flow: ctnetlink::Flow,
+    labels: ReasonLabels,
+    service: String,
+    reason: &'static str,
+}
+
+/// The event path's deleter: a thread that owns its conntrack handle and deletes what it is
+/// sent, so a slow kernel (the nfnetlink mutex) never holds up a tokio worker.
+struct EventDeleter {
+    jobs: std::sync::mpsc::Sender<DeleteJob>,
+}
+
+impl EventDeleter {
+    fn spawn(netns: Option<PathBuf>, metrics: Arc<Metrics>) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<DeleteJob>();
+        let spawned = std::thread::Builder::new()
+            .name("event-deletes".into())
+            .spawn(move || {
+                let mut ct: Option<Conntrack> = None;
+                // Ends when the event path (the sender) is dropped.
+                while let Ok(job) = queue.recv() {
+                    delete_one(&mut ct, netns.as_deref(), &metrics, job);
                 }
+            });
+        if let Err(e) = spawned {
+            // Without the thread every send fails and is logged; passes still clean up.
+            tracing::error!(error = %e, "cannot start the event-path deleter thread");
+        }
+        EventDeleter { jobs }
+    }
+
+    fn delete(&self, job: DeleteJob) {
+        if self.jobs.send(job).is_err() {
+            tracing::warn!("the event-path deleter is gone; the next pass deletes the flow");
+        }
+    }
+}
+
+fn delete_one(
+    ct: &mut Option<Conntrack>,
+    netns: Option<&std::path::Path>,
+    metrics: &Metrics,
+    job: DeleteJob,
+) {
+    let DeleteJob {
+        flow,
+        labels,
+        service,
+        reason,
+    } = job;
+    if ct.is_none() {
+        let opened = match netns {
+            Some(path) => Conntrack::open_in(path),
+            None => Conntrack::open(),
+        };
+        match opened {
+            Ok(handle) => *ct = Some(handle),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open conntrack for event-path deletes");
+                return;
             }
         }
-        let handle = ct.as_mut().expect("opened above");
-        match handle.delete([flow.key()]) {
-            Ok(report) if report.deleted > 0 => {
-                self.metrics.flows_deleted.get_or_create(&labels).inc();
-                tracing::debug!(flow = %flow.orig, backend = %flow.reply.src, %service, %reason, "deleted stale new flow");
-            }
-            Ok(report) if !report.failed.is_empty() => {
-                self.metrics
-                    .delete_errors
-                    .get_or_create(&crate::metrics::FamilyLabels {
-                        ip_family: flow.family.into(),
-                    })
-                    .inc();
-            }
-            Ok(_) => {} // already gone
-            Err(e) => {
-                tracing::warn!(error = %e, "event-path delete failed; reopening the socket");
-                *ct = None;
-            }
+    }
+    let Some(handle) = ct.as_mut() else { return };
+    match handle.delete([flow.key()]) {
+        Ok(report) if report.deleted > 0 => {
+            metrics.flows_deleted.get_or_create(&labels).inc();
+            tracing::debug!(flow = %flow.orig, backend = %flow.reply.src, %service, %reason, "deleted stale new flow");
+        }
+        Ok(report) if !report.failed.is_empty() => {
+            metrics
+                .delete_errors
+                .get_or_create(&crate::metrics::FamilyLabels {
+                    ip_family: flow.family.into(),
+                })
+                .inc();
+        }
+        Ok(_) => {} // already gone
+        Err(e) => {
+            tracing::warn!(error = %e, "event-path delete failed; reopening the socket");
+            *ct = None;
         }
     }
 }

@@ -28,7 +28,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
@@ -38,7 +38,10 @@ pub struct Health {
     ready: AtomicBool,
     /// Why the agent's view is not fresh (nothing is deleted meanwhile), if it is not.
     stale: std::sync::Mutex<Option<String>>,
-    heartbeat_unix_ms: AtomicU64,
+    /// The last beat, in ms since `origin` (monotonic: a clock step neither fakes nor hides a
+    /// stall).
+    heartbeat_ms: AtomicU64,
+    origin: Instant,
     stall_limit: Duration,
 }
 
@@ -48,7 +51,8 @@ impl Health {
         let h = Health {
             ready: AtomicBool::new(false),
             stale: std::sync::Mutex::new(None),
-            heartbeat_unix_ms: AtomicU64::new(0),
+            heartbeat_ms: AtomicU64::new(0),
+            origin: Instant::now(),
             stall_limit,
         };
         h.beat();
@@ -83,21 +87,19 @@ impl Health {
 
     /// Records that the pass loop is making progress.
     pub fn beat(&self) {
-        self.heartbeat_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        self.heartbeat_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Whether the pass loop made progress recently.
     pub fn is_alive(&self) -> bool {
-        let last = self.heartbeat_unix_ms.load(Ordering::Relaxed);
-        unix_ms().saturating_sub(last) <= self.stall_limit.as_millis() as u64
+        let last = self.heartbeat_ms.load(Ordering::Relaxed);
+        let limit = u64::try_from(self.stall_limit.as_millis()).unwrap_or(u64::MAX);
+        self.now_ms().saturating_sub(last) <= limit
     }
-}
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 struct AdminState {
@@ -450,9 +452,11 @@ mod tests {
 
     #[test]
     fn a_stalled_loop_is_not_alive() {
-        let health = Health::new(Duration::from_millis(0));
-        health.heartbeat_unix_ms.store(0, Ordering::Relaxed);
+        let health = Health::new(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
         assert!(!health.is_alive());
+        health.beat();
+        assert!(health.is_alive());
         let health = Health::new(Duration::from_secs(60));
         assert!(health.is_alive());
     }

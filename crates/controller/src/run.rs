@@ -357,7 +357,19 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         }
         if let Some(due) = scheduler.take_due(Instant::now()) {
             if due.trigger == Trigger::periodic {
-                refresh_local_addrs(&p.index, &p.args);
+                // getifaddrs inside another namespace blocks: keep it off the workers.
+                let netns = p.args.target.netns.clone();
+                match tokio::task::spawn_blocking(move || local_addrs(netns.as_deref())).await {
+                    Ok(Ok(addrs)) => p
+                        .index
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .set_local_addrs(addrs),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot list local addresses; keeping the previous ones")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "listing local addresses panicked"),
+                }
                 let expired = p
                     .index
                     .write()
