@@ -359,9 +359,19 @@ impl Drop for Slot {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
+    // Encoding reads the kernel's statistics (a netlink exchange, which a busy kernel can slow
+    // down): it runs on a blocking thread, so `/healthz` and the agent's tasks never wait on it.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &state.registry).map(|()| body)
+    })
+    .await;
+    let encoded = match encoded {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("encoder panicked: {e}")),
+    };
+    match encoded {
+        Ok(body) => (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,
