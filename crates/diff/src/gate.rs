@@ -7,17 +7,19 @@
 //! verdict into a [`Decision`]:
 //! - nothing is deleted unless every kind is *fresh*: fully listed, not relisting, not failing,
 //!   and heard from within `stale_after`;
+//! - a kind's view is *current as of* an instant when it provably holds every change the API
+//!   server made until then: a list requested at that instant, or an event or bookmark received
+//!   one `grace` later (`grace` bounds how far the watch's delivery may lag);
 //! - nothing is deleted unless the kinds that decide the verdict (Services and EndpointSlices;
-//!   Pods for host ports) delivered an event or bookmark received within the last `grace`: the
-//!   view is at most that old (a frozen watch stops deletions at once, not after `stale_after`);
+//!   Pods for host ports) are current as of two graces ago: a frozen watch stops deletions
+//!   within two graces, not after `stale_after`;
 //! - a backend the agent saw leave ([`Evidence::Removed`]) may then go at once;
-//! - a backend it never saw ([`Evidence::Unseen`]) may go only once those kinds have also
-//!   delivered an event or bookmark received at least `grace` after the flow was first seen. A
-//!   watch delivers in order, so by then any backend kube-proxy could have chosen for the flow
-//!   would have reached the index.
+//! - a backend it never saw ([`Evidence::Unseen`]) may go only once those kinds are also
+//!   current as of when the flow was first seen: the backend existed when kube-proxy chose it,
+//!   before the flow was seen, so a view that current would hold it if it were still there.
 //!
-//! `grace` bounds how far the agent's watch may run behind the API server. Within that bound a
-//! flow whose backend has been allowed for the last two graces is never deleted.
+//! Within the delivery bound, a flow whose backend has been allowed for the last two graces is
+//! never deleted.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -81,10 +83,13 @@ pub struct KindFreshness {
     /// The last time the watch answered at all (a list page, a watch accepted, an event, a
     /// bookmark).
     pub last_alive: Option<Instant>,
-    /// Everything the API server sent up to about this instant has been applied to the index:
-    /// the receipt time of the latest event or bookmark applied, or the start of the latest
-    /// complete list.
+    /// The receipt time of the latest event or bookmark applied (with everything the watch
+    /// delivered before it). It proves the view as current as the API server was a delivery lag
+    /// earlier.
     pub confirmed: Option<Instant>,
+    /// When the latest complete list was requested: it proves the view as current as the API
+    /// server was then (a list is read at or after its request).
+    pub list_started: Option<Instant>,
     /// The watch resumed from an old resourceVersion after a gap and may still be replaying
     /// missed events: its events prove nothing until a bookmark (sent after the replay) or a
     /// complete list arrives.
@@ -166,7 +171,7 @@ impl Knowledge {
         k.listed = true;
         k.relisting = false;
         k.catching_up = false;
-        k.confirmed = Some(k.confirmed.map_or(started, |t| t.max(started)));
+        k.list_started = Some(k.list_started.map_or(started, |t| t.max(started)));
     }
 
     /// The watch resumed at `at` from a resourceVersion older than the gap it was down for: the
@@ -231,11 +236,20 @@ impl Knowledge {
         self.first_staleness(now).is_none()
     }
 
-    /// Whether every kind in `kinds` has confirmed its view at or after `at`.
-    pub fn confirmed_since(&self, kinds: &[Kind], at: Instant) -> bool {
+    /// The instant up to which `kind`'s view provably holds every change the API server made,
+    /// if the watch delivers within `lag`: the latest list's request time, or the latest event
+    /// or bookmark's receipt time less `lag`.
+    pub fn as_of(&self, kind: Kind, lag: Duration) -> Option<Instant> {
+        let k = self.kind(kind);
+        let by_watch = k.confirmed.and_then(|c| c.checked_sub(lag));
+        by_watch.max(k.list_started)
+    }
+
+    /// Whether the view of every kind in `kinds` is provably current as of `at`.
+    pub fn current_as_of(&self, kinds: &[Kind], at: Instant, lag: Duration) -> bool {
         kinds
             .iter()
-            .all(|k| self.kind(*k).confirmed.is_some_and(|c| c >= at))
+            .all(|k| self.as_of(*k, lag).is_some_and(|t| t >= at))
     }
 }
 
@@ -346,24 +360,17 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
             return Decision::Hold;
         }
         let grace = self.cfg.grace;
-        // Every verdict needs a view at most `grace` old: the deciding watches delivered
-        // something received within the last `grace`. A backend that was allowed throughout
-        // the last two graces is then known to the index (delivery lags by less than `grace`),
-        // so it cannot be judged stale — not even after a flap the agent saw half of.
-        let mut proof_at = now.checked_sub(grace).unwrap_or(now);
+        // Every verdict needs a view current as of two graces ago (a watch delivers within one
+        // grace, so: an event or bookmark received within the last grace, or a list requested
+        // within the last two). A backend allowed throughout the last two graces is then known
+        // to the index and cannot be judged stale, not even after a flap the agent saw half of.
+        let mut needed = now.checked_sub(grace * 2).unwrap_or(now);
         if stale.evidence == Evidence::Unseen {
-            // A never-seen backend existed when the flow was created; only a view newer than
-            // the flow (by `grace`, the delivery lag allowed for) proves it gone since.
-            let first_seen = self.note(key, flow, now);
-            let Some(after_flow) = first_seen.checked_add(grace) else {
-                return Decision::Defer;
-            };
-            if now < after_flow {
-                return Decision::Defer;
-            }
-            proof_at = proof_at.max(after_flow);
+            // A never-seen backend existed when the flow was created, before it was first seen:
+            // only a view current as of that moment proves it gone since.
+            needed = needed.max(self.note(key, flow, now));
         }
-        if knowledge.confirmed_since(deciding_kinds(&stale.frontend), proof_at) {
+        if knowledge.current_as_of(deciding_kinds(&stale.frontend), needed, grace) {
             self.waiting.remove(&key);
             Decision::Delete
         } else {
@@ -535,7 +542,7 @@ mod tests {
         );
         // A replayed event shows life, not currency.
         k.confirmed(Kind::EndpointSlices, t0 + secs(21));
-        assert_eq!(k.kind(Kind::EndpointSlices).confirmed, Some(t0));
+        assert_eq!(k.kind(Kind::EndpointSlices).confirmed, None);
         assert!(!k.all_fresh(t0 + secs(21)));
         k.bookmarked(Kind::EndpointSlices, t0 + secs(22));
         assert_eq!(k.kind(Kind::EndpointSlices).confirmed, Some(t0 + secs(22)));
@@ -565,8 +572,9 @@ mod tests {
         let mut k = fresh_at(t0);
         let mut g = gate();
         let s = stale(Evidence::Removed, vip());
-        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(4)), Decision::Delete);
-        for n in [6, 30, 89] {
+        // The list of t0 proves the view current as of t0: good for two graces.
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(9)), Decision::Delete);
+        for n in [11, 30, 89] {
             assert_eq!(
                 g.decide(1, (), &s, &k, t0 + secs(n)),
                 Decision::Defer,
@@ -607,10 +615,25 @@ mod tests {
         let k = fresh_at(t0);
         let mut g = gate();
         let s = stale(Evidence::Unseen, vip());
-        for n in 0..200 {
+        for n in 1..200 {
             let d = g.decide(3, (), &s, &k, t0 + secs(n));
             assert_ne!(d, Decision::Delete, "at +{n}s");
         }
+    }
+
+    #[test]
+    fn a_list_requested_after_the_flow_proves_a_never_seen_backend_gone_at_once() {
+        let t0 = Instant::now();
+        let mut k = fresh_at(t0);
+        let mut g = gate();
+        let s = stale(Evidence::Unseen, vip());
+        assert_eq!(g.decide(7, (), &s, &k, t0 + secs(1)), Decision::Defer);
+        // A relist requested after the flow was first seen holds every backend it could have.
+        for kind in [Kind::Services, Kind::EndpointSlices] {
+            k.relist_started(kind, t0 + secs(2));
+            k.listed(kind, t0 + secs(2), t0 + secs(3));
+        }
+        assert_eq!(g.decide(7, (), &s, &k, t0 + secs(3)), Decision::Delete);
     }
 
     #[test]
@@ -622,12 +645,12 @@ mod tests {
             Evidence::Unseen,
             Frontend::HostPort("192.168.1.2:8125".parse().unwrap()),
         );
-        assert_eq!(g.decide(1, (), &s, &k, t0), Decision::Defer);
-        k.confirmed(Kind::Services, t0 + secs(6));
-        k.confirmed(Kind::EndpointSlices, t0 + secs(6));
-        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(6)), Decision::Defer);
-        k.confirmed(Kind::Pods, t0 + secs(6));
-        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(6)), Decision::Delete);
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(1)), Decision::Defer);
+        k.confirmed(Kind::Services, t0 + secs(7));
+        k.confirmed(Kind::EndpointSlices, t0 + secs(7));
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(7)), Decision::Defer);
+        k.confirmed(Kind::Pods, t0 + secs(7));
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(7)), Decision::Delete);
     }
 
     #[test]
@@ -641,7 +664,7 @@ mod tests {
         });
         let s = stale(Evidence::Unseen, vip());
         for key in 0..5 {
-            assert_eq!(g.decide(key, (), &s, &k, t0), Decision::Defer);
+            assert_eq!(g.decide(key, (), &s, &k, t0 + secs(1)), Decision::Defer);
         }
         assert_eq!(g.len(), 2);
         assert_eq!(g.decide(0, (), &s, &k, t0 + secs(30)), Decision::Defer);
