@@ -22,6 +22,7 @@ pub mod netns;
 pub mod objects;
 pub mod process;
 pub mod proxy_sync;
+pub mod real;
 pub mod scenarios;
 pub mod selector;
 pub mod store;

@@ -1,0 +1,176 @@
+//! The real tier: etcd, kube-apiserver, kube-controller-manager and kube-proxy built from source
+//! (`cargo xtask k8s`), run as plain processes in network namespaces, and the real agent run as
+//! its rendered DaemonSet says, with its own least-privilege ServiceAccount token.
+//!
+//! Needs root and the built components: outside CI each test skips with one line when either is
+//! missing; in CI (`CI`, `CONNTRACK_RECONCILER_REQUIRE_ROOT_TESTS`) it fails instead. Logs of
+//! every component are kept under `target/real-logs/<test>/`.
+
+use e2e::process::Binaries;
+use e2e::real::cluster::{NODE_NAME, PodDeletion};
+use e2e::real::{
+    AgentOptions, ClusterConfig, K8sBinaries, ProxyFlavour, ProxyMode, RealCluster, ShippedAgent,
+    UdpService,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn lab() -> Binaries {
+    Binaries {
+        echo: PathBuf::from(env!("CARGO_BIN_EXE_udp-echo")),
+        client: PathBuf::from(env!("CARGO_BIN_EXE_udp-client")),
+    }
+}
+
+/// The agent binary, or None after a skip line (a failure in CI).
+fn agent_binary(test: &str) -> Option<PathBuf> {
+    match e2e::agent::locate() {
+        Ok(path) => Some(path),
+        Err(why) if ctnetlink::testing::root_tests_required() => {
+            panic!("{test}: the agent binary is required in CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
+/// Control plane up → Node, UDP Service, two backends → EndpointSlice → kube-proxy's rules →
+/// a fixed-port client answered through the ClusterIP → the agent ready with its own token →
+/// the client's backend deleted → the client's flow recovers; the recovery time is printed.
+fn smoke(test: &str, flavour: ProxyFlavour) {
+    let Some(bins) = K8sBinaries::for_test(test) else {
+        return;
+    };
+    let Some(agent_bin) = agent_binary(test) else {
+        return;
+    };
+    for (path, version) in bins.versions() {
+        eprintln!("{test}: {} = {version}", path.display());
+    }
+    let mut cluster = RealCluster::start(
+        test,
+        &bins,
+        lab(),
+        ClusterConfig {
+            proxy: Some(flavour),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{test}: starting the cluster: {e:#}"));
+    for (component, took) in cluster.startup_times() {
+        eprintln!("{test}: startup {component}: {took:?}");
+    }
+
+    // A UDP Service with two backends.
+    let service = cluster
+        .create_service(&UdpService::new("echo", "echo", 53, 5353))
+        .unwrap();
+    let cluster_ip: IpAddr = service.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    let a = cluster
+        .add_backend("echo-a", "echo", &[5353], true)
+        .unwrap()
+        .ipv4;
+    let b = cluster
+        .add_backend("echo-b", "echo", &[5353], true)
+        .unwrap()
+        .ipv4;
+    let took = cluster
+        .wait_ready_endpoints("echo", &[a.into(), b.into()], Duration::from_secs(30))
+        .unwrap();
+    eprintln!("{test}: EndpointSlice with both backends after {took:?}");
+    let backends = [
+        SocketAddr::new(a.into(), 5353),
+        SocketAddr::new(b.into(), 5353),
+    ];
+    let took = cluster
+        .wait_service_programmed(cluster_ip, &backends, &[], Duration::from_secs(30))
+        .unwrap();
+    eprintln!("{test}: kube-proxy programmed the service after {took:?}");
+    let rules = cluster.proxy_rules().unwrap();
+    match flavour.mode {
+        ProxyMode::Iptables => assert!(rules.contains("-A KUBE-SVC-"), "{rules}"),
+        ProxyMode::Nftables => assert!(rules.contains("table ip kube-proxy"), "{rules}"),
+    }
+
+    // A DNS-like client keeping its source port, answered through the ClusterIP.
+    let client = cluster
+        .start_client(
+            "client",
+            SocketAddr::new(cluster_ip, 53),
+            40053,
+            Duration::from_millis(20),
+        )
+        .unwrap();
+    let first = client.wait_steady(10, Duration::from_secs(20)).unwrap();
+    eprintln!("{test}: client answered by {}", first.backend);
+
+    // The agent as shipped: rendered RBAC, a TokenRequest token, the DaemonSet's args and env,
+    // NET_ADMIN only, reaching the API through the kubernetes Service.
+    let shipped = ShippedAgent::render().unwrap();
+    let mut agent = cluster
+        .start_agent(&shipped, &AgentOptions::shipped(&agent_bin))
+        .unwrap();
+    let ready = agent.wait_ready(Duration::from_secs(60)).unwrap();
+    eprintln!(
+        "{test}: agent ready after {ready:?} (least-privilege token, {})",
+        agent.admin_addr()
+    );
+    let log = agent.log();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the shipped RBAC must suffice:\n{log}"
+    );
+
+    // Delete the pod the client's flow goes to.
+    let victim = first.pod().to_string();
+    let t0 = e2e::timeline::unix_micros();
+    cluster.delete_pod(&victim, PodDeletion::Immediate).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let recovered = loop {
+        if let Some(answer) = client.first_answer_after(t0, |a| a.pod() != victim) {
+            break answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{test}: the client's flow did not recover within 30 s of deleting {victim}\n\
+             agent log:\n{}\n{}",
+            agent.log(),
+            cluster.logs_report(40)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let recovery = Duration::from_micros(recovered.t_us.saturating_sub(t0));
+    eprintln!(
+        "{test}: RECOVERY {recovery:?} after deleting {victim} (now answered by {}; kube-proxy {}, node {NODE_NAME})",
+        recovered.backend,
+        flavour.name()
+    );
+    if !flavour.conntrack_tool {
+        // The lost cleanup: kube-proxy tried and failed; only the agent can have recovered it.
+        let proxy_log = cluster.kube_proxy().unwrap().log_text();
+        eprintln!(
+            "{test}: kube-proxy's failed cleanup logged: {}",
+            proxy_log
+                .lines()
+                .rfind(|l| l.contains("conntrack"))
+                .unwrap_or("(nothing)")
+        );
+    }
+    agent.component().stop(Duration::from_secs(5));
+}
+
+#[test]
+fn real_smoke_v1_34_iptables() {
+    smoke("real_smoke_v1_34_iptables", ProxyFlavour::V1_34_IPTABLES);
+}
+
+#[test]
+fn real_smoke_v1_31_lost_cleanup() {
+    smoke(
+        "real_smoke_v1_31_lost_cleanup",
+        ProxyFlavour::V1_31_LOST_CLEANUP,
+    );
+}
