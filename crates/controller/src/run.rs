@@ -66,6 +66,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ..GateConfig::default()
     })));
     let held = Arc::new(AtomicBool::new(false));
+    // Walk the table before the first list: a flow found now existed before that list was
+    // requested, so the list alone proves a never-seen backend of it gone. After a restart,
+    // flows to backends that left while the agent was down then go with the startup pass
+    // instead of waiting for the next event or bookmark.
+    let walked_at = Instant::now();
+    let (families, zone) = (args.target.family.families().to_vec(), args.zone);
+    let (ct, walked) = tokio::task::spawn_blocking(move || {
+        let mut ct = ct;
+        let walked = walk_udp_flows(&mut ct, &families, zone);
+        (ct, walked)
+    })
+    .await
+    .context("walking the conntrack table")?;
+    match walked {
+        Ok(prints) => {
+            tracing::info!(udp_flows = prints.len(), "walked the conntrack table before the first list");
+            gate.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .seen_before(walked_at, prints);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot walk the conntrack table before the first list; flows to never-seen backends wait for proof"),
+    }
 
     let table = TableMetrics::register(&mut registry, args.target.netns.as_deref(), health.clone());
     let admin = tokio::spawn(http::serve(
@@ -140,6 +162,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Fingerprints of the UDP flows of `families` in `zone`, for [`ctdiff::Gate::seen_before`].
+fn walk_udp_flows(
+    ct: &mut Conntrack,
+    families: &[ctnetlink::Family],
+    zone: u16,
+) -> Result<Vec<u64>, ctnetlink::Error> {
+    let mut prints = Vec::new();
+    for &family in families {
+        let filter = ctnetlink::DumpFilter {
+            family: Some(family),
+            proto: Some(ctnetlink::proto::UDP),
+            ..Default::default()
+        };
+        ct.dump(&filter, |flow| {
+            if flow.zone == zone {
+                prints.push(FlowGate::fingerprint(&flow.key()));
+            }
+        })?;
+    }
+    Ok(prints)
 }
 
 /// The error for a task that should never end.
@@ -380,8 +424,16 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
                 }
             }
             let handle = p.ct.take().context("the conntrack handle is missing")?;
+            let full = matches!(due.scope, Scope::All);
             let (handle, ok) = run_passes(handle, due.trigger, due.scope, &p).await?;
             p.ct = Some(handle);
+            if full && ok {
+                // Every flow of the walk before the first list has now been judged.
+                p.gate
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear_seen_before();
+            }
             if ok {
                 p.health.set_ready();
             }

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::verdict::{Evidence, Frontend, Stale};
@@ -324,6 +324,9 @@ pub struct Waiting<F> {
 pub struct Gate<K, F> {
     cfg: GateConfig,
     waiting: HashMap<K, Waiting<F>>,
+    /// Fingerprints (sorted) of flows known to exist at an earlier instant — a table walk made
+    /// before the first list — whose first sighting is that instant.
+    seen_before: Option<(Instant, Vec<u64>)>,
 }
 
 impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
@@ -332,7 +335,30 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
         Gate {
             cfg,
             waiting: HashMap::new(),
+            seen_before: None,
         }
+    }
+
+    /// A well-mixed 64-bit fingerprint of a key, for [`Gate::seen_before`].
+    pub fn fingerprint(key: &K) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Records that the flows with these fingerprints existed at `at`: when one of them is
+    /// first judged stale, it counts as first seen then. After a restart, a walk of the table
+    /// before the first list lets that list prove never-seen backends gone at once.
+    pub fn seen_before(&mut self, at: Instant, mut fingerprints: Vec<u64>) {
+        fingerprints.sort_unstable();
+        fingerprints.dedup();
+        self.seen_before = Some((at, fingerprints));
+    }
+
+    /// Forgets the flows recorded by [`Gate::seen_before`] (their memory is no longer needed
+    /// once a full pass has judged them).
+    pub fn clear_seen_before(&mut self) {
+        self.seen_before = None;
     }
 
     /// The configuration.
@@ -386,17 +412,23 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
             w.flow = flow;
             return w.first_seen;
         }
+        let first_seen = match &self.seen_before {
+            Some((at, prints)) if prints.binary_search(&Self::fingerprint(&key)).is_ok() => {
+                (*at).min(now)
+            }
+            _ => now,
+        };
         if self.waiting.len() < self.cfg.max_waiting {
             self.waiting.insert(
                 key,
                 Waiting {
-                    first_seen: now,
+                    first_seen,
                     last_seen: now,
                     flow,
                 },
             );
         }
-        now
+        first_seen
     }
 
     /// Forgets a flow (no longer stale, deleted, or gone from the table).
@@ -634,6 +666,22 @@ mod tests {
             k.listed(kind, t0 + secs(2), t0 + secs(3));
         }
         assert_eq!(g.decide(7, (), &s, &k, t0 + secs(3)), Decision::Delete);
+    }
+
+    #[test]
+    fn flows_walked_before_the_first_list_are_proven_by_it() {
+        // After a restart: the table is walked at t0, the lists are requested at t0 + 1 s, the
+        // startup pass judges at t0 + 2 s.
+        let t0 = Instant::now();
+        let k = fresh_at(t0 + secs(1));
+        let mut g = gate();
+        g.seen_before(t0, vec![Gate::<u32, ()>::fingerprint(&7)]);
+        let s = stale(Evidence::Unseen, vip());
+        assert_eq!(g.decide(7, (), &s, &k, t0 + secs(2)), Decision::Delete);
+        // A flow not in the walk may be newer than the lists.
+        assert_eq!(g.decide(8, (), &s, &k, t0 + secs(2)), Decision::Defer);
+        g.clear_seen_before();
+        assert_eq!(g.decide(9, (), &s, &k, t0 + secs(2)), Decision::Defer);
     }
 
     #[test]
