@@ -161,7 +161,11 @@ impl MsgWriter {
     /// One `CT_DELETE` for an exact key. Never encodes a tuple-less DELETE (that would flush).
     pub fn delete(&mut self, key: &FlowKey, seq: u32, flags: u16) -> Result<(), Error> {
         let start = self.begin_ct_msg(IPCTNL_MSG_CT_DELETE, flags, seq, key.family.to_af());
-        if let Err(err) = self.tuple(CTA_TUPLE_ORIG, key.family, &key.orig) {
+        let (attr, tuple) = match &key.reply {
+            Some(reply) => (CTA_TUPLE_REPLY, reply),
+            None => (CTA_TUPLE_ORIG, &key.orig),
+        };
+        if let Err(err) = self.tuple(attr, key.family, tuple) {
             self.truncate(start);
             return Err(err);
         }

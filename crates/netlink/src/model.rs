@@ -321,13 +321,26 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// The exact key that deletes this entry and no later re-creation of it.
+    /// The exact key that deletes this entry and no later re-creation of it through another
+    /// NAT decision: it looks the entry up by its *reply* tuple (which names the backend) and
+    /// checks its id. The kernel reuses a freed entry's memory, and the id is a hash of that
+    /// address and the original tuple, so an entry re-created with the same original tuple
+    /// often gets the same id; only the reply tuple tells a re-creation DNATed elsewhere apart.
     pub fn key(&self) -> FlowKey {
         FlowKey {
             family: self.family,
             orig: self.orig,
-            zone: self.orig_zone(),
+            reply: Some(self.reply),
+            zone: self.reply_zone(),
             id: Some(self.id),
+        }
+    }
+
+    /// The zone id of the reply direction, the one a lookup by reply tuple needs.
+    pub fn reply_zone(&self) -> u16 {
+        match self.zone_dir {
+            ZoneDir::Original => 0,
+            ZoneDir::Both | ZoneDir::Reply => self.zone,
         }
     }
 
@@ -352,9 +365,14 @@ pub struct FlowKey {
     pub family: Family,
     /// The complete original tuple.
     pub orig: Tuple,
-    /// Conntrack zone of the original direction ([`Flow::orig_zone`]).
+    /// The complete reply tuple: when set, the entry is looked up by it (and `zone` is the
+    /// reply direction's zone, [`Flow::reply_zone`]); else by `orig` (and `zone` is the
+    /// original direction's, [`Flow::orig_zone`]).
+    pub reply: Option<Tuple>,
+    /// Conntrack zone of the direction the lookup uses.
     pub zone: u16,
-    /// The entry's id; with `Some`, an entry re-created with the same tuple is left alone.
+    /// The entry's id; with `Some`, a different entry found by the same tuple is left alone
+    /// (but see [`Flow::key`]: ids are reused).
     pub id: Option<u32>,
 }
 
@@ -507,18 +525,21 @@ mod tests {
         assert_eq!(key.id, Some(7));
         assert_eq!(key.zone, 3);
         assert_eq!(key.orig, flow.orig);
+        assert_eq!(key.reply, Some(flow.reply), "looked up by the reply tuple");
         assert!(!flow.in_default_zone());
-        // A reply-only zone: the original direction is in zone 0, and so is the key.
+        // The key is looked up by the reply tuple, so it carries the reply direction's zone.
         let reply_zoned = Flow {
             zone_dir: ZoneDir::Reply,
             ..flow
         };
-        assert_eq!(reply_zoned.key().zone, 0);
+        assert_eq!(reply_zoned.key().zone, 3);
+        assert_eq!(reply_zoned.orig_zone(), 0);
         assert!(!reply_zoned.in_default_zone());
         let orig_zoned = Flow {
             zone_dir: ZoneDir::Original,
             ..flow
         };
-        assert_eq!(orig_zoned.key().zone, 3);
+        assert_eq!(orig_zoned.key().zone, 0);
+        assert_eq!(orig_zoned.orig_zone(), 3);
     }
 }

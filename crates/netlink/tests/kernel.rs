@@ -276,11 +276,39 @@ fn deleting_already_gone_or_recreated_entries_counts_them_as_gone() {
     assert_eq!(dump_all(&mut ct, &DumpFilter::all()).len(), 50 - 25 - 1);
     // An invalid key (mixed families) is reported for itself, and never sent.
     let mut invalid = keys[40];
-    invalid.orig.dst = "fd00::1".parse().unwrap();
+    if let Some(reply) = &mut invalid.reply {
+        reply.dst = "fd00::1".parse().unwrap();
+    }
     let report = ct.delete([invalid, keys[41]]).unwrap();
     assert_eq!(report.deleted, 1);
     assert_eq!(report.failed.len(), 1);
     assert_eq!(report.failed[0].0, invalid);
+}
+
+#[test]
+fn a_key_never_deletes_an_entry_recreated_through_another_nat_decision() {
+    let Some((_ns, mut ct)) =
+        setup("a_key_never_deletes_an_entry_recreated_through_another_nat_decision")
+    else {
+        return;
+    };
+    // A client with a fixed source port: its entry DNATed to a backend that left...
+    let stale = udp4(1);
+    create_all(&mut ct, &[stale]);
+    let key = dump_all(&mut ct, &DumpFilter::all())[0].key();
+    let report = ct.delete([key]).unwrap();
+    assert_eq!(report.deleted, 1);
+    // ...is re-created by its next packet, DNATed to a healthy backend. The kernel often gives
+    // it the same id (a hash of the reused memory and the original tuple): a key without an id
+    // stands for that case. The old key must not find the new entry.
+    let mut healthy = stale;
+    healthy.reply.src = "10.244.99.1".parse().unwrap();
+    create_all(&mut ct, &[healthy]);
+    let report = ct.delete([FlowKey { id: None, ..key }]).unwrap();
+    assert_eq!((report.deleted, report.already_gone), (0, 1), "{report:?}");
+    let left = dump_all(&mut ct, &DumpFilter::all());
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].reply.src, healthy.reply.src);
 }
 
 #[test]
