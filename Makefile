@@ -1,10 +1,11 @@
 # Conventional targets; the logic lives in cargo and `cargo xtask`.
 CARGO ?= cargo
 
-.PHONY: test lint fmt demo bench image e2e-kind manifests
+.PHONY: test lint fmt demo bench image e2e-kind manifests prereqs
 
-## test: every test of the workspace, root-only (network namespace) tests included when root
-test:
+## test: every test of the workspace, root-only (network namespace) tests included when root.
+## First checks (and as root on Debian/Ubuntu installs) the tools the tests drive.
+test: prereqs
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
 
@@ -16,7 +17,9 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+## demo: needs root; installs what it needs first (Debian/Ubuntu), like `make test`.
 demo:
+	@$(CARGO) xtask prereqs demo
 	$(CARGO) xtask demo
 
 bench:
@@ -30,3 +33,8 @@ e2e-kind:
 
 manifests:
 	$(CARGO) xtask manifests
+
+## prereqs: iproute2, iptables, nftables, conntrack, procps, curl, ca-certificates (installed
+## when missing, as root on Debian/Ubuntu), network namespaces, Go for the Helm chart tests.
+prereqs:
+	@$(CARGO) xtask prereqs test

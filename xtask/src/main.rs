@@ -4,10 +4,12 @@
 
 mod bench;
 mod demo;
+mod helm;
 mod image;
 mod kind;
 mod lab;
 mod manifests;
+mod prereqs;
 #[allow(dead_code)] // shared helpers; not every command uses every one
 mod util;
 
@@ -21,9 +23,12 @@ commands:
   demo                the headline scenario, without then with the reconciler (root)
   bench [what...]     run the benchmarks and print one performance table (root)
   e2e-kind            kind clusters against old and new kube-proxy (needs docker + kind)
+  helm [--print-path|lint]
+                      build the pinned helm from its Go module (cached); lint the chart
   image               build the container image (needs docker)
   manifests [--image IMAGE] [--check]
                       render the kustomize base with an image, or validate it offline
+  prereqs [demo|test] check (and as root on Debian/Ubuntu, install) what make demo/test need
 ";
 
 fn main() -> Result<()> {
@@ -38,8 +43,10 @@ fn main() -> Result<()> {
         "demo" => demo::run(&rest),
         "bench" => bench::run(&rest),
         "e2e-kind" => kind::run(&rest),
+        "helm" => helm::run(&rest),
         "image" => image::run(&rest),
         "manifests" => manifests::run(&rest),
+        "prereqs" => prereqs::run(&rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

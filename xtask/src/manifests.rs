@@ -8,7 +8,7 @@
 mod kustomization;
 
 #[cfg(test)]
-mod checks;
+pub(crate) mod checks;
 
 use crate::util;
 use anyhow::{Context, Result, bail};

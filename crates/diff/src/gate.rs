@@ -10,9 +10,10 @@
 //! - a kind's view is *current as of* an instant when it provably holds every change the API
 //!   server made until then: a list requested at that instant, or an event or bookmark received
 //!   one `grace` later (`grace` bounds how far the watch's delivery may lag);
-//! - nothing is deleted unless the kinds that decide the verdict (Services and EndpointSlices;
-//!   Pods for host ports) are current as of two graces ago: a frozen watch stops deletions
-//!   within two graces, not after `stale_after`;
+//! - nothing is deleted unless the kind that decides the verdict ([`deciding_kind`]:
+//!   EndpointSlices for a live Service, Services for a deleted one, Pods for a host port) is
+//!   current as of two graces ago: a frozen watch stops deletions within two graces, not after
+//!   `stale_after`;
 //! - a backend the agent saw leave ([`Evidence::Removed`]) may then go at once;
 //! - a backend it never saw ([`Evidence::Unseen`]) may go only once those kinds are also
 //!   current as of when the flow was first seen: the backend existed when kube-proxy chose it,
@@ -26,7 +27,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use crate::verdict::{Evidence, Frontend, Stale};
+use crate::verdict::{Evidence, Frontend, Reason, Stale};
 
 /// A watched Kubernetes kind whose freshness the gate tracks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -253,11 +254,18 @@ impl Knowledge {
     }
 }
 
-/// The kinds whose view decides a verdict on `frontend`.
-pub fn deciding_kinds(frontend: &Frontend) -> &'static [Kind] {
-    match frontend {
-        Frontend::HostPort(_) => &[Kind::Pods],
-        Frontend::Addr(_) | Frontend::NodePort(_) => &[Kind::Services, Kind::EndpointSlices],
+/// The kind whose view decides a stale verdict: the one whose next change could make the flow
+/// healthy again. A host port's flows change with Pods; a live Service's with its
+/// EndpointSlices (backends, readiness, ports); a deleted Service's only with a new owner of
+/// its address, a Service.
+///
+/// One kind, not several: API servers send each watch its bookmarks on its own timer (about a
+/// minute apart), so on a quiet cluster two kinds are rarely recent at the same moment.
+pub fn deciding_kind(stale: &Stale<'_>) -> Kind {
+    match (stale.frontend, stale.reason) {
+        (Frontend::HostPort(_), _) => Kind::Pods,
+        (_, Reason::ServiceDeleted) => Kind::Services,
+        _ => Kind::EndpointSlices,
     }
 }
 
@@ -396,7 +404,7 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
             // only a view current as of that moment proves it gone since.
             needed = needed.max(self.note(key, flow, now));
         }
-        if knowledge.current_as_of(deciding_kinds(&stale.frontend), needed, grace) {
+        if knowledge.current_as_of(&[deciding_kind(stale)], needed, grace) {
             self.waiting.remove(&key);
             Decision::Delete
         } else {
@@ -633,10 +641,10 @@ mod tests {
         k.confirmed(Kind::Services, seen + secs(4));
         k.confirmed(Kind::EndpointSlices, seen + secs(4));
         assert_eq!(g.decide(7, (), &s, &k, seen + secs(6)), Decision::Defer);
-        // A bookmark of one deciding kind is not enough.
-        k.confirmed(Kind::EndpointSlices, seen + secs(6));
-        assert_eq!(g.decide(7, (), &s, &k, seen + secs(6)), Decision::Defer);
+        // A bookmark of another kind proves nothing about a live Service's backends.
         k.confirmed(Kind::Services, seen + secs(6));
+        assert_eq!(g.decide(7, (), &s, &k, seen + secs(6)), Decision::Defer);
+        k.confirmed(Kind::EndpointSlices, seen + secs(6));
         assert_eq!(g.decide(7, (), &s, &k, seen + secs(6)), Decision::Delete);
         assert!(g.is_empty());
     }
@@ -682,6 +690,22 @@ mod tests {
         assert_eq!(g.decide(8, (), &s, &k, t0 + secs(2)), Decision::Defer);
         g.clear_seen_before();
         assert_eq!(g.decide(9, (), &s, &k, t0 + secs(2)), Decision::Defer);
+    }
+
+    #[test]
+    fn a_deleted_services_flows_are_decided_by_the_service_watch() {
+        let t0 = Instant::now();
+        let mut k = fresh_at(t0);
+        let mut g = gate();
+        let s = Stale {
+            reason: Reason::ServiceDeleted,
+            ..stale(Evidence::Removed, vip())
+        };
+        // Only a Service can make such a flow healthy again (a new owner of the address).
+        k.confirmed(Kind::EndpointSlices, t0 + secs(20));
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(20)), Decision::Defer);
+        k.confirmed(Kind::Services, t0 + secs(20));
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(20)), Decision::Delete);
     }
 
     #[test]

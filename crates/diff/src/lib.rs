@@ -53,7 +53,7 @@ mod verdict;
 pub use addr::{Cidr, NodePortAddresses, NodePortAddressesError};
 pub use dirty::{Dirty, DirtyMatcher};
 pub use gate::{
-    Decision, Gate, GateConfig, Kind, KindFreshness, Knowledge, Staleness, Waiting, deciding_kinds,
+    Decision, Gate, GateConfig, Kind, KindFreshness, Knowledge, Staleness, Waiting, deciding_kind,
 };
 pub use index::{
     DEFAULT_STALE_AFTER, DEFAULT_TOMBSTONE_TTL, Index, IndexConfig, IndexStats, Relist,

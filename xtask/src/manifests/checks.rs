@@ -25,7 +25,7 @@ const NAMESPACE: &str = "kube-system";
 const CONTAINER: &str = "conntrack-reconciler";
 
 /// The objects of the base, typed.
-struct Base {
+pub(crate) struct Base {
     service_account: ServiceAccount,
     cluster_role: ClusterRole,
     binding: ClusterRoleBinding,
@@ -62,14 +62,26 @@ fn typed<T: serde::de::DeserializeOwned>(path: &Path, value: &Value) -> T {
 }
 
 fn load_base() -> Base {
+    let raw = kustomization::resource_files(&manifests_dir())
+        .unwrap()
+        .into_iter()
+        .map(|(path, _)| {
+            let value = single_object(&path);
+            (path, value)
+        })
+        .collect();
+    base_from_objects(raw)
+}
+
+/// The five objects of the agent, typed, from any rendering (`path` names where each came from).
+pub(crate) fn base_from_objects(objects: Vec<(PathBuf, Value)>) -> Base {
     let mut service_account = None;
     let mut cluster_role = None;
     let mut binding = None;
     let mut daemon_set = None;
     let mut service = None;
     let mut raw = Vec::new();
-    for (path, _) in kustomization::resource_files(&manifests_dir()).unwrap() {
-        let value = single_object(&path);
+    for (path, value) in objects {
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
         let slot_taken = match kind.as_str() {
             "ServiceAccount" => service_account.replace(typed(&path, &value)).is_some(),
@@ -196,7 +208,11 @@ fn namespaced_objects_live_in_kube_system() {
 
 #[test]
 fn container_is_least_privilege() {
-    let base = load_base();
+    check_container_is_least_privilege(&load_base());
+}
+
+/// The promise of [`container_is_least_privilege`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_container_is_least_privilege(base: &Base) {
     let pod = pod_spec(&base.daemon_set);
     let container = agent_container(&base.daemon_set);
     let sc = container
@@ -230,7 +246,11 @@ fn container_is_least_privilege() {
 
 #[test]
 fn daemon_set_runs_on_every_node_as_node_critical() {
-    let base = load_base();
+    check_daemon_set_runs_on_every_node_as_node_critical(&load_base());
+}
+
+/// The promise of [`daemon_set_runs_on_every_node_as_node_critical`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_daemon_set_runs_on_every_node_as_node_critical(base: &Base) {
     let ds = &base.daemon_set;
     let pod = pod_spec(ds);
     assert_eq!(pod.host_network, Some(true), "the node's conntrack table");
@@ -278,7 +298,11 @@ fn daemon_set_runs_on_every_node_as_node_critical() {
 
 #[test]
 fn node_name_comes_from_the_downward_api() {
-    let base = load_base();
+    check_node_name_comes_from_the_downward_api(&load_base());
+}
+
+/// The promise of [`node_name_comes_from_the_downward_api`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_node_name_comes_from_the_downward_api(base: &Base) {
     let container = agent_container(&base.daemon_set);
     let node_name = container
         .env
@@ -296,7 +320,11 @@ fn node_name_comes_from_the_downward_api() {
 
 #[test]
 fn agent_runs_with_conntrack_events() {
-    let base = load_base();
+    check_agent_runs_with_conntrack_events(&load_base());
+}
+
+/// The promise of [`agent_runs_with_conntrack_events`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_agent_runs_with_conntrack_events(base: &Base) {
     let args = agent_container(&base.daemon_set)
         .args
         .clone()
@@ -313,7 +341,11 @@ fn agent_runs_with_conntrack_events() {
 
 #[test]
 fn probes_and_metrics_share_one_named_port_that_clashes_with_nothing() {
-    let base = load_base();
+    check_probes_and_metrics_share_one_named_port_that_clashes_with_nothing(&load_base());
+}
+
+/// The promise of [`probes_and_metrics_share_one_named_port_that_clashes_with_nothing`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_probes_and_metrics_share_one_named_port_that_clashes_with_nothing(base: &Base) {
     let container = agent_container(&base.daemon_set);
     let ports = container.ports.as_ref().expect("ports");
     let metrics = ports
@@ -369,7 +401,11 @@ fn quantity<'a>(map: &'a Option<BTreeMap<String, Quantity>>, key: &str) -> Optio
 
 #[test]
 fn resources_fit_the_memory_target() {
-    let base = load_base();
+    check_resources_fit_the_memory_target(&load_base());
+}
+
+/// The promise of [`resources_fit_the_memory_target`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_resources_fit_the_memory_target(base: &Base) {
     let resources = agent_container(&base.daemon_set)
         .resources
         .as_ref()
@@ -411,7 +447,11 @@ fn image_is_set_by_kustomize() {
 
 #[test]
 fn metrics_server_binds_the_pod_ip_from_the_downward_api() {
-    let base = load_base();
+    check_metrics_server_binds_the_pod_ip_from_the_downward_api(&load_base());
+}
+
+/// The promise of [`metrics_server_binds_the_pod_ip_from_the_downward_api`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_metrics_server_binds_the_pod_ip_from_the_downward_api(base: &Base) {
     let container = agent_container(&base.daemon_set);
     let pod_ip = container
         .env
@@ -489,7 +529,11 @@ fn dockerfile_pins_base_images_by_tag_and_digest() {
 /// single object by name, so not even `get` is granted.
 #[test]
 fn rbac_is_list_and_watch_only_and_exact() {
-    let base = load_base();
+    check_rbac_is_list_and_watch_only_and_exact(&load_base());
+}
+
+/// The promise of [`rbac_is_list_and_watch_only_and_exact`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_rbac_is_list_and_watch_only_and_exact(base: &Base) {
     let rules = base.cluster_role.rules.as_ref().expect("rules");
     let mut granted = BTreeSet::new();
     for rule in rules {
@@ -523,7 +567,11 @@ fn rbac_is_list_and_watch_only_and_exact() {
 
 #[test]
 fn binding_grants_the_role_to_the_agent_only() {
-    let base = load_base();
+    check_binding_grants_the_role_to_the_agent_only(&load_base());
+}
+
+/// The promise of [`binding_grants_the_role_to_the_agent_only`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_binding_grants_the_role_to_the_agent_only(base: &Base) {
     let binding = &base.binding;
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
@@ -543,7 +591,11 @@ fn binding_grants_the_role_to_the_agent_only() {
 
 #[test]
 fn metrics_service_is_headless_and_selects_the_agent() {
-    let base = load_base();
+    check_metrics_service_is_headless_and_selects_the_agent(&load_base());
+}
+
+/// The promise of [`metrics_service_is_headless_and_selects_the_agent`], for any rendering of the objects (the Helm chart's too).
+pub(crate) fn check_metrics_service_is_headless_and_selects_the_agent(base: &Base) {
     let spec = base.service.spec.as_ref().expect("Service spec");
     assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
     let ports = spec.ports.as_ref().expect("ports");
