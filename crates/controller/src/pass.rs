@@ -15,7 +15,7 @@ use ctnetlink::{Conntrack, DumpFilter, Family, Flow, FlowKey};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The gate every deletion of `run` goes through, remembering the flows that wait for proof.
 pub type FlowGate = Gate<FlowKey, Flow>;
@@ -271,8 +271,16 @@ pub fn recheck_waiting(
     };
     let index = index.read().unwrap_or_else(PoisonError::into_inner);
     let mut gate = gate.lock().unwrap_or_else(PoisonError::into_inner);
-    let waiting: Vec<(FlowKey, Flow)> = gate.waiting().map(|(k, w)| (*k, w.flow)).collect();
     let mut out = Recheck::default();
+    // A flow not seen again (by a pass or an event) within its conntrack timeout has most
+    // likely expired: forget it rather than keep deleting a key nobody has seen.
+    let before = gate.len();
+    gate.retain(|_, w| {
+        let lifetime = Duration::from_secs(u64::from(w.flow.timeout)).max(MIN_WAITING_LIFETIME);
+        now.saturating_duration_since(w.last_seen) <= lifetime
+    });
+    out.forgotten = before - gate.len();
+    let waiting: Vec<(FlowKey, Flow)> = gate.waiting().map(|(k, w)| (*k, w.flow)).collect();
     for (key, flow) in waiting {
         if out.delete.len() >= budget {
             out.budget_hit = true;
@@ -283,14 +291,17 @@ pub fn recheck_waiting(
             out.recovered += 1;
             continue;
         };
-        match gate.decide(key, flow, &stale, index.knowledge(), now) {
+        match gate.recheck(&key, &stale, index.knowledge(), now) {
             Decision::Delete => out.delete.push(StaleFlow::new(flow, &stale)),
             Decision::Defer | Decision::Hold => out.still_waiting += 1,
         }
     }
-    out.forgotten = gate.sweep(now);
+    out.forgotten += gate.sweep(now);
     out
 }
+
+/// The least time a waiting flow is kept without being seen again (UDP's stream timeout).
+const MIN_WAITING_LIFETIME: Duration = Duration::from_secs(120);
 
 /// What a re-check of the waiting flows found.
 #[derive(Debug, Default)]

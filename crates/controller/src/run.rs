@@ -81,12 +81,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
     .context("walking the conntrack table")?;
     match walked {
         Ok(prints) => {
-            tracing::info!(udp_flows = prints.len(), "walked the conntrack table before the first list");
+            tracing::info!(
+                udp_flows = prints.len(),
+                "walked the conntrack table before the first list"
+            );
             gate.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .seen_before(walked_at, prints);
         }
-        Err(e) => tracing::warn!(error = %e, "cannot walk the conntrack table before the first list; flows to never-seen backends wait for proof"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot walk the conntrack table before the first list; flows to never-seen backends wait for proof")
+        }
     }
 
     let table = TableMetrics::register(&mut registry, args.target.netns.as_deref(), health.clone());

@@ -413,6 +413,40 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
         }
     }
 
+    /// Decides again about a flow that waits, judged `stale` at `now` from memory (not seen
+    /// again: its last sighting is left as it is, so flows gone from the kernel age out).
+    /// A flow that no longer waits is deferred.
+    pub fn recheck(
+        &mut self,
+        key: &K,
+        stale: &Stale<'_>,
+        knowledge: &Knowledge,
+        now: Instant,
+    ) -> Decision {
+        let Some(waiting) = self.waiting.get(key) else {
+            return Decision::Defer;
+        };
+        if !knowledge.all_fresh(now) {
+            return Decision::Hold;
+        }
+        let grace = self.cfg.grace;
+        let mut needed = now.checked_sub(grace * 2).unwrap_or(now);
+        if stale.evidence == Evidence::Unseen {
+            needed = needed.max(waiting.first_seen);
+        }
+        if knowledge.current_as_of(&[deciding_kind(stale)], needed, grace) {
+            self.waiting.remove(key);
+            Decision::Delete
+        } else {
+            Decision::Defer
+        }
+    }
+
+    /// Keeps only the waiting flows for which `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &Waiting<F>) -> bool) {
+        self.waiting.retain(|k, w| keep(k, w));
+    }
+
     /// Records that `key` was seen stale at `now`; returns when it was first seen.
     fn note(&mut self, key: K, flow: F, now: Instant) -> Instant {
         if let Some(w) = self.waiting.get_mut(&key) {
@@ -723,6 +757,21 @@ mod tests {
         assert_eq!(g.decide(1, (), &s, &k, t0 + secs(7)), Decision::Defer);
         k.confirmed(Kind::Pods, t0 + secs(7));
         assert_eq!(g.decide(1, (), &s, &k, t0 + secs(7)), Decision::Delete);
+    }
+
+    #[test]
+    fn a_recheck_does_not_count_as_a_sighting() {
+        let t0 = Instant::now();
+        let k = fresh_at(t0);
+        let mut g = gate();
+        let s = stale(Evidence::Unseen, vip());
+        assert_eq!(g.decide(1, (), &s, &k, t0 + secs(1)), Decision::Defer);
+        assert_eq!(g.recheck(&1, &s, &k, t0 + secs(30)), Decision::Defer);
+        let last_seen = g.waiting().map(|(_, w)| w.last_seen).next();
+        assert_eq!(last_seen, Some(t0 + secs(1)));
+        assert_eq!(g.recheck(&2, &s, &k, t0 + secs(30)), Decision::Defer, "not waiting");
+        g.retain(|_, w| w.last_seen > t0 + secs(10));
+        assert!(g.is_empty());
     }
 
     #[test]
