@@ -769,7 +769,11 @@ mod tests {
         assert_eq!(g.recheck(&1, &s, &k, t0 + secs(30)), Decision::Defer);
         let last_seen = g.waiting().map(|(_, w)| w.last_seen).next();
         assert_eq!(last_seen, Some(t0 + secs(1)));
-        assert_eq!(g.recheck(&2, &s, &k, t0 + secs(30)), Decision::Defer, "not waiting");
+        assert_eq!(
+            g.recheck(&2, &s, &k, t0 + secs(30)),
+            Decision::Defer,
+            "not waiting"
+        );
         g.retain(|_, w| w.last_seen > t0 + secs(10));
         assert!(g.is_empty());
     }

@@ -18,12 +18,13 @@
 //!   ignored.
 //! - **Host ports** of pods on this node: `hostIP:hostPort` (or any node address when `hostIP`
 //!   is unset) with `podIP:containerPort` as the only allowed backend.
-//! - **Allowed backends** of a service port: `address:port` of every endpoint that is `ready`
-//!   or `serving` (each absent → true, as the API defines them), across every slice labelled
+//! - **Allowed backends** of a service port: `address:port` of every endpoint that is `ready`,
+//!   or `serving` and `terminating` (absent `ready`/`serving` → true, absent `terminating` →
+//!   false, as the API defines them), across every slice labelled
 //!   `kubernetes.io/service-name` with the service's name, using the slice port with the same
 //!   name and protocol UDP. IPs are compared parsed and canonical (IPv4-mapped IPv6 = IPv4).
 //!   kube-proxy routes to ready endpoints and, when none is ready, to serving terminating ones,
-//!   so its backends are always ready or serving; a `publishNotReadyAddresses` Service's
+//!   so its backends are always ready, or serving and terminating; a `publishNotReadyAddresses` Service's
 //!   not-ready pod is `ready=true, serving=false` and does receive traffic. (kube-proxy's own
 //!   reconciler, from 1.32, keeps only `serving` ones and so cuts such flows: not copied.)
 //! - A flow to a frontend is **stale** when its reply source is not an allowed backend; the

@@ -302,7 +302,8 @@ pub(crate) struct SliceSpec {
     pub(crate) service: ObjKey,
     /// UDP ports: name and number.
     pub(crate) ports: Vec<(Box<str>, u16)>,
-    /// Each endpoint's first address and whether it is an allowed backend (ready or serving).
+    /// Each endpoint's first address and whether it is an allowed backend (ready, or serving
+    /// and terminating).
     pub(crate) endpoints: Vec<(IpAddr, bool)>,
 }
 
@@ -372,13 +373,16 @@ pub(crate) fn parse_endpoint_slice(
             continue;
         };
         // kube-proxy routes to `ready` endpoints and, when a service has none, to serving
-        // terminating ones; it reads an unset condition as true (the API's contract). So an
-        // endpoint it may route to is one that is ready or serving: a publishNotReadyAddresses
-        // Service's not-ready pod is `ready=true, serving=false` and does get traffic.
+        // terminating ones; it reads an unset `ready` or `serving` as true and an unset
+        // `terminating` as false. So an endpoint it may route to is ready, or serving and
+        // terminating: a publishNotReadyAddresses Service's not-ready pod is `ready=true` and
+        // does get traffic; a not-ready pod that is not terminating gets none, whatever an
+        // unset `serving` says.
         let conditions = endpoint.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
         let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
-        endpoints.push((ip, ready || serving));
+        let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+        endpoints.push((ip, ready || (serving && terminating)));
     }
     let service = ObjKey {
         namespace: key.namespace.clone(),

@@ -988,20 +988,21 @@ fn fqdn_and_unlabelled_slices_are_ignored() {
 }
 
 #[test]
-fn allowed_is_ready_or_serving_each_unset_meaning_true() {
+fn allowed_is_ready_or_serving_and_terminating_as_kube_proxy_reads_them() {
     let now = Instant::now();
     let endpoints = vec![
         ep("10.244.0.1"),                                            // no conditions
-        ep_cond("10.244.0.2", None, None, None),                     // both absent
-        ep_cond("10.244.0.3", Some(false), None, None),              // serving absent → true
+        ep_cond("10.244.0.2", None, None, None),                     // all absent
+        ep_cond("10.244.0.3", Some(false), None, None),              // not ready, not terminating
         ep_cond("10.244.0.4", Some(true), None, None),               // ready
         ep_cond("10.244.0.5", Some(false), Some(true), Some(true)),  // terminating, serving
         ep_cond("10.244.0.6", Some(true), Some(false), None),        // publishNotReadyAddresses
         ep_cond("10.244.0.7", Some(false), Some(false), None),       // neither
         ep_cond("10.244.0.8", Some(false), Some(false), Some(true)), // terminating, not serving
+        ep_cond("10.244.0.9", Some(false), None, Some(true)),        // terminating, serving absent
     ];
     let index = dns_index(endpoints, now);
-    let want = [true, true, true, true, true, true, false, false];
+    let want = [true, true, false, true, true, true, false, false, true];
     for (i, allowed) in want.iter().enumerate() {
         let f = flow("10.96.0.10:53", &format!("10.244.0.{}:5353", i + 1));
         if *allowed {
@@ -1494,11 +1495,18 @@ fn publish_not_ready_addresses_ready_but_not_serving_endpoints_keep_their_flows(
 }
 
 #[test]
-fn unset_serving_counts_as_serving_even_when_not_ready() {
-    // kube-proxy reads an unset `serving` as true, whatever `ready` says.
+fn a_not_ready_endpoint_that_is_not_terminating_gets_no_traffic_whatever_serving_says() {
+    // kube-proxy falls back to serving endpoints only among terminating ones: a not-ready,
+    // non-terminating endpoint (here with `serving` unset, as controllers before 1.26 leave
+    // it) is never routed to, so flows still going there are stale.
     let now = Instant::now();
     let index = dns_index(vec![ep_cond("10.244.1.5", Some(false), None, None)], now);
-    assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
+    assert_stale(
+        &index,
+        flow("10.96.0.10:53", "10.244.1.5:5353"),
+        now,
+        Reason::NoEndpoints,
+    );
 }
 
 /// A single-stack IPv4 `dns` Service that also lists an IPv6 ExternalIP (a public resolver) and

@@ -3,7 +3,7 @@
 //!
 //! The model. The *truth* is a history of Service and EndpointSlice changes applied at known
 //! times. kube-proxy knows the truth at once: it creates flows only to backends that are truly
-//! allowed (ready or serving) when the flow is created, or leaves a flow un-DNATed when the
+//! allowed (ready, or serving and terminating) when the flow is created, or leaves a flow un-DNATed when the
 //! frontend has none. The *agent* receives the same changes through one watch per kind: the
 //! "API server" sends every change and a periodic bookmark, each delivered in order after a
 //! random delay of at most the gate's grace (the bound the design assumes). A watch can also
@@ -54,7 +54,7 @@ enum Cond {
     Ready,
     /// `ready=false, serving=false`.
     NotReady,
-    /// `ready=false, serving=true` (terminating, still serving).
+    /// `ready=false, serving=true, terminating=true` (terminating, still serving).
     TerminatingServing,
     /// `ready=true, serving=false` (a `publishNotReadyAddresses` Service's not-ready pod).
     PublishNotReady,
@@ -63,20 +63,21 @@ enum Cond {
 }
 
 impl Cond {
-    fn fields(self) -> (Option<bool>, Option<bool>) {
+    /// `ready`, `serving`, `terminating`.
+    fn fields(self) -> (Option<bool>, Option<bool>, Option<bool>) {
         match self {
-            Cond::Ready => (Some(true), Some(true)),
-            Cond::NotReady => (Some(false), Some(false)),
-            Cond::TerminatingServing => (Some(false), Some(true)),
-            Cond::PublishNotReady => (Some(true), Some(false)),
-            Cond::Unset => (None, None),
+            Cond::Ready => (Some(true), Some(true), Some(false)),
+            Cond::NotReady => (Some(false), Some(false), Some(false)),
+            Cond::TerminatingServing => (Some(false), Some(true), Some(true)),
+            Cond::PublishNotReady => (Some(true), Some(false), Some(false)),
+            Cond::Unset => (None, None, None),
         }
     }
 
-    /// Whether kube-proxy may route to such an endpoint.
+    /// Whether kube-proxy may route to such an endpoint: ready, or serving and terminating.
     fn allowed(self) -> bool {
-        let (ready, serving) = self.fields();
-        ready.unwrap_or(true) || serving.unwrap_or(true)
+        let (ready, serving, terminating) = self.fields();
+        ready.unwrap_or(true) || (serving.unwrap_or(true) && terminating.unwrap_or(false))
     }
 }
 
@@ -157,8 +158,8 @@ fn slice_obj(svc: u8, slice: &TSlice) -> EndpointSlice {
         .eps
         .iter()
         .map(|(ep, cond)| {
-            let (ready, serving) = cond.fields();
-            ep_cond(&ep_ip(*ep).to_string(), ready, serving, None)
+            let (ready, serving, terminating) = cond.fields();
+            ep_cond(&ep_ip(*ep).to_string(), ready, serving, terminating)
         })
         .collect();
     mk_slice(

@@ -51,6 +51,7 @@ struct PEndpoint {
     ip: IpAddr,
     ready: Option<bool>,
     serving: Option<bool>,
+    terminating: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -191,7 +192,14 @@ fn service() -> impl Strategy<Value = PSvc> {
 
 fn endpoint() -> impl Strategy<Value = PEndpoint> {
     let cond = prop_oneof![Just(None), Just(Some(true)), Just(Some(false))];
-    (ip(), cond.clone(), cond).prop_map(|(ip, ready, serving)| PEndpoint { ip, ready, serving })
+    (ip(), cond.clone(), cond.clone(), cond).prop_map(|(ip, ready, serving, terminating)| {
+        PEndpoint {
+            ip,
+            ready,
+            serving,
+            terminating,
+        }
+    })
 }
 
 fn slice() -> impl Strategy<Value = PSlice> {
@@ -428,9 +436,9 @@ fn to_slice(s: &PSlice) -> EndpointSlice {
         .endpoints
         .iter()
         .enumerate()
-        .map(|(i, e)| match (e.ready, e.serving) {
-            (None, None) if i % 2 == 0 => ep(&spell(e.ip, i)),
-            (ready, serving) => ep_cond(&spell(e.ip, i), ready, serving, None),
+        .map(|(i, e)| match (e.ready, e.serving, e.terminating) {
+            (None, None, None) if i % 2 == 0 => ep(&spell(e.ip, i)),
+            (ready, serving, terminating) => ep_cond(&spell(e.ip, i), ready, serving, terminating),
         })
         .collect();
     let mut slice = mk_slice(&s.ns, &s.name, &s.service, &[], endpoints);
@@ -558,8 +566,9 @@ fn service_backends(c: &Cluster, svc: &PSvc, port_name: &str) -> Vec<(IpAddr, u1
                 continue;
             }
             for e in &slice.endpoints {
-                // Allowed: ready or serving, each unset meaning true.
-                let allowed = e.ready.unwrap_or(true) || e.serving.unwrap_or(true);
+                // Allowed: ready, or serving and terminating (unset: true, true, false).
+                let allowed = e.ready.unwrap_or(true)
+                    || (e.serving.unwrap_or(true) && e.terminating.unwrap_or(false));
                 out.push((e.ip, *number, allowed));
             }
         }
