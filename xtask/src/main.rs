@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod helm;
 mod image;
+mod k8s;
 mod kind;
 mod lab;
 mod manifests;
@@ -26,6 +27,8 @@ commands:
   helm [--print-path|lint]
                       build the pinned helm from its Go module (cached); lint the chart
   image               build the container image (needs docker)
+  k8s [--print-dir] [--pin] [--smoke] [etcd|v1.34|v1.31...]
+                      build the real etcd/kube-* binaries from source (needs Go), cached
   manifests [--image IMAGE] [--check]
                       render the kustomize base with an image, or validate it offline
   prereqs [demo|test] check (and as root on Debian/Ubuntu, install) what make demo/test need
@@ -45,6 +48,7 @@ fn main() -> Result<()> {
         "e2e-kind" => kind::run(&rest),
         "helm" => helm::run(&rest),
         "image" => image::run(&rest),
+        "k8s" => k8s::run(&rest),
         "manifests" => manifests::run(&rest),
         "prereqs" => prereqs::run(&rest),
         "help" | "-h" | "--help" => {

@@ -34,6 +34,7 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
         // Deleting on a partial view deletes healthy flows; a report may show one, warned.
         if args.delete {
             state.require_complete()?;
+            require_recent(&args.state, args.state_max_age)?;
         } else {
             for problem in state.incompleteness() {
                 tracing::warn!("{problem}; `check --delete` refuses such state");
@@ -122,6 +123,35 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     let failures: usize = reports.iter().map(|(_, r)| r.failed.len()).sum();
     if failures > 0 {
         anyhow::bail!("{failures} deletions failed");
+    }
+    Ok(())
+}
+
+/// Refuses state files written longer ago than `max_age`: a backend created since would look
+/// gone. (A file read from a pipe has no age to check and is accepted.)
+fn require_recent(files: &[std::path::PathBuf], max_age: std::time::Duration) -> Result<()> {
+    for file in files {
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue; // unreadable files were reported by the parser already
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if age > max_age {
+            anyhow::bail!(
+                "refusing to delete on an old snapshot: {} was written {}s ago (more than \
+                 --state-max-age {}s); pods created since would look gone. Dump it again right \
+                 before --delete, or raise --state-max-age",
+                file.display(),
+                age.as_secs(),
+                max_age.as_secs()
+            );
+        }
     }
     Ok(())
 }

@@ -175,6 +175,11 @@ pub struct RunArgs {
     pub zone: u16,
 }
 
+/// `--state-max-age`: a snapshot older than a day says nothing about today's backends.
+fn parse_state_max_age(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_secs(1), DAY)
+}
+
 /// `--watch-idle-timeout`: shorter than a few seconds restarts healthy quiet watches.
 fn parse_watch_idle_timeout(text: &str) -> Result<Duration, String> {
     duration_within(text, Duration::from_secs(5), Duration::from_secs(600))
@@ -288,10 +293,15 @@ pub struct CheckArgs {
     pub output: OutputFormat,
 
     /// Delete the stale flows it reports. With --state, refuses state files that are
-    /// incomplete; from the cluster, lists the state again after reading the table and deletes
-    /// only what is still stale against it.
+    /// incomplete or older than --state-max-age; from the cluster, lists the state again after
+    /// reading the table and deletes only what is still stale against it.
     #[arg(long)]
     pub delete: bool,
+
+    /// With --state and --delete: refuse state files last written longer ago than this (a
+    /// backend created since would look gone, and its flows would be deleted); 1s to 24h.
+    #[arg(long, default_value = "2m", value_parser = parse_state_max_age)]
+    pub state_max_age: Duration,
 
     /// Also summarise the table's health: size and limit, the kernel's counters (as
     /// `conntrack -S`) and how they move, UDP flows per Service frontend, and a diagnosis of

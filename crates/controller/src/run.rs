@@ -243,22 +243,28 @@ async fn index_loop(
         let (skipped, dirty, stats) = {
             let mut index = index.write().unwrap_or_else(PoisonError::into_inner);
             let mut skipped = Vec::new();
-            for Update { kind, at, what } in batch.drain(..) {
+            for Update {
+                kind,
+                at,
+                what,
+                timely,
+            } in batch.drain(..)
+            {
                 let report = match what {
                     What::Service(e) => {
-                        note(&mut index, kind, at, &e);
+                        note(&mut index, kind, at, timely, &e);
                         feed.services.handle(&mut index, e, now)
                     }
                     What::Slice(e) => {
-                        note(&mut index, kind, at, &e);
+                        note(&mut index, kind, at, timely, &e);
                         feed.slices.handle(&mut index, e, now)
                     }
                     What::Node(e) => {
-                        note(&mut index, kind, at, &e);
+                        note(&mut index, kind, at, timely, &e);
                         feed.nodes.handle(&mut index, e, now)
                     }
                     What::Pod(e) => {
-                        note(&mut index, kind, at, &e);
+                        note(&mut index, kind, at, timely, &e);
                         feed.pods.handle(&mut index, e, now)
                     }
                     What::Watching => {
@@ -266,7 +272,11 @@ async fn index_loop(
                         continue;
                     }
                     What::Bookmark => {
-                        index.knowledge_mut().bookmarked(kind, at);
+                        if timely {
+                            index.knowledge_mut().bookmarked(kind, at);
+                        } else {
+                            index.knowledge_mut().alive(kind, at);
+                        }
                         continue;
                     }
                     What::Failed(error) => {
@@ -322,14 +332,16 @@ async fn index_loop(
 }
 
 /// Records what a watch event says about the freshness of its kind. `at` of `Init` and
-/// `InitDone` is the list's start (see `watch`).
-fn note<K>(index: &mut Index, kind: Kind, at: Instant, event: &Event<K>) {
+/// `InitDone` is the list's start (see `watch`); an event read from a backlog (`timely`
+/// false) only shows the watch alive.
+fn note<K>(index: &mut Index, kind: Kind, at: Instant, timely: bool, event: &Event<K>) {
     let knowledge = index.knowledge_mut();
     match event {
         Event::Init => knowledge.relist_started(kind, at),
         Event::InitApply(_) => knowledge.alive(kind, Instant::now()),
         Event::InitDone => knowledge.listed(kind, at, Instant::now()),
-        Event::Apply(_) | Event::Delete(_) => knowledge.confirmed(kind, at),
+        Event::Apply(_) | Event::Delete(_) if timely => knowledge.confirmed(kind, at),
+        Event::Apply(_) | Event::Delete(_) => knowledge.alive(kind, at),
     }
 }
 
@@ -386,6 +398,9 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         let now = Instant::now();
         if now >= next_tick {
             next_tick = now + TICK;
+            // A node address that moves away (keepalived, kube-vip) stops being a NodePort
+            // frontend here at once, not at the next periodic pass.
+            refresh_local_addrs_off_worker(&p).await;
             let fresh = record_freshness(&p);
             if fresh && p.held.swap(false, Ordering::Relaxed) {
                 tracing::info!(
@@ -406,19 +421,6 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         }
         if let Some(due) = scheduler.take_due(Instant::now()) {
             if due.trigger == Trigger::periodic {
-                // getifaddrs inside another namespace blocks: keep it off the workers.
-                let netns = p.args.target.netns.clone();
-                match tokio::task::spawn_blocking(move || local_addrs(netns.as_deref())).await {
-                    Ok(Ok(addrs)) => p
-                        .index
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .set_local_addrs(addrs),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot list local addresses; keeping the previous ones")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "listing local addresses panicked"),
-                }
                 let expired = p
                     .index
                     .write()
@@ -458,6 +460,23 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
             },
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+/// Re-reads this node's addresses (getifaddrs, inside another namespace with `--netns`) on a
+/// blocking thread.
+async fn refresh_local_addrs_off_worker(p: &PassLoop) {
+    let netns = p.args.target.netns.clone();
+    match tokio::task::spawn_blocking(move || local_addrs(netns.as_deref())).await {
+        Ok(Ok(addrs)) => p
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_local_addrs(addrs),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot list local addresses; keeping the previous ones")
+        }
+        Err(e) => tracing::warn!(error = %e, "listing local addresses panicked"),
     }
 }
 

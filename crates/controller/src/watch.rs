@@ -18,7 +18,7 @@
 
 use crate::kube_client::{SLICE_LABELS, node_fields, pod_fields};
 use ctdiff::Kind;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, WatchEvent, WatchParams};
@@ -26,6 +26,7 @@ use kube::runtime::watcher::{DefaultBackoff, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -44,6 +45,10 @@ pub struct Update {
     pub at: Instant,
     /// What arrived.
     pub what: What,
+    /// Whether `at` can vouch for how current the view is: false while the watch reads a
+    /// backlog that piled up in its socket while it waited for the index (an item read late
+    /// was sent long before `at`).
+    pub timely: bool,
 }
 
 /// What a watch delivered.
@@ -124,6 +129,7 @@ pub fn spawn(
                 wrap: What::Service,
                 timing,
                 tx: tx.clone(),
+                backlog: AtomicBool::new(false),
             }
             .run(),
         ),
@@ -135,6 +141,7 @@ pub fn spawn(
                 wrap: What::Slice,
                 timing,
                 tx: tx.clone(),
+                backlog: AtomicBool::new(false),
             }
             .run(),
         ),
@@ -146,6 +153,7 @@ pub fn spawn(
                 wrap: What::Node,
                 timing,
                 tx: tx.clone(),
+                backlog: AtomicBool::new(false),
             }
             .run(),
         ),
@@ -157,6 +165,7 @@ pub fn spawn(
                 wrap: What::Pod,
                 timing,
                 tx,
+                backlog: AtomicBool::new(false),
             }
             .run(),
         ),
@@ -215,6 +224,9 @@ struct KindWatch<K> {
     wrap: fn(Event<K>) -> What,
     timing: WatchTiming,
     tx: mpsc::Sender<Update>,
+    /// A send had to wait for room: what the stream yields next may have waited in the
+    /// socket, until it is drained (the stream is pending).
+    backlog: AtomicBool,
 }
 
 impl<K> KindWatch<K>
@@ -250,7 +262,11 @@ where
             kind: self.kind,
             at,
             what,
+            timely: !self.backlog.load(Ordering::Relaxed),
         };
+        if self.tx.capacity() == 0 {
+            self.backlog.store(true, Ordering::Relaxed);
+        }
         self.tx.send(update).await.is_ok()
     }
 
@@ -295,7 +311,12 @@ where
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
                 None => {
-                    let rv = page.metadata.resource_version.unwrap_or_default();
+                    let Some(rv) = page.metadata.resource_version.filter(|rv| !rv.is_empty())
+                    else {
+                        // A watch from "" would start at "now" and miss what changed since
+                        // the list: not a view to trust.
+                        return Err(self.fail("list: no resourceVersion".to_owned()).await);
+                    };
                     // `at` of InitDone is the list's start: its content is at least that current.
                     if !self.send(started, (self.wrap)(Event::InitDone)).await {
                         return Err(End::Closed);
@@ -324,11 +345,33 @@ where
                 return End::Closed;
             }
             let mut stream = std::pin::pin!(stream);
+            let opened = Instant::now();
+            let mut delivered = false;
             loop {
-                let item = match tokio::time::timeout(idle, stream.next()).await {
+                // While reading a backlog, an item that is ready at once was probably sent a
+                // while ago; the first time the stream has nothing ready, the backlog is read.
+                let ready_now = if self.backlog.load(Ordering::Relaxed) {
+                    stream.next().now_or_never()
+                } else {
+                    None
+                };
+                let next = match ready_now {
+                    Some(item) => Ok(item),
+                    None => {
+                        self.backlog.store(false, Ordering::Relaxed);
+                        tokio::time::timeout(idle, stream.next()).await
+                    }
+                };
+                let item = match next {
                     Ok(Some(item)) => item,
-                    // The server ended the watch (its timeout): continue from where it left off.
-                    Ok(None) => break,
+                    // The server ended the watch (its timeout): continue from where it left
+                    // off, after a pause if it ended at once (a misbehaving proxy).
+                    Ok(None) => {
+                        if !delivered && opened.elapsed() < Duration::from_secs(1) {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        break;
+                    }
                     // Silent for too long: a frozen connection, or a server without periodic
                     // bookmarks. Resuming from `rv` would replay what was missed long after it
                     // was sent, and the agent could not tell when the replay ends; a list can.
@@ -363,6 +406,7 @@ where
                     }
                     Err(e) => return self.fail(format!("watch: {e}")).await,
                 };
+                delivered = true;
                 if !self.send(at, what).await {
                     return End::Closed;
                 }

@@ -177,6 +177,13 @@ fn fill(ns: &TestNetns) -> Conntrack {
 
 /// `check` on the fixture state and `ns`'s table.
 fn check_command(ns: &TestNetns) -> Command {
+    // `check --delete` refuses state files older than --state-max-age: the fixture stands for
+    // a state dumped just now.
+    std::fs::File::options()
+        .write(true)
+        .open(fixture())
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args([
         "--log-format",
@@ -626,4 +633,45 @@ fn check_report_on_incomplete_state_warns_instead_of_refusing() {
         "{stderr}"
     );
     assert_eq!(remaining_client_ports(&mut ct).len(), table().len());
+}
+
+#[test]
+fn check_delete_refuses_an_old_snapshot() {
+    if !root_or_skip("check_delete_refuses_an_old_snapshot") {
+        return;
+    }
+    let ns = TestNetns::new("checkold").unwrap();
+    let mut ct = fill(&ns);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.yaml");
+    std::fs::copy(fixture(), &path).unwrap();
+    let ten_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(ten_minutes_ago))
+        .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--log-format",
+            "text",
+            "check",
+            "--node-name",
+            "node-1",
+            "--state",
+        ])
+        .arg(&path)
+        .args(["--netns", ns.path().to_str().unwrap(), "--delete"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("old snapshot"), "{stderr}");
+    assert_eq!(
+        remaining_client_ports(&mut ct).len(),
+        table().len(),
+        "nothing deleted"
+    );
 }

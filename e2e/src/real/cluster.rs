@@ -361,13 +361,14 @@ impl RealCluster {
                  {proxy_token},system:kube-proxy,kube-proxy\n"
             ),
         )?;
+        // SEC1 ("EC PRIVATE KEY"): --service-account-key-file reads no PKCS#8 "PRIVATE KEY".
         let key = std::process::Command::new("openssl")
             .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
                 "-out",
             ])
             .arg(s.join("sa.key"))
@@ -446,10 +447,17 @@ impl RealCluster {
             &logs,
         )?;
         let ca = pki.join("apiserver.crt");
+        // The certificate file holds the serving certificate and then its CA; the key is
+        // written after it. A client reading a half-written file trusts nothing.
+        let key_file = pki.join("apiserver.key");
         apiserver.wait_until(
             "writing its serving certificate",
             config.startup_timeout,
-            || Ok(std::fs::metadata(&ca).is_ok_and(|m| m.len() > 0)),
+            || {
+                let cert = std::fs::read_to_string(&ca).unwrap_or_default();
+                Ok(cert.matches("END CERTIFICATE").count() >= 2
+                    && std::fs::metadata(&key_file).is_ok_and(|m| m.len() > 0))
+            },
         )?;
         let direct = format!("https://{APISERVER_IPV4}:{APISERVER_PORT}");
         let admin_kubeconfig = s.join("admin.kubeconfig");
@@ -466,9 +474,7 @@ impl RealCluster {
         })?;
         apiserver.wait_until("ready", config.startup_timeout, || {
             let request = ::http::Request::get("/readyz").body(Vec::new())?;
-            Ok(runtime
-                .block_on(client.request_text(request))
-                .is_ok_and(|t| t.trim() == "ok"))
+            Ok(runtime.block_on(client.request_text(request))?.trim() == "ok")
         })?;
         startup.push(("kube-apiserver".to_string(), t.elapsed()));
 
@@ -1181,9 +1187,7 @@ impl RealCluster {
             .apiserver
             .wait_until("ready again", self.config.startup_timeout, || {
                 let request = ::http::Request::get("/readyz").body(Vec::new())?;
-                Ok(runtime
-                    .block_on(client.request_text(request))
-                    .is_ok_and(|t| t.trim() == "ok"))
+                Ok(runtime.block_on(client.request_text(request))?.trim() == "ok")
             })?;
         Ok(took)
     }
