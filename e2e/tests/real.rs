@@ -126,6 +126,9 @@ fn smoke(test: &str, flavour: ProxyFlavour) {
 
     // Delete the pod the client's flow goes to.
     let victim = first.pod().to_string();
+    let victim_addr = SocketAddr::new(cluster.backend(&victim).unwrap().ipv4.into(), 5353);
+    let survivor = backends.into_iter().find(|b| *b != victim_addr).unwrap();
+    let proxy_log_offset = cluster.kube_proxy().unwrap().log_len();
     let t0 = e2e::timeline::unix_micros();
     cluster.delete_pod(&victim, PodDeletion::Immediate).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -148,16 +151,28 @@ fn smoke(test: &str, flavour: ProxyFlavour) {
         recovered.backend,
         flavour.name()
     );
+    let took = cluster
+        .wait_service_programmed(
+            cluster_ip,
+            &[survivor],
+            &[victim_addr],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    eprintln!(
+        "{test}: kube-proxy dropped the deleted backend's rules after {took:?} (from the recovery on)"
+    );
     if !flavour.conntrack_tool {
-        // The lost cleanup: kube-proxy tried and failed; only the agent can have recovered it.
-        let proxy_log = cluster.kube_proxy().unwrap().log_text();
-        eprintln!(
-            "{test}: kube-proxy's failed cleanup logged: {}",
-            proxy_log
-                .lines()
-                .rfind(|l| l.contains("conntrack"))
-                .unwrap_or("(nothing)")
-        );
+        // The lost cleanup: kube-proxy v1.31 tries the `conntrack` tool for the deleted
+        // endpoint, fails, logs it and never retries; only the agent can have recovered it.
+        let line = cluster
+            .kube_proxy()
+            .unwrap()
+            .wait_for_log(proxy_log_offset, Duration::from_secs(10), |l| {
+                l.contains("conntrack") && l.contains("not found")
+            })
+            .unwrap();
+        eprintln!("{test}: kube-proxy's lost cleanup: {line}");
     }
     agent.component().stop(Duration::from_secs(5));
 }
@@ -168,9 +183,73 @@ fn real_smoke_v1_34_iptables() {
 }
 
 #[test]
+fn real_smoke_v1_34_nftables() {
+    smoke("real_smoke_v1_34_nftables", ProxyFlavour::V1_34_NFTABLES);
+}
+
+#[test]
+fn real_smoke_v1_31_iptables() {
+    smoke("real_smoke_v1_31_iptables", ProxyFlavour::V1_31);
+}
+
+#[test]
 fn real_smoke_v1_31_lost_cleanup() {
     smoke(
         "real_smoke_v1_31_lost_cleanup",
         ProxyFlavour::V1_31_LOST_CLEANUP,
     );
+}
+
+/// Every process stopped and every namespace and state file removed when a test panics with a
+/// running cluster; the panic prints the components' logs.
+#[test]
+fn real_cluster_leaves_nothing_behind_on_panic() {
+    let test = "real_cluster_leaves_nothing_behind_on_panic";
+    let Some(bins) = K8sBinaries::for_test(test) else {
+        return;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let panicked = std::thread::spawn(move || {
+        let mut cluster = RealCluster::start(test, &bins, lab(), ClusterConfig::default()).unwrap();
+        cluster
+            .add_backend("echo-a", "echo", &[5353], true)
+            .unwrap();
+        let pids: Vec<u32> = [
+            cluster.etcd().pid(),
+            cluster.apiserver().pid(),
+            cluster.controller_manager().pid(),
+            cluster.kube_proxy().and_then(|p| p.pid()),
+        ]
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+        let mut netns = vec![
+            cluster.cp_netns().name().to_string(),
+            cluster.topology().node().name().to_string(),
+        ];
+        netns.push(cluster.topology().pod_netns_name("echo-a").unwrap());
+        let state = cluster.admin_kubeconfig().parent().unwrap().to_path_buf();
+        tx.send((pids, netns, state)).unwrap();
+        panic!("deliberate panic with a running cluster");
+    })
+    .join();
+    assert!(panicked.is_err(), "the thread must have panicked");
+    let (pids, netns, state) = rx.recv().unwrap();
+    for pid in pids {
+        // SAFETY: kill(pid, 0) only checks for existence.
+        let alive = unsafe { libc::kill(i32::try_from(pid).unwrap(), 0) } == 0;
+        assert!(!alive, "process {pid} survived the cluster");
+    }
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for name in netns {
+        assert!(
+            !list.contains(&name),
+            "namespace {name} survived the cluster:\n{list}"
+        );
+    }
+    assert!(!state.exists(), "{} survived the cluster", state.display());
 }

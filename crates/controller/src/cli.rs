@@ -155,13 +155,14 @@ pub struct RunArgs {
     pub follow_ups: Vec<Duration>,
 
     /// A watch (or list request) that delivers nothing, not even a bookmark, for this long is
-    /// reported and restarted; 5s to 10m. API servers send a bookmark about every minute.
-    #[arg(long, env = "CONNTRACK_RECONCILER_WATCH_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_watch_idle_timeout)]
+    /// reported and replaced by a new list; 5s to 10m. The default outlasts the 290 s an API
+    /// server keeps a quiet watch open, so only a dead connection reaches it.
+    #[arg(long, env = "CONNTRACK_RECONCILER_WATCH_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_watch_idle_timeout)]
     pub watch_idle_timeout: Duration,
 
     /// Nothing is deleted while any watch has been failing, is relisting, or has not answered
     /// for this long; 5s to 30m.
-    #[arg(long, env = "CONNTRACK_RECONCILER_WATCH_STALE_AFTER", default_value = "90s", value_parser = parse_watch_stale_after)]
+    #[arg(long, env = "CONNTRACK_RECONCILER_WATCH_STALE_AFTER", default_value = "6m", value_parser = parse_watch_stale_after)]
     pub watch_stale_after: Duration,
 
     /// A flow to a backend the agent never saw is deleted only after an event or bookmark

@@ -265,6 +265,13 @@ pub fn recheck_waiting(
     now: Instant,
     budget: u64,
 ) -> Recheck {
+    let overdue_after = gate
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .config()
+        .grace
+        .saturating_mul(PROOF_OVERDUE_GRACES)
+        .max(MIN_PROOF_OVERDUE);
     let budget = match budget {
         0 => usize::MAX,
         b => usize::try_from(b).unwrap_or(usize::MAX),
@@ -280,8 +287,11 @@ pub fn recheck_waiting(
         now.saturating_duration_since(w.last_seen) <= lifetime
     });
     out.forgotten = before - gate.len();
-    let waiting: Vec<(FlowKey, Flow)> = gate.waiting().map(|(k, w)| (*k, w.flow)).collect();
-    for (key, flow) in waiting {
+    let waiting: Vec<(FlowKey, Flow, Instant)> = gate
+        .waiting()
+        .map(|(k, w)| (*k, w.flow, w.first_seen))
+        .collect();
+    for (key, flow, first_seen) in waiting {
         if out.delete.len() >= budget {
             out.budget_hit = true;
             break; // the rest waits for the next re-check
@@ -293,7 +303,14 @@ pub fn recheck_waiting(
         };
         match gate.recheck(&key, &stale, index.knowledge(), now) {
             Decision::Delete => out.delete.push(StaleFlow::new(flow, &stale)),
-            Decision::Defer | Decision::Hold => out.still_waiting += 1,
+            Decision::Defer | Decision::Hold => {
+                out.still_waiting += 1;
+                let kind = ctdiff::deciding_kind(&stale);
+                let waited = now.saturating_duration_since(first_seen);
+                if waited >= overdue_after && !out.overdue.contains(&kind) {
+                    out.overdue.push(kind);
+                }
+            }
         }
     }
     out.forgotten += gate.sweep(now);
@@ -316,7 +333,18 @@ pub struct Recheck {
     pub forgotten: usize,
     /// Whether the deletion budget stopped the re-check.
     pub budget_hit: bool,
+    /// Kinds whose view some flow has waited on for [`PROOF_OVERDUE_GRACES`] graces: no event
+    /// or bookmark came, and a list would prove it.
+    pub overdue: Vec<ctdiff::Kind>,
 }
+
+/// How many graces a flow may wait for an event or bookmark to prove its verdict before the
+/// agent lists the deciding kind again to get that proof (a minute at the default grace, about
+/// when an API server sends its next bookmark).
+pub const PROOF_OVERDUE_GRACES: u32 = 12;
+
+/// The least time a flow waits for proof before a list is asked for (whatever the grace).
+pub const MIN_PROOF_OVERDUE: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -105,7 +105,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         idle_timeout: args.watch_idle_timeout,
         ..WatchTiming::default()
     };
-    let watchers = watch::spawn(client, &args.node_name, timing, update_tx);
+    let relister = watch::Relister::default();
+    let watchers = watch::spawn(client, &args.node_name, timing, &relister, update_tx);
     let (signal_tx, signal_rx) = mpsc::unbounded_channel::<Signal>();
     let (ready_tx, ready_rx) = tokio_watch::channel(false);
     let (event_tx, event_rx) = mpsc::unbounded_channel::<EventSignal>();
@@ -141,6 +142,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         index,
         gate,
         held,
+        relister,
+        last_relist: std::collections::HashMap::new(),
         metrics,
         table,
         health,
@@ -360,6 +363,10 @@ struct PassLoop {
     gate: Arc<Mutex<FlowGate>>,
     /// Set when a stale flow was held because the view was not fresh.
     held: Arc<AtomicBool>,
+    /// Lists a kind again when flows have waited too long for proof.
+    relister: watch::Relister,
+    /// When each kind was last asked to list again.
+    last_relist: std::collections::HashMap<Kind, Instant>,
     metrics: Arc<Metrics>,
     table: Arc<TableMetrics>,
     health: Arc<Health>,
@@ -416,7 +423,9 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
                     .is_empty()
             {
                 let handle = p.ct.take().context("the conntrack handle is missing")?;
-                p.ct = Some(recheck(handle, &p).await?);
+                let (handle, overdue) = recheck(handle, &p).await?;
+                p.ct = Some(handle);
+                ask_for_proof(&mut p, &overdue);
             }
         }
         if let Some(due) = scheduler.take_due(Instant::now()) {
@@ -497,9 +506,35 @@ fn record_freshness(p: &PassLoop) -> bool {
     fresh
 }
 
+/// Lists again the kinds some flow has waited on for too long (no event or bookmark came to
+/// prove its verdict), at most once per two overdue periods per kind.
+fn ask_for_proof(p: &mut PassLoop, overdue: &[Kind]) {
+    let now = Instant::now();
+    let every = p
+        .args
+        .unseen_backend_grace
+        .saturating_mul(2 * crate::pass::PROOF_OVERDUE_GRACES)
+        .max(2 * crate::pass::MIN_PROOF_OVERDUE);
+    for kind in overdue {
+        let due = p
+            .last_relist
+            .get(kind)
+            .is_none_or(|at| now.saturating_duration_since(*at) >= every);
+        if due {
+            tracing::info!(
+                kind = kind.as_str(),
+                "stale flows wait for proof that no event or bookmark brought: listing again"
+            );
+            p.last_relist.insert(*kind, now);
+            p.relister.relist(*kind);
+        }
+    }
+}
+
 /// Re-checks the flows the gate keeps waiting, from memory, and deletes those it now lets
-/// through (on a blocking thread: deleting is a netlink exchange).
-async fn recheck(ct: Conntrack, p: &PassLoop) -> Result<Conntrack> {
+/// through (on a blocking thread: deleting is a netlink exchange). Returns the kinds some
+/// flow has waited on for too long.
+async fn recheck(ct: Conntrack, p: &PassLoop) -> Result<(Conntrack, Vec<Kind>)> {
     let (index, gate) = (p.index.clone(), p.gate.clone());
     let (dry_run, budget) = (p.args.dry_run, p.args.max_deletes_per_pass);
     let (ct, found, deleted) = tokio::task::spawn_blocking(move || {
@@ -541,7 +576,7 @@ async fn recheck(ct: Conntrack, p: &PassLoop) -> Result<Conntrack> {
             "waiting flows proven stale"
         );
     }
-    Ok(ct)
+    Ok((ct, found.overdue))
 }
 
 /// Counts and logs one stale flow acted on.

@@ -26,8 +26,10 @@ use kube::runtime::watcher::{DefaultBackoff, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio::sync::mpsc;
 
 /// The annotation the engine reads; every other annotation is pruned.
@@ -99,7 +101,7 @@ pub struct WatchTiming {
 impl Default for WatchTiming {
     fn default() -> Self {
         WatchTiming {
-            idle_timeout: Duration::from_secs(75),
+            idle_timeout: Duration::from_secs(300),
             server_timeout: Duration::from_secs(290),
         }
     }
@@ -110,6 +112,7 @@ pub fn spawn(
     client: Client,
     node_name: &str,
     timing: WatchTiming,
+    relister: &Relister,
     tx: mpsc::Sender<Update>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let by_fields = |fields: String| Selectors {
@@ -126,6 +129,7 @@ pub fn spawn(
                 api: Api::<Service>::all(client.clone()),
                 selectors: Selectors::default(),
                 kind: Kind::Services,
+                relist: relister.of(Kind::Services),
                 wrap: What::Service,
                 timing,
                 tx: tx.clone(),
@@ -138,6 +142,7 @@ pub fn spawn(
                 api: Api::<EndpointSlice>::all(client.clone()),
                 selectors: slices,
                 kind: Kind::EndpointSlices,
+                relist: relister.of(Kind::EndpointSlices),
                 wrap: What::Slice,
                 timing,
                 tx: tx.clone(),
@@ -150,6 +155,7 @@ pub fn spawn(
                 api: Api::<Node>::all(client.clone()),
                 selectors: by_fields(node_fields(node_name)),
                 kind: Kind::Nodes,
+                relist: relister.of(Kind::Nodes),
                 wrap: What::Node,
                 timing,
                 tx: tx.clone(),
@@ -162,6 +168,7 @@ pub fn spawn(
                 api: Api::<Pod>::all(client),
                 selectors: by_fields(pod_fields(node_name)),
                 kind: Kind::Pods,
+                relist: relister.of(Kind::Pods),
                 wrap: What::Pod,
                 timing,
                 tx,
@@ -227,6 +234,28 @@ struct KindWatch<K> {
     /// A send had to wait for room: what the stream yields next may have waited in the
     /// socket, until it is drained (the stream is pending).
     backlog: AtomicBool,
+    /// Asks for a list now (see [`Relister`]).
+    relist: Arc<Notify>,
+}
+
+/// Asks a kind's watch to list again: a list requested now proves the view current as of now,
+/// which flows waiting for proof need when no event or bookmark comes (a quiet cluster, an API
+/// server without periodic bookmarks).
+#[derive(Clone, Debug, Default)]
+pub struct Relister {
+    kinds: [Arc<Notify>; 4],
+}
+
+impl Relister {
+    fn of(&self, kind: Kind) -> Arc<Notify> {
+        let slot = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.kinds[slot].clone()
+    }
+
+    /// Asks `kind`'s watch to list again (once, however often asked before it does).
+    pub fn relist(&self, kind: Kind) {
+        self.of(kind).notify_one();
+    }
 }
 
 impl<K> KindWatch<K>
@@ -359,7 +388,10 @@ where
                     Some(item) => Ok(item),
                     None => {
                         self.backlog.store(false, Ordering::Relaxed);
-                        tokio::time::timeout(idle, stream.next()).await
+                        tokio::select! {
+                            next = tokio::time::timeout(idle, stream.next()) => next,
+                            () = self.relist.notified() => return End::Relist,
+                        }
                     }
                 };
                 let item = match next {

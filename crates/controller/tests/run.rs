@@ -456,3 +456,35 @@ fn malformed_objects_are_skipped_and_nothing_healthy_is_deleted() {
     );
     assert!(!logs.contains("panicked"), "{logs}");
 }
+
+#[test]
+fn without_bookmarks_a_waiting_flow_is_proven_by_a_relist() {
+    if !root_or_skip("without_bookmarks_a_waiting_flow_is_proven_by_a_relist") {
+        return;
+    }
+    let mut lab = Lab::new("runproof");
+    dns_state(&lab);
+    // An API server that sends no periodic bookmarks (no watch cache, or nothing changed on
+    // that resource since it started): only events and lists prove the view current.
+    lab.api.set_bookmark_interval(None);
+    let agent = lab.start_agent(&["--unseen-backend-grace", "1s", "--follow-ups", "1h"]);
+    agent.wait_ready();
+    lab.api.apply(&slice("dns", 5353, &["10.244.1.1"])).unwrap();
+    // Long after the last event: kube-proxy's old rules re-create a flow to the removed backend.
+    std::thread::sleep(Duration::from_secs(3));
+    let created = Instant::now();
+    lab.create(&[flow(7001, ("10.96.0.10", 53), ("10.244.1.2", 5353))]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        lab.ports().contains(&7001),
+        "no event or list since the change is recent enough to prove it"
+    );
+    wait_for(
+        "the flow deleted after a list for proof",
+        Duration::from_secs(30),
+        || !lab.ports().contains(&7001),
+        &agent,
+    );
+    eprintln!("proven and deleted after {:?}", created.elapsed());
+    assert!(agent.logs().contains("listing again"), "{}", agent.logs());
+}

@@ -177,9 +177,9 @@ impl Drop for Slot {
 ///   pods: udp-echo backends (Pod objects carrying their addresses), udp-client clients
 /// ```
 ///
-/// Methods are blocking: the API client runs on the cluster's own tokio runtime, whose
-/// threads live in the control-plane namespace (so calling them from inside another tokio
-/// runtime panics; use [`RealCluster::block_on`] from a plain `#[test]`). Everything is
+/// Methods are blocking: the API client runs on the cluster's own tokio runtime, driven from
+/// threads in the control-plane namespace (its connections are made there), so a plain
+/// `#[test]` calls them directly and runs its own API calls with [`RealCluster::block_on`]. Everything is
 /// stopped and every namespace removed when it is dropped, panics included; each component's
 /// log is kept under [`RealCluster::logs_dir`] and its tail printed when a test panics.
 pub struct RealCluster {
@@ -192,6 +192,7 @@ pub struct RealCluster {
     etcd: Component,
     client: kube::Client,
     runtime: Option<tokio::runtime::Runtime>,
+    cp_file: std::fs::File,
     cp: TestNetns,
     topology: Topology,
     state: tempfile::TempDir,
@@ -283,6 +284,18 @@ fn runtime_in(netns: &Path) -> Result<tokio::runtime::Runtime> {
         })
         .build()
         .context("building the API client runtime")
+}
+
+/// Runs `future` on `runtime` from a short-lived thread inside the namespace of `netns`:
+/// `block_on` polls the future on the calling thread, and that is where connections are made.
+fn block_in<F>(netns: &std::fs::File, runtime: &tokio::runtime::Runtime, future: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    use std::os::fd::AsFd;
+    ctnetlink::netns::in_netns_fd(netns.as_fd(), || runtime.block_on(future))
+        .expect("entering the control-plane namespace")
 }
 
 fn random_token(what: &str) -> String {
@@ -467,14 +480,15 @@ impl RealCluster {
             kubeconfig(&direct, &ca, &proxy_token),
         )?;
         let runtime = runtime_in(&cp_path)?;
-        let client = runtime.block_on(async {
+        let cp_file = std::fs::File::open(&cp_path)?;
+        let client = block_in(&cp_file, &runtime, async {
             let kc = kube::config::Kubeconfig::read_from(&admin_kubeconfig)?;
             let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
             anyhow::Ok(kube::Client::try_from(config)?)
         })?;
         apiserver.wait_until("ready", config.startup_timeout, || {
             let request = ::http::Request::get("/readyz").body(Vec::new())?;
-            Ok(runtime.block_on(client.request_text(request))?.trim() == "ok")
+            Ok(block_in(&cp_file, &runtime, client.request_text(request))?.trim() == "ok")
         })?;
         startup.push(("kube-apiserver".to_string(), t.elapsed()));
 
@@ -516,6 +530,7 @@ impl RealCluster {
             etcd,
             client,
             runtime: Some(runtime),
+            cp_file,
             cp,
             topology,
             state,
@@ -544,8 +559,16 @@ impl RealCluster {
     }
 
     /// Runs a future on the cluster's runtime (its sockets live in the control-plane namespace).
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime.as_ref().expect("runtime").block_on(future)
+    pub fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        block_in(
+            &self.cp_file,
+            self.runtime.as_ref().expect("runtime"),
+            future,
+        )
     }
 
     /// The admin's API client (system:masters); use it inside [`RealCluster::block_on`].
@@ -1183,11 +1206,12 @@ impl RealCluster {
         self.apiserver.restart(Duration::ZERO)?;
         let client = self.client();
         let runtime = self.runtime.as_ref().expect("runtime");
+        let cp_file = &self.cp_file;
         let took = self
             .apiserver
             .wait_until("ready again", self.config.startup_timeout, || {
                 let request = ::http::Request::get("/readyz").body(Vec::new())?;
-                Ok(runtime.block_on(client.request_text(request))?.trim() == "ok")
+                Ok(block_in(cp_file, runtime, client.request_text(request))?.trim() == "ok")
             })?;
         Ok(took)
     }
