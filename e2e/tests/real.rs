@@ -253,3 +253,160 @@ fn real_cluster_leaves_nothing_behind_on_panic() {
     }
     assert!(!state.exists(), "{} survived the cluster", state.display());
 }
+
+/// What the harness does the way a kubelet and users would, checked against the real control
+/// plane: readiness, terminating pods, targetPort changes, ClusterIP reuse, dual-stack, scaling,
+/// etcd compaction and a kube-apiserver restart.
+#[test]
+fn real_harness_operations_behave_like_a_cluster() {
+    let test = "real_harness_operations_behave_like_a_cluster";
+    let Some(bins) = K8sBinaries::for_test(test) else {
+        return;
+    };
+    let mut cluster = RealCluster::start(test, &bins, lab(), ClusterConfig::default()).unwrap();
+    let svc = cluster
+        .create_service(
+            &UdpService::new("dual", "dual", 53, 5353).families(e2e::real::Families::Dual),
+        )
+        .unwrap();
+    let ips: Vec<IpAddr> = svc
+        .spec
+        .unwrap()
+        .cluster_ips
+        .unwrap()
+        .iter()
+        .map(|i| i.parse().unwrap())
+        .collect();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    let names = cluster.scale("dual", 2, &[5353, 6000]).unwrap();
+    let a = cluster.backend(&names[0]).unwrap().ips();
+    let b = cluster.backend(&names[1]).unwrap().ips();
+    cluster
+        .wait_ready_endpoints("dual", &[a[0], a[1], b[0], b[1]], Duration::from_secs(30))
+        .unwrap();
+    // Both families answer through their ClusterIP.
+    for (i, ip) in ips.iter().enumerate() {
+        let backends: Vec<SocketAddr> = [a[i], b[i]]
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, 5353))
+            .collect();
+        cluster
+            .wait_service_programmed(*ip, &backends, &[], Duration::from_secs(30))
+            .unwrap();
+        let client = cluster
+            .start_client(
+                &format!("client-{i}"),
+                SocketAddr::new(*ip, 53),
+                40000 + i as u16,
+                Duration::from_millis(20),
+            )
+            .unwrap();
+        client.wait_steady(5, Duration::from_secs(20)).unwrap();
+    }
+
+    // Not ready: the endpoint stays, not ready and not serving.
+    cluster.set_pod_ready(&names[0], false).unwrap();
+    cluster
+        .wait_ready_endpoints("dual", &[b[0], b[1]], Duration::from_secs(30))
+        .unwrap();
+    let view = cluster.endpoints("dual").unwrap();
+    assert!(
+        view.iter()
+            .any(|e| e.ip == a[0] && !e.ready && !e.serving && !e.terminating),
+        "{view:?}"
+    );
+    cluster.set_pod_ready(&names[0], true).unwrap();
+    cluster
+        .wait_ready_endpoints("dual", &[a[0], a[1], b[0], b[1]], Duration::from_secs(30))
+        .unwrap();
+
+    // A plain delete without a kubelet: Terminating, serving, not ready, for as long as we like.
+    cluster
+        .delete_pod(&names[1], PodDeletion::Graceful)
+        .unwrap();
+    cluster
+        .wait_ready_endpoints("dual", &[a[0], a[1]], Duration::from_secs(30))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let view = cluster.endpoints("dual").unwrap();
+    assert!(
+        view.iter()
+            .any(|e| e.ip == b[0] && !e.ready && e.serving && e.terminating),
+        "{view:?}"
+    );
+    // ... until the kubelet would finish it.
+    cluster
+        .delete_pod(&names[1], PodDeletion::Immediate)
+        .unwrap();
+    cluster.wait_api_gone_endpoint("dual", b[0]);
+
+    // targetPort changed: kube-proxy DNATs to the new port.
+    cluster.set_target_port("dual", 6000).unwrap();
+    cluster
+        .wait_service_programmed(
+            ips[0],
+            &[SocketAddr::new(a[0], 6000)],
+            &[SocketAddr::new(a[0], 5353)],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+
+    // Deleted and recreated with the same ClusterIPs.
+    cluster.delete_service("dual").unwrap();
+    cluster
+        .create_service(
+            &UdpService::new("dual", "dual", 53, 5353)
+                .families(e2e::real::Families::Dual)
+                .cluster_ips(&ips),
+        )
+        .unwrap();
+    assert_eq!(cluster.cluster_ips("dual").unwrap(), ips);
+
+    // Scale to zero and back.
+    assert!(cluster.scale("dual", 0, &[5353]).unwrap().is_empty());
+    cluster
+        .wait_ready_endpoints("dual", &[], Duration::from_secs(30))
+        .unwrap();
+    let names = cluster.scale("dual", 1, &[5353]).unwrap();
+    let c = cluster.backend(&names[0]).unwrap().ips();
+    cluster
+        .wait_ready_endpoints("dual", &[c[0], c[1]], Duration::from_secs(30))
+        .unwrap();
+
+    // etcd compacted; kube-apiserver killed and restarted: the cluster keeps working.
+    let revision = cluster.compact_etcd().unwrap();
+    assert!(revision > 1);
+    let took = cluster
+        .restart_apiserver(Duration::from_millis(500))
+        .unwrap();
+    eprintln!("{test}: kube-apiserver ready again {took:?} after its restart");
+    cluster.scale("dual", 2, &[5353]).unwrap();
+    let view = cluster.endpoints("dual").unwrap();
+    eprintln!("{test}: endpoints after the restart: {view:?}");
+    let all: Vec<IpAddr> = cluster
+        .backends_of("dual")
+        .iter()
+        .flat_map(|b| b.ips())
+        .collect();
+    cluster
+        .wait_ready_endpoints("dual", &all, Duration::from_secs(30))
+        .unwrap();
+}
+
+/// Small helpers kept with the tests that use them.
+trait WaitGone {
+    fn wait_api_gone_endpoint(&self, service: &str, ip: IpAddr);
+}
+
+impl WaitGone for RealCluster {
+    fn wait_api_gone_endpoint(&self, service: &str, ip: IpAddr) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.endpoints(service).unwrap().iter().any(|e| e.ip == ip) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{ip} still an endpoint of {service}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
