@@ -144,6 +144,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         held,
         relister,
         last_relist: std::collections::HashMap::new(),
+        recheck_tokens: args.max_deletes_per_pass as f64,
+        recheck_refilled: Instant::now(),
         metrics,
         table,
         health,
@@ -367,6 +369,10 @@ struct PassLoop {
     relister: watch::Relister,
     /// When each kind was last asked to list again.
     last_relist: std::collections::HashMap<Kind, Instant>,
+    /// Deletions re-checks may still make: the per-pass budget, refilled over one resync
+    /// interval, so re-checks every second cannot exceed what passes may do.
+    recheck_tokens: f64,
+    recheck_refilled: Instant,
     metrics: Arc<Metrics>,
     table: Arc<TableMetrics>,
     health: Arc<Health>,
@@ -423,7 +429,7 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
                     .is_empty()
             {
                 let handle = p.ct.take().context("the conntrack handle is missing")?;
-                let (handle, overdue) = recheck(handle, &p).await?;
+                let (handle, overdue) = recheck(handle, &mut p).await?;
                 p.ct = Some(handle);
                 ask_for_proof(&mut p, &overdue);
             }
@@ -534,9 +540,25 @@ fn ask_for_proof(p: &mut PassLoop, overdue: &[Kind]) {
 /// Re-checks the flows the gate keeps waiting, from memory, and deletes those it now lets
 /// through (on a blocking thread: deleting is a netlink exchange). Returns the kinds some
 /// flow has waited on for too long.
-async fn recheck(ct: Conntrack, p: &PassLoop) -> Result<(Conntrack, Vec<Kind>)> {
+async fn recheck(ct: Conntrack, p: &mut PassLoop) -> Result<(Conntrack, Vec<Kind>)> {
     let (index, gate) = (p.index.clone(), p.gate.clone());
-    let (dry_run, budget) = (p.args.dry_run, p.args.max_deletes_per_pass);
+    let dry_run = p.args.dry_run;
+    let budget = match p.args.max_deletes_per_pass {
+        0 => 0, // no limit
+        per_pass => {
+            let now = Instant::now();
+            let refill = now
+                .saturating_duration_since(p.recheck_refilled)
+                .as_secs_f64()
+                / p.args.resync_interval.as_secs_f64().max(1.0);
+            p.recheck_refilled = now;
+            p.recheck_tokens = (p.recheck_tokens + refill * per_pass as f64).min(per_pass as f64);
+            if p.recheck_tokens < 1.0 {
+                return Ok((ct, Vec::new()));
+            }
+            p.recheck_tokens.floor() as u64
+        }
+    };
     let (ct, found, deleted) = tokio::task::spawn_blocking(move || {
         let mut ct = ct;
         let found = recheck_waiting(&index, &gate, Instant::now(), budget);
@@ -549,6 +571,9 @@ async fn recheck(ct: Conntrack, p: &PassLoop) -> Result<(Conntrack, Vec<Kind>)> 
     })
     .await
     .context("re-check thread panicked")?;
+    if budget > 0 {
+        p.recheck_tokens -= found.delete.len() as f64;
+    }
     let counter = if dry_run {
         &p.metrics.flows_not_deleted
     } else {
