@@ -118,6 +118,16 @@ fn smoke(test: &str, flavour: ProxyFlavour) {
         "{test}: agent ready after {ready:?} (least-privilege token, {})",
         agent.admin_addr()
     );
+    // NET_ADMIN only, as the DaemonSet's securityContext grants (bit 12).
+    let pid = agent.component().pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        assert!(
+            line.ends_with("0000000000001000"),
+            "the agent must run with NET_ADMIN only: {line}"
+        );
+    }
     let log = agent.log();
     assert!(
         !log.to_lowercase().contains("forbidden"),
