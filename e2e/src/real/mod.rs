@@ -11,6 +11,28 @@
 //! - [`objects`]: the Node, Services and Pods;
 //! - [`proxy`]: kube-proxy flavours;
 //! - [`component`]: one supervised process and its log.
+//!
+//! A scenario, in outline (a plain `#[test]`; every call blocks):
+//!
+//! ```no_run
+//! # use e2e::real::*;
+//! # use e2e::real::cluster::PodDeletion;
+//! # use std::{net::SocketAddr, time::Duration};
+//! # fn f(lab: e2e::process::Binaries, agent_bin: &std::path::Path) -> anyhow::Result<()> {
+//! let Some(bins) = K8sBinaries::for_test("my_test") else { return Ok(()) }; // skip line
+//! let config = ClusterConfig { proxy: Some(ProxyFlavour::V1_31_LOST_CLEANUP), ..Default::default() };
+//! let mut cluster = RealCluster::start("my_test", &bins, lab, config)?;
+//! let svc = cluster.create_service(&UdpService::new("dns", "dns", 53, 5353))?;
+//! let ip = svc.spec.unwrap().cluster_ip.unwrap().parse()?;
+//! let a = cluster.add_backend("dns-a", "dns", &[5353], true)?.ipv4;
+//! cluster.wait_ready_endpoints("dns", &[a.into()], Duration::from_secs(30))?;
+//! cluster.wait_service_programmed(ip, &[SocketAddr::new(a.into(), 5353)], &[], Duration::from_secs(30))?;
+//! let client = cluster.start_client("c", SocketAddr::new(ip, 53), 40053, Duration::from_millis(20))?;
+//! let mut agent = cluster.start_agent(&ShippedAgent::render()?, &AgentOptions::shipped(agent_bin))?;
+//! agent.wait_ready(Duration::from_secs(60))?;
+//! cluster.delete_pod("dns-a", PodDeletion::Immediate)?;
+//! # let _ = client; Ok(()) }
+//! ```
 
 pub mod agent;
 pub mod binaries;
