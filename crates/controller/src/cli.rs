@@ -99,14 +99,14 @@ pub struct RunArgs {
 
     /// Address of the HTTP server for /metrics, /healthz and /readyz. The default is this pod's
     /// IP (`POD_IP`, set from the downward API's `status.podIP`; on the host network, the node's
-    /// address) on port 9795, and 127.0.0.1:9795 when `POD_IP` is unset: never every address of
-    /// the node.
-    #[arg(
-        long,
-        env = "CONNTRACK_RECONCILER_METRICS_ADDR",
-        default_value_t = default_metrics_addr(std::env::var("POD_IP").ok().as_deref())
-    )]
-    pub metrics_addr: SocketAddr,
+    /// address) on --metrics-port, and 127.0.0.1 when `POD_IP` is unset: never every address
+    /// of the node.
+    #[arg(long, env = "CONNTRACK_RECONCILER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Port of the HTTP server when --metrics-addr is not given.
+    #[arg(long, env = "CONNTRACK_RECONCILER_METRICS_PORT", default_value_t = METRICS_PORT)]
+    pub metrics_port: u16,
 
     /// Interval of the periodic full pass, 1s to 24h.
     #[arg(long, env = "CONNTRACK_RECONCILER_RESYNC_INTERVAL", default_value = "60s", value_parser = parse_resync_interval)]
@@ -203,12 +203,22 @@ pub const METRICS_PORT: u16 = 9795;
 /// The default admin server address: `pod_ip` (the `POD_IP` variable) on [`METRICS_PORT`], or
 /// loopback when it is unset or not an IP address. Never the unspecified address: the agent runs
 /// on the host network, where that would expose it on every interface of the node.
-pub fn default_metrics_addr(pod_ip: Option<&str>) -> SocketAddr {
+pub fn default_metrics_addr(pod_ip: Option<&str>, port: u16) -> SocketAddr {
     let ip = pod_ip
         .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
         .filter(|ip| !ip.is_unspecified())
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    SocketAddr::new(ip, METRICS_PORT)
+    SocketAddr::new(ip, port)
+}
+
+impl RunArgs {
+    /// Where the admin server listens: --metrics-addr, else `POD_IP` (or loopback) on
+    /// --metrics-port.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr.unwrap_or_else(|| {
+            default_metrics_addr(std::env::var("POD_IP").ok().as_deref(), self.metrics_port)
+        })
+    }
 }
 
 /// Parses a duration and holds it to `min..=max`, so that a nonsense value is a usage error at
@@ -330,7 +340,7 @@ mod tests {
         };
         assert_eq!(run.node_name, "n1");
         if std::env::var_os("POD_IP").is_none() {
-            assert_eq!(run.metrics_addr, "127.0.0.1:9795".parse().unwrap());
+            assert_eq!(run.metrics_addr(), "127.0.0.1:9795".parse().unwrap());
         }
         assert_eq!(run.resync_interval, Duration::from_secs(60));
         assert_eq!(run.tombstone_ttl, Duration::from_secs(300));
@@ -451,21 +461,24 @@ mod tests {
     #[test]
     fn metrics_addr_defaults_to_the_pod_ip_never_to_every_address() {
         assert_eq!(
-            default_metrics_addr(Some("10.1.2.3")),
+            default_metrics_addr(Some("10.1.2.3"), 9795),
             "10.1.2.3:9795".parse().unwrap()
         );
+        // An IPv6 node address with another port: no `$(POD_IP):PORT` string to get wrong.
         assert_eq!(
-            default_metrics_addr(Some("fd00::7")),
-            "[fd00::7]:9795".parse().unwrap()
+            default_metrics_addr(Some("fd00::7"), 9000),
+            "[fd00::7]:9000".parse().unwrap()
         );
         for unusable in [None, Some(""), Some("node-1"), Some("0.0.0.0"), Some("::")] {
             assert_eq!(
-                default_metrics_addr(unusable),
+                default_metrics_addr(unusable, 9795),
                 "127.0.0.1:9795".parse().unwrap(),
                 "{unusable:?}"
             );
         }
         let run = run_with(&["--metrics-addr=0.0.0.0:9000"]).unwrap();
-        assert_eq!(run.metrics_addr, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(run.metrics_addr(), "0.0.0.0:9000".parse().unwrap());
+        let run = run_with(&["--metrics-port=9000"]).unwrap();
+        assert_eq!(run.metrics_addr().port(), 9000);
     }
 }

@@ -96,7 +96,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let table = TableMetrics::register(&mut registry, args.target.netns.as_deref(), health.clone());
     let admin = tokio::spawn(http::serve(
-        args.metrics_addr,
+        args.metrics_addr(),
         http::router(registry, health.clone()),
     ));
 

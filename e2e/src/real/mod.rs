@@ -41,6 +41,7 @@ pub mod component;
 pub mod http;
 pub mod objects;
 pub mod proxy;
+pub mod scenarios;
 
 pub use agent::{AgentApi, AgentOptions, RealAgent, ShippedAgent};
 pub use binaries::K8sBinaries;

@@ -458,9 +458,10 @@ fn every_option_changes_exactly_what_it_names_and_keeps_the_promises() {
                 assert_eq!(port["containerPort"].as_u64(), Some(9796));
                 assert_eq!(port["name"].as_str(), Some("metrics"));
                 assert_eq!(
-                    env_value(o, "CONNTRACK_RECONCILER_METRICS_ADDR"),
-                    Some("$(POD_IP):9796")
+                    env_value(o, "CONNTRACK_RECONCILER_METRICS_PORT"),
+                    Some("9796")
                 );
+                assert_eq!(env_value(o, "CONNTRACK_RECONCILER_METRICS_ADDR"), None);
                 let service = &o[SERVICE]["spec"]["ports"][0];
                 assert_eq!(service["port"].as_u64(), Some(9796));
                 assert_eq!(service["targetPort"].as_str(), Some("metrics"));
@@ -614,6 +615,7 @@ fn every_agent_flag_becomes_its_environment_variable() {
         "CONNTRACK_RECONCILER_KUBECONFIG",
         "CONNTRACK_RECONCILER_NETNS",
         "CONNTRACK_RECONCILER_METRICS_ADDR",
+        "CONNTRACK_RECONCILER_METRICS_PORT",
         "CONNTRACK_RECONCILER_LOG_FORMAT",
     ];
     let flags_of_cli: BTreeSet<String> = cli
