@@ -40,5 +40,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
                 .context("no --kubeconfig, not in a cluster, and no default kubeconfig")?,
         },
     };
+    let mut config = config;
+    // A node agent often starts before the node can reach the API server (kube-proxy has not
+    // programmed the `kubernetes` Service yet): retry after seconds, not the default 30 s.
+    config.connect_timeout = Some(std::time::Duration::from_secs(5));
     Client::try_from(config).context("building the Kubernetes client")
 }
