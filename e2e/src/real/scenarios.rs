@@ -446,9 +446,13 @@ impl Run {
             return Ok(());
         };
         let shipped = ShippedAgent::render()?;
-        let mut agent = self
-            .cluster
-            .start_agent(&shipped, &AgentOptions::shipped(&binary))?;
+        let mut options = AgentOptions::shipped(&binary);
+        // The event path logs its deletions at debug level only: count them too.
+        options.extra_env.push((
+            "RUST_LOG".into(),
+            "info,conntrack_reconciler::events=debug".into(),
+        ));
+        let mut agent = self.cluster.start_agent(&shipped, &options)?;
         let took = agent.wait_ready(Duration::from_secs(60))?;
         self.tl.record("agent", format!("ready after {took:?}"));
         self.agent = Some(agent);
@@ -590,6 +594,10 @@ fn agent_pass_totals(log: &str) -> (u64, u64, u64) {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        if value["message"] == "deleted stale new flow" {
+            totals.0 += 1;
+            continue;
+        }
         let n = |k: &str| {
             value
                 .get(k)
@@ -601,6 +609,61 @@ fn agent_pass_totals(log: &str) -> (u64, u64, u64) {
         totals.2 += n("failed");
     }
     totals
+}
+
+/// The agent's passes that did something, as (Unix µs, summary), from its JSON log.
+fn agent_passes(log: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(t) = value["timestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        else {
+            continue;
+        };
+        let t = u64::try_from(t.as_microsecond()).unwrap_or(0);
+        let message = value["message"].as_str().unwrap_or_default();
+        if message.starts_with("deleted stale new flow") || message.starts_with("stale new flow") {
+            out.push((
+                t,
+                format!(
+                    "event path: {message}: {} via {}",
+                    value["flow"].as_str().unwrap_or("?"),
+                    value["backend"].as_str().unwrap_or("?")
+                ),
+            ));
+            continue;
+        }
+        if message != "pass" {
+            continue;
+        }
+        let n = |k: &str| {
+            value
+                .get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        if n("stale") + n("deferred") + n("held") + n("deleted") == 0 {
+            continue;
+        }
+        out.push((
+            t,
+            format!(
+                "pass ({}, {}): stale {}, deferred {}, held {}, deleted {}, already gone {}",
+                value["trigger"].as_str().unwrap_or("?"),
+                value["family"].as_str().unwrap_or("?"),
+                n("stale"),
+                n("deferred"),
+                n("held"),
+                n("deleted"),
+                n("already_gone")
+            ),
+        ));
+    }
+    out
 }
 
 /// kube-proxy's error lines about conntrack (klog: an `E` severity prefix).
@@ -943,8 +1006,25 @@ fn drive(run: &mut Run) -> Result<RealOutcome> {
             ),
         );
     }
+    // The main client's answers around the change: each switch of backend, and silences.
+    let mut last: Option<Answer> = None;
+    for a in run.clients[main].answers() {
+        if a.t_us + 1_000_000 < t0 {
+            continue;
+        }
+        let switched = last.as_ref().is_none_or(|l| l.backend != a.backend);
+        let gap = last.as_ref().is_some_and(|l| a.t_us > l.t_us + 200_000);
+        if switched || gap {
+            run.tl
+                .record_at(a.t_us, "client", format!("answered by {}", a.backend));
+        }
+        last = Some(a);
+    }
     let agent_log = run.agent.as_ref().map(RealAgent::log).unwrap_or_default();
     let (agent_deleted, agent_already_gone, agent_failed) = agent_pass_totals(&agent_log);
+    for (t, text) in agent_passes(&agent_log) {
+        run.tl.record_at(t, "agent", text);
+    }
     let proxy_log = run
         .cluster
         .kube_proxy()
@@ -978,7 +1058,7 @@ fn drive(run: &mut Run) -> Result<RealOutcome> {
         agent.component().stop(Duration::from_secs(5));
     }
     let flavour = run.config.flavour;
-    Ok(RealOutcome {
+    let outcome = RealOutcome {
         scenario,
         flavour,
         with_agent: run.config.agent.is_some(),
@@ -997,7 +1077,10 @@ fn drive(run: &mut Run) -> Result<RealOutcome> {
         timeline: run.tl.render(t0),
         notes,
         logs: run.cluster.logs_dir().to_path_buf(),
-    })
+    };
+    // Kept with the components' logs, for reading a run afterwards.
+    let _ = std::fs::write(outcome.logs.join("outcome.txt"), outcome.report());
+    Ok(outcome)
 }
 
 /// Whether kube-proxy's own cleanup is expected to recover flows without the agent (every
@@ -1056,8 +1139,12 @@ mod tests {
     fn pass_totals_and_proxy_errors_are_read_from_logs() {
         let log = r#"{"message":"pass","deleted":2,"already_gone":1,"failed":0}
 {"message":"pass","deleted":1,"already_gone":0,"failed":0}
+{"timestamp":"2026-11-30T11:54:43.119484Z","message":"deleted stale new flow","flow":"a","backend":"b"}
 not json"#;
-        assert_eq!(agent_pass_totals(log), (3, 1, 0));
+        assert_eq!(agent_pass_totals(log), (4, 1, 0));
+        let passes = agent_passes(log);
+        assert_eq!(passes.len(), 1, "{passes:?}");
+        assert!(passes[0].1.starts_with("event path"), "{passes:?}");
         let proxy = "I1130 fine\nE1130 cleanup.go:99] \"Failed to delete endpoint connections\" err=\"conntrack\"\nE1130 other";
         assert_eq!(proxy_conntrack_errors(proxy).len(), 1);
     }
