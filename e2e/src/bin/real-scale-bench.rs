@@ -223,6 +223,30 @@ fn log_syncs(text: &str) -> BTreeMap<String, Vec<f64>> {
     out
 }
 
+/// (start, end) in Unix µs of each IPv4 sync in kube-proxy's log text: the klog header's time
+/// of day (the node's clock is UTC; a run across midnight would be misread) minus `elapsed`.
+fn sync_spans(text: &str) -> Vec<(u64, u64)> {
+    const DAY_US: u64 = 86_400_000_000;
+    let midnight = unix_micros() / DAY_US * DAY_US;
+    text.lines()
+        .filter(|l| l.contains("SyncProxyRules complete") && l.contains("ipFamily=\"IPv4\""))
+        .filter_map(|l| {
+            let tod = l.split_whitespace().nth(1)?;
+            let mut hms = tod.split(':');
+            let h: f64 = hms.next()?.parse().ok()?;
+            let m: f64 = hms.next()?.parse().ok()?;
+            let sec: f64 = hms.next()?.parse().ok()?;
+            let end = midnight + ((h * 3600.0 + m * 60.0 + sec) * 1e6) as u64;
+            let elapsed = l
+                .split("elapsed=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .and_then(go_duration)?;
+            Some((end.saturating_sub((elapsed * 1e6) as u64), end))
+        })
+        .collect()
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -251,6 +275,9 @@ struct Phase {
     proxy_children_cpu: f64,
     agent_cpu: f64,
     recoveries: Vec<Option<Duration>>,
+    /// Per client deletion: from the delete to the end of kube-proxy's first IPv4 sync that
+    /// started after it (a lower bound of when its rules dropped the backend).
+    rules_lags: Vec<Option<Duration>>,
     load: (String, String),
     conntrack_lines: Vec<String>,
     agent_deltas: Vec<(String, f64)>,
@@ -384,6 +411,17 @@ impl Bench {
                     .map(|a| Duration::from_micros(a.t_us.saturating_sub(*t0)))
             })
             .collect();
+        let spans = sync_spans(&log);
+        let rules_lags = deletions
+            .iter()
+            .map(|(_, t0, _)| {
+                spans
+                    .iter()
+                    .filter(|(start, _)| start >= t0)
+                    .map(|(_, end)| Duration::from_micros(end - t0))
+                    .min()
+            })
+            .collect();
         let mut conntrack_lines: Vec<String> = log
             .lines()
             .filter(|l| l.to_lowercase().contains("conntrack"))
@@ -406,6 +444,7 @@ impl Bench {
             proxy_children_cpu: pc1 - pc0,
             agent_cpu: a1 - a0,
             recoveries,
+            rules_lags,
             load: (load0, load_average()),
             conntrack_lines,
             agent_deltas,
@@ -574,20 +613,20 @@ fn print_report(small: &Phase, big: &Phase, bench: &Bench) {
             f64::NAN
         }
     };
-    let rec = |p: &Phase| {
-        let mut got: Vec<Duration> = p.recoveries.iter().flatten().copied().collect();
+    let rec = |all: &[Option<Duration>]| {
+        let mut got: Vec<Duration> = all.iter().flatten().copied().collect();
         got.sort();
-        let missing = p.recoveries.len() - got.len();
+        let missing = all.len() - got.len();
         let q = |f: f64| {
             got.get((((got.len().max(1) - 1) as f64) * f).round() as usize)
                 .map_or("-".to_string(), |d| format!("{:.0}", d.as_secs_f64() * 1e3))
         };
         format!(
-            "{} / {} ms (max {}; {missing} of {} not recovered)",
+            "{} / {} ms (max {}; {missing} of {} without)",
             q(0.5),
             q(0.99),
             q(1.0),
-            p.recoveries.len()
+            all.len()
         )
     };
     let proxy_total = |p: &Phase| p.proxy_cpu + p.proxy_children_cpu;
@@ -672,8 +711,13 @@ fn print_report(small: &Phase, big: &Phase, bench: &Bench) {
     );
     println!(
         "| client recovery p50 / p99 (delete → answer from another backend) | {} | {} | |",
-        rec(small),
-        rec(big)
+        rec(&small.recoveries),
+        rec(&big.recoveries)
+    );
+    println!(
+        "| kube-proxy rules lag p50 / p99 (delete → end of its first sync started after it) | {} | {} | |",
+        rec(&small.rules_lags),
+        rec(&big.rules_lags)
     );
     println!(
         "| load average (1/5/15 min) before → after | {} → {} | {} → {} | |",
