@@ -22,6 +22,14 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// What the table's marks mean (the scenarios' module docs have the details).
+const LEGEND: &str = "¹ recovery counted from the Terminating pod's readiness failing (its flow \
+must stay while it serves). ² counted from the new backend's creation. ³ the agent's TCP to \
+10.96.0.1:443 dropped while kube-proxy programs new endpoints and a Service; healed 3 s after the \
+change. ⁴ counted from the pod's death while etcd is down. ⁵ false deletions not made by the \
+agent (the destroy event's netlink port is not one of the agent's sockets): kube-proxy's own. \
+⁶ runs that could not complete (listed below). FD: false deletions by the agent.";
+
 struct Options {
     reps: usize,
     baseline_reps: usize,
@@ -122,7 +130,7 @@ fn baseline_cell(cell: Option<&Cell>) -> String {
         return "not run".into();
     };
     if cell.outcomes.is_empty() {
-        return "not measured⁴".into();
+        return "not measured⁶".into();
     }
     let mut recovered: Vec<Duration> = cell.outcomes.iter().filter_map(|o| o.recovery).collect();
     recovered.sort();
@@ -142,10 +150,10 @@ fn baseline_cell(cell: Option<&Cell>) -> String {
         )
     };
     if fd > 0 {
-        text.push_str(&format!(", **{fd} false deletions**"));
+        text.push_str(&format!(", kube-proxy's own false deletions: **{fd}**⁵"));
     }
     if !cell.errors.is_empty() {
-        text.push_str(&format!(" ({} runs failed⁴)", cell.errors.len()));
+        text.push_str(&format!(" ({} runs failed⁶)", cell.errors.len()));
     }
     text
 }
@@ -155,12 +163,17 @@ fn agent_cell(cell: Option<&Cell>) -> String {
         return "not run".into();
     };
     if cell.outcomes.is_empty() {
-        return "not measured⁴".into();
+        return "not measured⁶".into();
     }
     let mut recovered: Vec<Duration> = cell.outcomes.iter().filter_map(|o| o.recovery).collect();
     recovered.sort();
     let n = cell.outcomes.len();
     let fd: usize = cell.outcomes.iter().map(|o| o.false_deletions.len()).sum();
+    let fd_agent: usize = cell
+        .outcomes
+        .iter()
+        .map(|o| o.false_deletions_by_agent.len())
+        .sum();
     let mut text = if recovered.is_empty() {
         format!("**no recovery** in {n} runs")
     } else {
@@ -172,9 +185,12 @@ fn agent_cell(cell: Option<&Cell>) -> String {
         }
         t
     };
-    text.push_str(&format!(", FD {fd}"));
+    text.push_str(&format!(", FD {fd_agent}"));
+    if fd > fd_agent {
+        text.push_str(&format!(" (kube-proxy's own: **{}**⁵)", fd - fd_agent));
+    }
     if !cell.errors.is_empty() {
-        text.push_str(&format!(" ({} runs failed⁴)", cell.errors.len()));
+        text.push_str(&format!(" ({} runs failed⁶)", cell.errors.len()));
     }
     text
 }
@@ -307,6 +323,7 @@ fn main() -> Result<()> {
     });
     let cells = cells.into_inner().unwrap_or_else(|e| e.into_inner());
     println!("{}", table(&o, &cells));
+    println!("{LEGEND}");
     println!(
         "{} runs in {:.0} s: {} with the agent per cell, {} without; windows {} (agent) and {} (baseline), {} cluster(s) at a time.",
         total,
@@ -331,7 +348,7 @@ fn main() -> Result<()> {
         })
         .collect();
     if !errors.is_empty() {
-        println!("\n⁴ runs that could not complete:\n{}", errors.join("\n"));
+        println!("\n⁶ runs that could not complete:\n{}", errors.join("\n"));
     }
     let notes: Vec<String> = cells
         .iter()
