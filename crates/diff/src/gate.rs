@@ -393,18 +393,9 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
             }
             return Decision::Hold;
         }
-        let grace = self.cfg.grace;
-        // Every verdict needs a view current as of two graces ago (a watch delivers within one
-        // grace, so: an event or bookmark received within the last grace, or a list requested
-        // within the last two). A backend allowed throughout the last two graces is then known
-        // to the index and cannot be judged stale, not even after a flap the agent saw half of.
-        let mut needed = now.checked_sub(grace * 2).unwrap_or(now);
-        if stale.evidence == Evidence::Unseen {
-            // A never-seen backend existed when the flow was created, before it was first seen:
-            // only a view current as of that moment proves it gone since.
-            needed = needed.max(self.note(key, flow, now));
-        }
-        if knowledge.current_as_of(&[deciding_kind(stale)], needed, grace) {
+        // A never-seen backend existed when the flow was created, before it was first seen.
+        let first_seen = (stale.evidence == Evidence::Unseen).then(|| self.note(key, flow, now));
+        if self.proven(stale, first_seen, knowledge, now) {
             self.waiting.remove(&key);
             Decision::Delete
         } else {
@@ -429,17 +420,33 @@ impl<K: Hash + Eq + Copy, F: Copy> Gate<K, F> {
         if !knowledge.all_fresh(now) {
             return Decision::Hold;
         }
-        let grace = self.cfg.grace;
-        let mut needed = now.checked_sub(grace * 2).unwrap_or(now);
-        if stale.evidence == Evidence::Unseen {
-            needed = needed.max(waiting.first_seen);
-        }
-        if knowledge.current_as_of(&[deciding_kind(stale)], needed, grace) {
+        let first_seen = (stale.evidence == Evidence::Unseen).then_some(waiting.first_seen);
+        if self.proven(stale, first_seen, knowledge, now) {
             self.waiting.remove(key);
             Decision::Delete
         } else {
             Decision::Defer
         }
+    }
+
+    /// Whether `knowledge` proves `stale` at `now`: the deciding kind is current as of two
+    /// graces ago (a watch delivers within one grace, so: an event or bookmark received within
+    /// the last grace, or a list requested within the last two), and, for a never-seen backend
+    /// first seen at `first_seen`, as of then too (only a view that current proves gone a backend
+    /// that existed when the flow was created). A backend allowed throughout the last two graces
+    /// is then known to the index and cannot be judged stale, not even after a flap the agent
+    /// saw half of.
+    fn proven(
+        &self,
+        stale: &Stale<'_>,
+        first_seen: Option<Instant>,
+        knowledge: &Knowledge,
+        now: Instant,
+    ) -> bool {
+        let grace = self.cfg.grace;
+        let recent = now.checked_sub(grace * 2).unwrap_or(now);
+        let needed = first_seen.map_or(recent, |seen| recent.max(seen));
+        knowledge.current_as_of(&[deciding_kind(stale)], needed, grace)
     }
 
     /// Keeps only the waiting flows for which `keep` holds.
