@@ -6,36 +6,16 @@
 //! missing; in CI (`CI`, `CONNTRACK_RECONCILER_REQUIRE_ROOT_TESTS`) it fails instead. Logs of
 //! every component are kept under `target/real-logs/<test>/`.
 
-use e2e::process::Binaries;
+mod common;
+
+use common::{agent_binary, lab};
 use e2e::real::cluster::{NODE_NAME, PodDeletion};
 use e2e::real::{
     AgentOptions, ClusterConfig, K8sBinaries, ProxyFlavour, ProxyMode, RealCluster, ShippedAgent,
     UdpService,
 };
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
-
-fn lab() -> Binaries {
-    Binaries {
-        echo: PathBuf::from(env!("CARGO_BIN_EXE_udp-echo")),
-        client: PathBuf::from(env!("CARGO_BIN_EXE_udp-client")),
-    }
-}
-
-/// The agent binary, or None after a skip line (a failure in CI).
-fn agent_binary(test: &str) -> Option<PathBuf> {
-    match e2e::agent::locate() {
-        Ok(path) => Some(path),
-        Err(why) if ctnetlink::testing::root_tests_required() => {
-            panic!("{test}: the agent binary is required in CI: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipping {test}: {why}");
-            None
-        }
-    }
-}
 
 /// Control plane up → Node, UDP Service, two backends → EndpointSlice → kube-proxy's rules →
 /// a fixed-port client answered through the ClusterIP → the agent ready with its own token →

@@ -12,7 +12,9 @@
 //! `CONNTRACK_RECONCILER_REQUIRE_ROOT_TESTS`) it fails instead.
 
 use anyhow::{Context, Result, bail};
-use e2e::process::Binaries;
+mod common;
+
+use common::lab;
 use e2e::real::binaries::workspace_root;
 use e2e::real::cluster::{APISERVER_IPV4, APISERVER_PORT, KUBERNETES_SERVICE_IP};
 use e2e::real::{
@@ -38,13 +40,6 @@ const RELEASE: &str = "conntrack-reconciler";
 const NAMESPACE: &str = "kube-system";
 /// The field manager of this test's server-side applies.
 const MANAGER: &str = "e2e-real-chart";
-
-fn lab() -> Binaries {
-    Binaries {
-        echo: PathBuf::from(env!("CARGO_BIN_EXE_udp-echo")),
-        client: PathBuf::from(env!("CARGO_BIN_EXE_udp-client")),
-    }
-}
 
 /// A missing prerequisite: None after one skip line, a panic in CI.
 fn required<T>(test: &str, what: &str, found: Result<T>) -> Option<T> {

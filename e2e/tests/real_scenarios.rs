@@ -10,7 +10,9 @@
 //! test skips with one line when one is missing; in CI it fails instead. Clusters run one at a
 //! time unless `CONNTRACK_RECONCILER_REAL_PARALLEL` says more.
 
-use e2e::process::Binaries;
+mod common;
+
+use common::{agent_binary, lab};
 use e2e::real::scenarios::{RealOutcome, RealRunConfig, RealScenario, check_invariants, run};
 use e2e::real::{K8sBinaries, ProxyFlavour};
 use std::path::PathBuf;
@@ -22,27 +24,6 @@ const AGENT_BOUND: Duration = Duration::from_secs(20);
 const AGENT_WINDOW: Duration = Duration::from_secs(30);
 /// The baseline's observation window.
 const BASELINE_WINDOW: Duration = Duration::from_secs(8);
-
-fn lab() -> Binaries {
-    Binaries {
-        echo: PathBuf::from(env!("CARGO_BIN_EXE_udp-echo")),
-        client: PathBuf::from(env!("CARGO_BIN_EXE_udp-client")),
-    }
-}
-
-/// The agent binary, or None after a skip line (a failure in CI).
-fn agent_binary(test: &str) -> Option<PathBuf> {
-    match e2e::agent::locate() {
-        Ok(path) => Some(path),
-        Err(why) if ctnetlink::testing::root_tests_required() => {
-            panic!("{test}: the agent binary is required in CI: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipping {test}: {why}");
-            None
-        }
-    }
-}
 
 fn run_one(
     test: &str,
