@@ -94,6 +94,7 @@ pub struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
 
+    /// Which cluster and network namespace to talk to.
     #[command(flatten)]
     pub target: TargetArgs,
 
@@ -296,6 +297,7 @@ pub struct CheckArgs {
     #[arg(long = "node-ip", value_name = "IP")]
     pub node_ip: Vec<IpAddr>,
 
+    /// Which cluster and network namespace to talk to.
     #[command(flatten)]
     pub target: TargetArgs,
 

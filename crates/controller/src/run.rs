@@ -16,13 +16,13 @@
 
 use crate::cli::RunArgs;
 use crate::events::{EventPath, EventSignal};
-use crate::feed::Feed;
+use crate::watch::feed::Feed;
 use crate::http::{self, Health};
 use crate::local_addrs::local_addrs;
 use crate::metrics::{FamilyLabels, KindLabels, Metrics, ReasonLabels, Trigger, TriggerLabels};
 use crate::pass::{FlowGate, PassConfig, PassReport, StaleFlow, recheck_waiting, run_pass};
 use crate::scheduler::{Scheduler, Scope, Timing};
-use crate::table_stats::TableMetrics;
+use crate::metrics::kernel_stats::TableMetrics;
 use crate::watch::{self, Update, WatchTiming, What};
 use anyhow::{Context, Result};
 use ctdiff::{Decision, Dirty, Frontend, Gate, GateConfig, Index, IndexConfig, Kind, Knowledge};
@@ -51,7 +51,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     // Fail fast, with a clear error, when the table cannot be opened (no CAP_NET_ADMIN, bad netns).
     let ct = open_conntrack(&args).context("opening the conntrack table")?;
-    let client = crate::kube_client::client(args.target.kubeconfig.as_deref()).await?;
+    let client = crate::watch::client::client(args.target.kubeconfig.as_deref()).await?;
 
     let mut index = Index::new(IndexConfig {
         tombstone_ttl: args.tombstone_ttl,
@@ -664,7 +664,7 @@ async fn run_passes(
     .await
     .context("pass thread panicked")?;
     let mut all_ok = true;
-    let mut tally = crate::flow_tally::FlowTally::default();
+    let mut tally = crate::pass::tally::FlowTally::default();
     for (family, result, elapsed) in results {
         let fam = FamilyLabels {
             ip_family: family.into(),
@@ -697,7 +697,7 @@ async fn run_passes(
         // Every family's table was read whole: the per-frontend figures are complete.
         let figures = {
             let index = p.index.read().unwrap_or_else(PoisonError::into_inner);
-            tally.resolve(&index, Instant::now(), crate::flow_tally::MAX_SERIES)
+            tally.resolve(&index, Instant::now(), crate::pass::tally::MAX_SERIES)
         };
         p.table.record_pass(figures);
     }

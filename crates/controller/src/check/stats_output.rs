@@ -2,7 +2,7 @@
 //! and how they moved during the check, UDP flows per Service frontend — with a one-line
 //! diagnosis for each known pattern behind UDP timeouts.
 
-use crate::flow_tally::{FlowTally, FrontendFigures, MAX_SERIES};
+use crate::pass::tally::{FlowTally, FrontendFigures, MAX_SERIES};
 use anyhow::{Context, Result};
 use ctdiff::Index;
 use ctnetlink::{StatCounters, Stats, StatsReader};
@@ -237,7 +237,7 @@ impl StatsSummary {
         )?;
         if !self.frontends.flows.is_empty() {
             writeln!(out, "UDP flows by service frontend:")?;
-            let width = |f: fn(&crate::flow_tally::FrontendFlows) -> usize, header: &str| {
+            let width = |f: fn(&crate::pass::tally::FrontendFlows) -> usize, header: &str| {
                 self.frontends
                     .flows
                     .iter()
@@ -271,7 +271,7 @@ impl StatsSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow_tally::StaleLeft;
+    use crate::pass::tally::StaleLeft;
     use ctnetlink::{StatsSource, TableCount};
 
     fn stats(entries: u64, insert_failed: u64, drop: u64) -> Stats {

@@ -1,12 +1,15 @@
 //! `conntrack-reconciler check`: one-shot diagnosis of this node's table.
 
+pub mod state_files;
+pub mod stats_output;
+
 use crate::cli::{CheckArgs, OutputFormat};
-use crate::kube_client::{self, SERVICE_LABELS, SLICE_LABELS};
+use crate::watch::client::{self, SERVICE_LABELS, SLICE_LABELS};
 use crate::local_addrs::local_addrs;
 use crate::pass::{PassConfig, PassReport, StaleFlow, run_pass};
 use crate::scheduler::Scope;
-use crate::state_files::ClusterState;
-use crate::stats_summary::{StatsSampler, StatsSummary};
+use crate::check::state_files::ClusterState;
+use crate::check::stats_output::{StatsSampler, StatsSummary};
 use anyhow::{Context, Result};
 use ctdiff::{Index, IndexConfig};
 use ctnetlink::{Conntrack, Family, Tuple};
@@ -21,7 +24,7 @@ use std::time::Instant;
 /// Runs `check`; output goes to `out`.
 pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     let client = if args.state.is_empty() {
-        Some(kube_client::client(args.target.kubeconfig.as_deref()).await?)
+        Some(client::client(args.target.kubeconfig.as_deref()).await?)
     } else {
         None
     };
@@ -82,7 +85,7 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         let summary = match sampler {
             Some(sampler) => {
-                let mut tally = crate::flow_tally::FlowTally::default();
+                let mut tally = crate::pass::tally::FlowTally::default();
                 for (_, r) in &reports {
                     tally.merge(r.tally.clone());
                 }
@@ -241,13 +244,13 @@ async fn from_cluster(client: Client, node_name: Option<&str>) -> Result<Cluster
     if let Some(node) = node_name {
         state.nodes = list_all::<Node>(
             Api::all(client.clone()),
-            ListParams::default().fields(&kube_client::node_fields(node)),
+            ListParams::default().fields(&client::node_fields(node)),
             "nodes",
         )
         .await?;
         state.pods = list_all::<Pod>(
             Api::all(client),
-            ListParams::default().fields(&kube_client::pod_fields(node)),
+            ListParams::default().fields(&client::pod_fields(node)),
             "pods",
         )
         .await?;

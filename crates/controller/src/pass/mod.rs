@@ -8,7 +8,9 @@
 //! Dumps may repeat an entry while the table changes: candidates are de-duplicated first, so
 //! the budget and the tallies count each entry once.
 
-use crate::flow_tally::FlowTally;
+pub mod tally;
+
+use crate::pass::tally::FlowTally;
 use crate::scheduler::Scope;
 use ctdiff::{Decision, Frontend, Gate, Index, Reason, Verdict};
 use ctnetlink::{Conntrack, DumpFilter, Family, Flow, FlowKey};

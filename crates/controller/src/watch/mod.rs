@@ -16,7 +16,10 @@
 //! Service is an update, not a deletion; `spec.clusterIP!=None` is refused before 1.31).
 //! Objects are pruned before they travel: the index keeps only what it needs.
 
-use crate::kube_client::{SLICE_LABELS, node_fields, pod_fields};
+pub mod client;
+pub mod feed;
+
+use crate::watch::client::{SLICE_LABELS, node_fields, pod_fields};
 use ctdiff::Kind;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};

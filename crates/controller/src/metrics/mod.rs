@@ -3,6 +3,8 @@
 //! Names are prefixed `conntrack_reconciler_`; label values are bounded sets (families, reasons,
 //! triggers, kinds), never per-flow or per-service values.
 
+pub mod kernel_stats;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

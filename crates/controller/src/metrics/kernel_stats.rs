@@ -10,7 +10,7 @@
 //! namespace's creation. Each CPU's is a 32-bit integer in the kernel, so on a busy node one
 //! can wrap; `rate()` then sees a reset and under-counts that one interval.
 
-use crate::flow_tally::FrontendFigures;
+use crate::pass::tally::FrontendFigures;
 use crate::http::Health;
 use ctnetlink::{Stats, StatsReader};
 use prometheus_client::collector::Collector;
@@ -223,7 +223,7 @@ impl Collector for TableMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow_tally::{FrontendFlows, StaleLeft};
+    use crate::pass::tally::{FrontendFlows, StaleLeft};
     use prometheus_client::encoding::text::encode;
     use std::time::Duration;
 
