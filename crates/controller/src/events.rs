@@ -242,10 +242,7 @@ fn delete_one(
         reason,
     } = job;
     if ct.is_none() {
-        let opened = match netns {
-            Some(path) => Conntrack::open_in(path),
-            None => Conntrack::open(),
-        };
+        let opened = Conntrack::open(netns, ctnetlink::Capabilities::from_running_kernel());
         match opened {
             Ok(handle) => *ct = Some(handle),
             Err(e) => {

@@ -206,10 +206,8 @@ fn task_ended(task: &str, result: Result<(), tokio::task::JoinError>) -> Result<
 }
 
 fn open_conntrack(args: &RunArgs) -> Result<Conntrack, ctnetlink::Error> {
-    match &args.target.netns {
-        Some(path) => Conntrack::open_in(path),
-        None => Conntrack::open(),
-    }
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    Conntrack::open(args.target.netns.as_deref(), caps)
 }
 
 fn refresh_local_addrs(index: &RwLock<Index>, args: &RunArgs) {

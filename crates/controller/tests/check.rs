@@ -168,7 +168,8 @@ fn table() -> Vec<(NewFlow, Option<&'static str>)> {
 }
 
 fn fill(ns: &TestNetns) -> Conntrack {
-    let mut ct = Conntrack::open_in(&ns.path()).unwrap();
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let mut ct = Conntrack::open(Some(&ns.path()), caps).unwrap();
     let flows: Vec<NewFlow> = table().into_iter().map(|(f, _)| f).collect();
     let report = ct.create(&flows).unwrap();
     assert!(report.failed.is_empty(), "{report:?}");

@@ -33,7 +33,8 @@ impl Lab {
         let api = ApiServer::start(rt.handle()).unwrap();
         api.apply(&node()).unwrap();
         let ns = TestNetns::new(name).unwrap();
-        let ct = Conntrack::open_in(&ns.path()).unwrap();
+        let caps = ctnetlink::Capabilities::from_running_kernel();
+        let ct = Conntrack::open(Some(&ns.path()), caps).unwrap();
         Lab {
             ns,
             ct,

@@ -29,7 +29,8 @@ fn fill(ns: &TestNetns) {
         .collect();
     flows.extend((0..3).map(|i| flow(2000 + i, ("10.96.0.10", 53), ("10.244.1.9", 5353))));
     flows.extend((0..2).map(|i| flow(3000 + i, ("10.0.0.1", 53), ("10.0.0.1", 53))));
-    let report = Conntrack::open_in(&ns.path())
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let report = Conntrack::open(Some(&ns.path()), caps)
         .unwrap()
         .create(&flows)
         .unwrap();

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ctnetlink::{Conntrack, DumpFilter, Family, Flow, Status, proto};
+use ctnetlink::{Capabilities, Conntrack, DumpFilter, Family, Flow, Status, proto};
 
 fn main() -> ExitCode {
     match run() {
@@ -43,10 +43,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let mut ct = match &netns {
-        Some(path) => Conntrack::open_in(path)?,
-        None => Conntrack::open()?,
-    };
+    let mut ct = Conntrack::open(netns.as_deref(), Capabilities::from_running_kernel())?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut write_error = None;
     let stats = ct.dump(&filter, |flow| {

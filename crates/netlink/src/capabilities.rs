@@ -1,19 +1,14 @@
-//! Which dump filters the running kernel really applies.
+//! Which dump filters the running kernel applies.
 //!
 //! The kernel silently ignores attributes it does not know, so a filter that an old kernel
-//! does not implement looks accepted and simply returns everything. The probe therefore tests
-//! each filter against known entries, in a private throwaway namespace, once per process.
-//! When the probe cannot run (no `CAP_SYS_ADMIN` to create a namespace), the kernel version
-//! decides, from the releases that introduced each filter.
+//! does not implement looks accepted and simply returns everything. Every criterion is
+//! therefore applied again in user space, and these capabilities only decide which ones are
+//! also sent to the kernel, to save copying unwanted entries out of it. The cheap answer comes
+//! from the kernel version ([`Capabilities::from_running_kernel`]); a live test against known
+//! entries is in the `testing` feature (`testing::probe_capabilities`), for tests and tools.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::OnceLock;
-
-use crate::conntrack::{Conntrack, Placement};
 use crate::encode::KernelFilter;
-use crate::error::Error;
-use crate::model::{DumpFilter, Family, NewFlow, Status, Tuple, proto};
-use crate::socket::{self, Netns};
+use crate::model::DumpFilter;
 
 /// Dump criteria the kernel applies itself. Criteria it cannot apply are applied in user
 /// space, with the same result, at the cost of copying every entry out of the kernel.
@@ -27,7 +22,8 @@ pub struct Capabilities {
     pub status: bool,
     /// Zone through `CTA_ZONE` (Linux 6.8).
     pub zone: bool,
-    /// True when a live probe decided; false when inferred from the kernel version.
+    /// True when a live probe decided (`testing::probe_capabilities`); false when inferred
+    /// from the kernel version.
     pub probed: bool,
 }
 
@@ -40,62 +36,6 @@ impl Capabilities {
         zone: false,
         probed: false,
     };
-
-    /// The capabilities of the running kernel, probed on first use and then cached.
-    pub fn get() -> Capabilities {
-        static CACHED: OnceLock<Capabilities> = OnceLock::new();
-        *CACHED.get_or_init(|| Self::probe().unwrap_or_else(|_| Self::from_running_kernel()))
-    }
-
-    /// Tests every filter against known entries in a private network namespace, with one dump.
-    ///
-    /// Every dump walks the kernel's whole conntrack hash table, all namespaces included, so on
-    /// a node with a million entries each probe dump costs a third of a second or more. The probe
-    /// therefore sends all four criteria at once, against one entry that matches them all and
-    /// one decoy per criterion that differs from it in that criterion only: the decoys that come
-    /// back name exactly the criteria the kernel ignored.
-    pub fn probe() -> Result<Capabilities, Error> {
-        socket::in_private_netns(|| {
-            let mut ct =
-                Conntrack::with_capabilities(socket::Home::open(Netns::Current)?, Self::NONE)?;
-            let flows = probe_flows();
-            let report = ct.create(&flows)?;
-            if report.created != flows.len() as u64 {
-                return Err(Error::Invalid(
-                    "capability probe could not create its entries",
-                ));
-            }
-            let filter = DumpFilter {
-                family: Some(Family::V4),
-                proto: Some(proto::UDP),
-                mark: Some((0xff, PROBE_MARK)),
-                status: Some((Status::ASSURED, Status::ASSURED)),
-                zone: Some(PROBE_ZONE),
-            };
-            let all = KernelFilter {
-                proto: true,
-                mark: true,
-                status: true,
-                zone: true,
-            };
-            let mut seen = Vec::new();
-            ct.dump_placed(&filter, Placement::KernelOnly(all), |flow| {
-                seen.push(flow.orig.sport)
-            })?;
-            if !seen.contains(&Decoy::None.port()) {
-                return Err(Error::Invalid(
-                    "capability probe: the matching entry was filtered out",
-                ));
-            }
-            Ok(Capabilities {
-                proto: !seen.contains(&Decoy::Proto.port()),
-                mark: !seen.contains(&Decoy::Mark.port()),
-                status: !seen.contains(&Decoy::Status.port()),
-                zone: !seen.contains(&Decoy::Zone.port()),
-                probed: true,
-            })
-        })
-    }
 
     /// The capabilities the running kernel's version implies (see [`Capabilities::from_release`]).
     pub fn from_running_kernel() -> Capabilities {
@@ -125,8 +65,11 @@ impl Capabilities {
     /// The criteria of `filter` to send to the kernel.
     pub(crate) fn kernel_filter(&self, filter: &DumpFilter) -> KernelFilter {
         KernelFilter {
-            // CTA_FILTER needs a concrete family; the protocol is the only tuple field sent
-            // (never addresses: the kernel compares IPv6 addresses inverted).
+            // CTA_FILTER needs a concrete family: with AF_UNSPEC the kernel refuses the whole
+            // dump (EOPNOTSUPP, ctnetlink_parse_tuple_filter), so a dump of both families
+            // filters the protocol in user space. The protocol is the only tuple field sent
+            // (never addresses: the kernel compares IPv6 addresses inverted). Mark, status and
+            // zone need no family and stay in the kernel for a dump of both families.
             proto: self.proto && filter.family.is_some() && filter.proto.is_some(),
             mark: self.mark && filter.mark.is_some(),
             // A zero mask is rejected by the kernel (EINVAL); user space handles it.
@@ -136,66 +79,10 @@ impl Capabilities {
     }
 }
 
-const PROBE_MARK: u32 = 0x5a;
-const PROBE_ZONE: u16 = 7;
-
-/// The probe's entries: one matching every criterion, and one decoy per criterion.
-#[derive(Clone, Copy)]
-enum Decoy {
-    None,
-    Proto,
-    Mark,
-    Status,
-    Zone,
-}
-
-impl Decoy {
-    const ALL: [Decoy; 5] = [
-        Decoy::None,
-        Decoy::Proto,
-        Decoy::Mark,
-        Decoy::Status,
-        Decoy::Zone,
-    ];
-
-    /// The source port that identifies the entry in the dump.
-    fn port(self) -> u16 {
-        1111 + self as u16
-    }
-
-    /// The entry: the matching one, changed in this decoy's criterion only.
-    fn flow(self) -> NewFlow {
-        let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-        let l4 = if matches!(self, Decoy::Proto) {
-            proto::TCP
-        } else {
-            proto::UDP
-        };
-        let tuple = Tuple::new(a, b, l4, self.port(), 2222);
-        let mut flow = NewFlow {
-            status: Status::SEEN_REPLY | Status::ASSURED,
-            mark: PROBE_MARK,
-            zone: PROBE_ZONE,
-            ..NewFlow::symmetric(tuple, 60)
-        };
-        match self {
-            Decoy::None | Decoy::Proto => {}
-            Decoy::Mark => flow.mark = 0,
-            Decoy::Status => flow.status = Status::SEEN_REPLY,
-            Decoy::Zone => flow.zone = 0,
-        }
-        flow
-    }
-}
-
-fn probe_flows() -> Vec<NewFlow> {
-    Decoy::ALL.iter().map(|d| d.flow()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Status, proto};
 
     #[test]
     fn releases_map_to_the_versions_that_added_each_filter() {

@@ -1,7 +1,6 @@
 //! The blocking [`Conntrack`] handle: streaming dump, batched delete and batched create.
 
 use std::io;
-use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -87,7 +86,7 @@ pub struct CreateReport {
 /// receive timeout, an unreadable reply, a panic in the dump's callback), the socket may still
 /// hold the rest of the kernel's answer — and a socket with a dump in progress refuses every
 /// further dump with `EBUSY`. The handle then replaces its socket with a new one in the same
-/// network namespace (kept open since [`Conntrack::open_in`] and friends) before its next
+/// network namespace (kept open since [`Conntrack::open`]) before its next
 /// request.
 pub struct Conntrack {
     socket: Socket,
@@ -96,6 +95,8 @@ pub struct Conntrack {
     /// next one starts means the last was abandoned and the socket must be replaced.
     in_exchange: bool,
     reopens: u64,
+    /// Dump requests sent over the handle's life.
+    dump_requests: u64,
     recv_timeout: Option<Duration>,
     recv_buf: Vec<u8>,
     writer: MsgWriter,
@@ -124,14 +125,6 @@ pub enum FilterPlacement {
     UserSpace,
 }
 
-/// Where a dump's criteria are applied, including the probe's kernel-only mode.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Placement {
-    Public(FilterPlacement),
-    /// Exactly these criteria in the kernel and nothing in user space (capability probe).
-    KernelOnly(KernelFilter),
-}
-
 /// Per-message outcome of a batch, as the kernel reported it.
 enum Outcome {
     Done,
@@ -140,48 +133,22 @@ enum Outcome {
 }
 
 impl Conntrack {
-    /// A handle on the current network namespace.
-    pub fn open() -> Result<Self, Error> {
-        Self::from_socket(Home::open(Netns::Current)?)
-    }
-
-    /// A handle on the namespace at `netns` (e.g. `/run/netns/NAME`). The calling thread's
-    /// namespace is never changed: the socket is created on a short-lived thread.
-    pub fn open_in(netns: &Path) -> Result<Self, Error> {
-        Self::from_socket(Home::open(Netns::Path(netns))?)
-    }
-
-    /// A handle on the namespace of an open namespace file descriptor (duplicated and kept,
-    /// so that the caller may close its own).
-    pub fn open_in_fd(fd: BorrowedFd<'_>) -> Result<Self, Error> {
-        Self::from_socket(Home::open(Netns::Fd(fd))?)
-    }
-
-    /// A handle on `netns` (None: the current namespace) that sends the kernel the filters
-    /// `caps` names instead of probing for them.
+    /// A handle on the conntrack table of the network namespace `netns` (a namespace file such
+    /// as `/run/netns/NAME` or `/proc/PID/ns/net`; `None`: the calling thread's namespace),
+    /// whose dumps send the kernel the filters `caps` says it applies.
     ///
-    /// For one-shot tools: the probe's dump walks the kernel's whole conntrack table once, which
-    /// on a big table costs a sizeable part of the tool's own dump. `caps` only decides where
-    /// filtering happens — every criterion is re-applied in user space — so it changes speed,
-    /// never results. [`Capabilities::from_running_kernel`] is the usual choice.
-    pub fn open_with_capabilities(netns: Option<&Path>, caps: Capabilities) -> Result<Self, Error> {
-        let home = match netns {
+    /// Opening creates one socket and nothing else: no probe, no namespace, no entries. The
+    /// calling thread's namespace is never changed (the socket is created on a short-lived
+    /// thread that enters `netns`). `caps` only decides where a dump's criteria are applied —
+    /// every criterion is applied again in user space — so it changes speed, never results:
+    /// [`Capabilities::from_running_kernel`] is the usual choice, [`Capabilities::NONE`]
+    /// filters in user space only, and the `testing` feature's
+    /// `testing::probe_capabilities` measures what the kernel really does.
+    pub fn open(netns: Option<&Path>, caps: Capabilities) -> Result<Self, Error> {
+        let (socket, home) = match netns {
             Some(path) => Home::open(Netns::Path(path))?,
             None => Home::open(Netns::Current)?,
         };
-        Self::with_capabilities(home, caps)
-    }
-
-    fn from_socket(home: (Socket, Home)) -> Result<Self, Error> {
-        Self::with_capabilities(home, Capabilities::get())
-    }
-
-    /// A handle on an already created socket and its namespace, with given capabilities (the
-    /// probe's own handle must not wait for the probe).
-    pub(crate) fn with_capabilities(
-        (socket, home): (Socket, Home),
-        caps: Capabilities,
-    ) -> Result<Self, Error> {
         let recv_timeout = Some(DEFAULT_RECEIVE_TIMEOUT);
         let batch_bytes = configure(&socket, recv_timeout)?;
         Ok(Self {
@@ -189,6 +156,7 @@ impl Conntrack {
             home,
             in_exchange: false,
             reopens: 0,
+            dump_requests: 0,
             recv_timeout,
             recv_buf: Vec::with_capacity(RECV_BUF),
             writer: MsgWriter::with_capacity(batch_bytes + 1024),
@@ -238,9 +206,16 @@ impl Conntrack {
         self.in_exchange = false;
     }
 
-    /// Which criteria the running kernel filters itself (probed once per process).
+    /// The kernel filter support this handle was opened with (see [`Conntrack::open`]).
     pub fn capabilities(&self) -> Capabilities {
         self.caps
+    }
+
+    /// How many dump requests this handle has sent: one per [`Conntrack::dump`] or
+    /// [`Conntrack::dump_with`] call, whatever the filter (a dump of both families is one
+    /// request, so one walk of the kernel's table).
+    pub fn dump_requests(&self) -> u64 {
+        self.dump_requests
     }
 
     fn next_seq(&mut self, count: u32) -> u32 {
@@ -253,10 +228,12 @@ impl Conntrack {
     ///
     /// Memory stays bounded (one 64 KiB buffer) whatever the table size. The kernel applies
     /// the criteria it supports (see [`Capabilities`]); the same criteria are then checked in
-    /// user space, so the result does not depend on the kernel. As for any netlink dump,
-    /// an entry may be seen twice or missed if the table changes meanwhile.
+    /// user space, so every flow handed to `f` matches `filter` whatever the kernel did. A
+    /// filter without a family is one `AF_UNSPEC` dump returning both families (see
+    /// [`DumpFilter::family`]). As for any netlink dump, an entry may be seen twice or missed
+    /// if the table changes meanwhile.
     pub fn dump<F: FnMut(&Flow)>(&mut self, filter: &DumpFilter, f: F) -> Result<DumpStats, Error> {
-        self.dump_placed(filter, Placement::Public(FilterPlacement::Auto), f)
+        self.dump_with(filter, FilterPlacement::Auto, f)
     }
 
     /// [`Conntrack::dump`], choosing where the criteria are applied. Both placements return
@@ -266,31 +243,18 @@ impl Conntrack {
         &mut self,
         filter: &DumpFilter,
         placement: FilterPlacement,
-        f: F,
-    ) -> Result<DumpStats, Error> {
-        self.dump_placed(filter, Placement::Public(placement), f)
-    }
-
-    pub(crate) fn dump_placed<F: FnMut(&Flow)>(
-        &mut self,
-        filter: &DumpFilter,
-        placement: Placement,
         mut f: F,
     ) -> Result<DumpStats, Error> {
-        let (kernel, user_filter) = match placement {
-            Placement::Public(FilterPlacement::Auto) => {
-                (self.caps.kernel_filter(filter), Some(filter))
-            }
-            Placement::Public(FilterPlacement::UserSpace) => {
-                (KernelFilter::default(), Some(filter))
-            }
-            Placement::KernelOnly(kernel) => (kernel, None),
+        let kernel = match placement {
+            FilterPlacement::Auto => self.caps.kernel_filter(filter),
+            FilterPlacement::UserSpace => KernelFilter::default(),
         };
         self.begin_exchange()?;
         let seq = self.next_seq(1);
         self.writer.clear();
         self.writer.dump_request(filter, &kernel, seq);
         socket::send_all(&self.socket, self.writer.as_bytes(), "dump conntrack")?;
+        self.dump_requests += 1;
         let mut stats = DumpStats {
             filtered_in_kernel: kernel.covers(filter),
             ..DumpStats::default()
@@ -298,7 +262,7 @@ impl Conntrack {
         let (outcome, drained) = pipelined_dump(&self.socket, seq, self.recv_timeout, |datagram| {
             stats.datagrams += 1;
             stats.bytes += datagram.len() as u64;
-            dispatch_dump(datagram, seq, user_filter, &mut stats, &mut f)
+            dispatch_dump(datagram, seq, filter, &mut stats, &mut f)
         });
         if drained {
             self.end_exchange();
@@ -579,7 +543,7 @@ fn dump_state(datagram: &[u8], seq: u32) -> DumpState {
 fn dispatch_dump<F: FnMut(&Flow)>(
     datagram: &[u8],
     seq: u32,
-    filter: Option<&DumpFilter>,
+    filter: &DumpFilter,
     stats: &mut DumpStats,
     f: &mut F,
 ) -> Result<bool, DumpEnd> {
@@ -592,7 +556,7 @@ fn dispatch_dump<F: FnMut(&Flow)>(
             Reply::Conntrack { payload, .. } => {
                 stats.messages += 1;
                 match parse_flow(payload) {
-                    Ok(flow) if filter.is_none_or(|filter| filter.matches(&flow)) => {
+                    Ok(flow) if filter.matches(&flow) => {
                         stats.matched += 1;
                         f(&flow);
                     }
@@ -649,8 +613,7 @@ mod tests {
             return;
         }
         socket::in_private_netns(|| {
-            let mut ct =
-                Conntrack::with_capabilities(Home::open(Netns::Current)?, Capabilities::NONE)?;
+            let mut ct = Conntrack::open(None, Capabilities::NONE)?;
             let flows: Vec<NewFlow> = (1..=3u8)
                 .map(|i| {
                     let orig = Tuple::new(
@@ -710,8 +673,7 @@ mod tests {
             return;
         }
         socket::in_private_netns(|| {
-            let mut ct =
-                Conntrack::with_capabilities(Home::open(Netns::Current)?, Capabilities::NONE)?;
+            let mut ct = Conntrack::open(None, Capabilities::NONE)?;
             for (i, reply_only) in [(1u8, false), (2, true)] {
                 let orig = Tuple::new(
                     format!("10.0.0.{i}").parse().unwrap(),

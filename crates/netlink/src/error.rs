@@ -18,7 +18,7 @@ pub enum Error {
     /// The network namespace could not be opened or entered.
     #[error("network namespace {path}: {source}")]
     Netns {
-        /// The namespace file (or `fd:N`).
+        /// The namespace file.
         path: PathBuf,
         /// The underlying failure.
         #[source]

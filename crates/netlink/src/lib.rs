@@ -1,10 +1,11 @@
 //! Conntrack over netlink: dump, delete, create and events, in any network namespace.
 //!
 //! ```no_run
-//! use ctnetlink::{Conntrack, DumpFilter, Family, proto};
+//! use ctnetlink::{Capabilities, Conntrack, DumpFilter, Family, proto};
 //!
 //! # fn main() -> Result<(), ctnetlink::Error> {
-//! let mut ct = Conntrack::open_in("/run/netns/blue".as_ref())?;
+//! let caps = Capabilities::from_running_kernel();
+//! let mut ct = Conntrack::open(Some("/run/netns/blue".as_ref()), caps)?;
 //! let mut stale = Vec::new();
 //! ct.dump(&DumpFilter::family_proto(Family::V4, proto::UDP), |flow| {
 //!     if flow.reply.src == "10.0.0.9".parse::<std::net::IpAddr>().unwrap() {
@@ -51,16 +52,21 @@
 //! an explicit [`Event::Lost`] so the consumer can resynchronise with a dump.
 //!
 //! **Namespaces.** Sockets are bound to the network namespace they were created in, and
-//! `setns` changes the namespace of a thread. [`Conntrack::open_in`] and [`events`] therefore
+//! `setns` changes the namespace of a thread. [`Conntrack::open`] and [`events`] therefore
 //! create the socket on a short-lived thread that enters the namespace and exits; the
 //! caller's threads never move.
 //!
 //! **Kernel filters, carefully.** Dumps send the criteria the kernel can apply (family, L4
 //! protocol via `CTA_FILTER`, mark, status, zone), which saves copying unwanted entries out of
-//! the kernel. But a kernel silently ignores attributes it does not know, so
-//! [`Capabilities`] are probed once per process against known entries in a throwaway
-//! namespace, and every criterion is *also* applied in user space: the answer never depends on
-//! the kernel. Addresses are never sent as filters: the kernel compares IPv6 addresses in
+//! the kernel. But a kernel silently ignores attributes it does not know, so every criterion
+//! is *also* applied in user space: the answer never depends on the kernel. Which criteria are
+//! sent is the [`Capabilities`] the caller opens the handle with — usually
+//! [`Capabilities::from_running_kernel`], from the kernel version; opening a handle has no
+//! other effect (the live probe, which creates entries in a private namespace, is a separate
+//! call in the `testing` feature). A dump of both families is one `AF_UNSPEC` request, so one
+//! walk of the kernel's table instead of two; the kernel cannot filter the protocol there
+//! (`CTA_FILTER` needs a family), so the protocol is then applied in user space only, while
+//! mark, status and zone are still filtered in the kernel. Addresses are never sent as filters: the kernel compares IPv6 addresses in
 //! `CTA_FILTER` inverted (a match on X returns everything but X), and filtered flushes would
 //! be disastrous on kernels that ignore the filter. Deletion is always by exact key.
 //!
@@ -131,25 +137,3 @@ pub use stats::{
     CpuStats, ProcStat, StatCounters, Stats, StatsReader, StatsSource, TableCount, parse_cpu_stats,
     parse_proc_stat, parse_sysctl_number, parse_table_count, read_proc_in,
 };
-
-/// The exact `CT_GET` dump request [`Conntrack::dump`] sends for `filter` on a kernel with
-/// `caps`, for tools that read the dump themselves (e.g. a benchmark's raw recv loop).
-pub fn encode_dump_request(filter: &DumpFilter, caps: &Capabilities, seq: u32) -> Vec<u8> {
-    let mut writer = encode::MsgWriter::with_capacity(128);
-    writer.dump_request(filter, &caps.kernel_filter(filter), seq);
-    writer.as_bytes().to_vec()
-}
-
-/// Parses one netlink datagram of ctnetlink messages into flows, without a socket.
-///
-/// For tests and tools that hold raw bytes (captures, fuzzing); `f` gets each conntrack
-/// message's flow or the error that made it unreadable. Never panics.
-pub fn parse_datagram<F: FnMut(Result<Flow, Error>)>(datagram: &[u8], mut f: F) {
-    for msg in parse::NlMsgs::new(datagram) {
-        match msg.and_then(|msg| parse::classify(&msg).map(|reply| (msg, reply))) {
-            Ok((_, parse::Reply::Conntrack { payload, .. })) => f(parse::parse_flow(payload)),
-            Ok(_) => {}
-            Err(err) => f(Err(err)),
-        }
-    }
-}

@@ -22,8 +22,6 @@ pub enum Netns<'a> {
     Current,
     /// A namespace file such as `/run/netns/NAME` or `/proc/PID/ns/net`.
     Path(&'a Path),
-    /// An open namespace file descriptor.
-    Fd(BorrowedFd<'a>),
 }
 
 /// Creates a bound netfilter netlink socket in `netns`.
@@ -37,7 +35,6 @@ pub fn open(netns: Netns<'_>) -> Result<Socket, Error> {
             })?;
             open_in(file.as_fd(), path.to_path_buf())
         }
-        Netns::Fd(fd) => open_in(fd, PathBuf::from(format!("fd:{}", fd.as_raw_fd()))),
     }
 }
 
@@ -75,13 +72,6 @@ impl Home {
                     label: path.to_path_buf(),
                 }
             }
-            Netns::Fd(fd) => Home {
-                fd: Some(fd.try_clone_to_owned().map_err(|source| Error::Netns {
-                    path: PathBuf::from(format!("fd:{}", fd.as_raw_fd())),
-                    source,
-                })?),
-                label: PathBuf::from(format!("fd:{}", fd.as_raw_fd())),
-            },
         };
         let socket = home.socket()?;
         Ok((socket, home))

@@ -6,7 +6,7 @@
 //! sandboxes where that fails, from `/proc/net/stat/nf_conntrack` (hex columns, one row per
 //! CPU) and `/proc/sys/net/netfilter/nf_conntrack_{count,max}`. Both are per network
 //! namespace, so both are read inside the target namespace: the socket is created there (like
-//! [`Conntrack::open_in`](crate::Conntrack::open_in)), and the files are read by a short-lived
+//! [`Conntrack::open`](crate::Conntrack::open)), and the files are read by a short-lived
 //! thread that enters it (through `/proc/thread-self`, since `/proc/net` follows the process's
 //! main thread, not the reading one).
 //!

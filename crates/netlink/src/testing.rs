@@ -1,4 +1,5 @@
-//! Support for tests that need root and throwaway network namespaces.
+//! Support for tests and tools: root checks, throwaway network namespaces, the capability
+//! probe, raw dumps and datagram parsing without a socket.
 //!
 //! Enabled by the `testing` feature; used by this crate's tests, the controller's and the node lab.
 //! The policy: outside CI a root-only test skips with a clear message when it is not root; in CI
@@ -10,6 +11,8 @@ use std::io;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::{Capabilities, Conntrack, DumpFilter, Error, Family, Flow, NewFlow, Status, Tuple};
 
 /// Whether root-only tests must run (CI), rather than skip.
 pub fn root_tests_required() -> bool {
@@ -141,25 +144,24 @@ impl RawDumper {
     /// filters `caps` allows, as a [`crate::Conntrack`] handle would).
     pub fn new(
         netns: &std::path::Path,
-        filter: &crate::DumpFilter,
-        caps: &crate::Capabilities,
+        filter: &DumpFilter,
+        caps: &Capabilities,
     ) -> io::Result<Self> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let fd = crate::netns::in_netns(netns, || {
-            // SAFETY: plain socket(2); the result is checked and owned below.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_NETLINK,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::NETLINK_NETFILTER,
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: fd is a fresh descriptor we own.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        })??;
+        let fd = crate::netns::in_netns(netns, raw_socket)??;
+        Self::with_socket(fd, filter, caps)
+    }
+
+    /// [`RawDumper::new`] in the calling thread's network namespace.
+    pub fn in_current_netns(filter: &DumpFilter, caps: &Capabilities) -> io::Result<Self> {
+        Self::with_socket(raw_socket()?, filter, caps)
+    }
+
+    fn with_socket(
+        fd: std::os::fd::OwnedFd,
+        filter: &DumpFilter,
+        caps: &Capabilities,
+    ) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
         // SAFETY: a valid socket and a c_int option value.
         let rc = unsafe {
             libc::setsockopt(
@@ -175,7 +177,7 @@ impl RawDumper {
         }
         Ok(Self {
             fd,
-            request: crate::encode_dump_request(filter, caps, 1),
+            request: encode_dump_request(filter, caps, 1),
             buf: vec![0u8; RAW_RECV_BUF],
         })
     }
@@ -220,6 +222,24 @@ impl RawDumper {
             }
         }
     }
+}
+
+/// A plain netfilter netlink socket in the calling thread's namespace.
+fn raw_socket() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Walks the message headers of one dump datagram, adding its conntrack messages to
@@ -337,4 +357,149 @@ pub fn nf_conntrack_max() -> io::Result<u64> {
         .trim()
         .parse()
         .map_err(|e| io::Error::other(format!("{CONNTRACK_MAX}: {e}")))
+}
+
+/// The exact `CT_GET` dump request [`Conntrack::dump`] sends for `filter` on a handle opened
+/// with `caps`, for tools that read the dump themselves (e.g. a benchmark's raw recv loop).
+pub fn encode_dump_request(filter: &DumpFilter, caps: &Capabilities, seq: u32) -> Vec<u8> {
+    let mut writer = crate::encode::MsgWriter::with_capacity(128);
+    writer.dump_request(filter, &caps.kernel_filter(filter), seq);
+    writer.as_bytes().to_vec()
+}
+
+/// Parses one netlink datagram of ctnetlink messages into flows, without a socket.
+///
+/// For tests and tools that hold raw bytes (captures, fuzzing); `f` gets each conntrack
+/// message's flow or the error that made it unreadable. Never panics.
+pub fn parse_datagram<F: FnMut(Result<Flow, Error>)>(datagram: &[u8], mut f: F) {
+    use crate::parse;
+    for msg in parse::NlMsgs::new(datagram) {
+        match msg.and_then(|msg| parse::classify(&msg).map(|reply| (msg, reply))) {
+            Ok((_, parse::Reply::Conntrack { payload, .. })) => f(parse::parse_flow(payload)),
+            Ok(_) => {}
+            Err(err) => f(Err(err)),
+        }
+    }
+}
+
+/// Measures which dump filters the running kernel really applies, with one dump.
+///
+/// The kernel silently ignores attributes it does not know, so a version number can be wrong
+/// for a patched kernel. In a private network namespace of its own (needs `CAP_SYS_ADMIN`;
+/// it vanishes with the probe) this creates one entry that matches all four criteria and one
+/// decoy per criterion that differs from it in that criterion only, then dumps with all four
+/// criteria sent to the kernel and none re-applied: the decoys that come back name exactly the
+/// criteria the kernel ignored. Every dump walks the kernel's whole conntrack table, all
+/// namespaces included, hence one dump rather than one per criterion.
+///
+/// Opening a [`Conntrack`] never probes; pass the result to [`Conntrack::open`] to use it.
+pub fn probe_capabilities() -> Result<Capabilities, Error> {
+    crate::socket::in_private_netns(|| {
+        let mut ct = Conntrack::open(None, Capabilities::NONE)?;
+        let flows: Vec<NewFlow> = Decoy::ALL.iter().map(|d| d.flow()).collect();
+        let report = ct.create(&flows)?;
+        if report.created != flows.len() as u64 {
+            return Err(Error::Invalid(
+                "capability probe could not create its entries",
+            ));
+        }
+        let filter = DumpFilter {
+            family: Some(Family::V4),
+            proto: Some(crate::proto::UDP),
+            mark: Some((0xff, PROBE_MARK)),
+            status: Some((Status::ASSURED, Status::ASSURED)),
+            zone: Some(PROBE_ZONE),
+        };
+        let all = Capabilities {
+            proto: true,
+            mark: true,
+            status: true,
+            zone: true,
+            probed: true,
+        };
+        // A raw dump: a handle would re-apply every criterion in user space and hide the
+        // decoys the kernel let through.
+        let mut raw = RawDumper::in_current_netns(&filter, &all).map_err(|e| Error::Io {
+            op: "capability probe socket",
+            source: e,
+        })?;
+        let mut seen = Vec::new();
+        raw.dump_with(|datagram| {
+            parse_datagram(datagram, |flow| {
+                if let Ok(flow) = flow {
+                    seen.push(flow.orig.sport);
+                }
+            })
+        })
+        .map_err(|e| Error::Io {
+            op: "capability probe dump",
+            source: e,
+        })?;
+        if !seen.contains(&Decoy::None.port()) {
+            return Err(Error::Invalid(
+                "capability probe: the matching entry was filtered out",
+            ));
+        }
+        Ok(Capabilities {
+            proto: !seen.contains(&Decoy::Proto.port()),
+            mark: !seen.contains(&Decoy::Mark.port()),
+            status: !seen.contains(&Decoy::Status.port()),
+            zone: !seen.contains(&Decoy::Zone.port()),
+            probed: true,
+        })
+    })
+}
+
+const PROBE_MARK: u32 = 0x5a;
+const PROBE_ZONE: u16 = 7;
+
+/// The probe's entries: one matching every criterion, and one decoy per criterion.
+#[derive(Clone, Copy)]
+enum Decoy {
+    None,
+    Proto,
+    Mark,
+    Status,
+    Zone,
+}
+
+impl Decoy {
+    const ALL: [Decoy; 5] = [
+        Decoy::None,
+        Decoy::Proto,
+        Decoy::Mark,
+        Decoy::Status,
+        Decoy::Zone,
+    ];
+
+    /// The source port that identifies the entry in the dump.
+    fn port(self) -> u16 {
+        1111 + self as u16
+    }
+
+    /// The entry: the matching one, changed in this decoy's criterion only.
+    fn flow(self) -> NewFlow {
+        use std::net::{IpAddr, Ipv4Addr};
+        let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let l4 = if matches!(self, Decoy::Proto) {
+            crate::proto::TCP
+        } else {
+            crate::proto::UDP
+        };
+        let tuple = Tuple::new(a, b, l4, self.port(), 2222);
+        let mut flow = NewFlow {
+            status: Status::SEEN_REPLY | Status::ASSURED,
+            mark: PROBE_MARK,
+            zone: PROBE_ZONE,
+            ..NewFlow::symmetric(tuple, 60)
+        };
+        match self {
+            Decoy::None | Decoy::Proto => {}
+            Decoy::Mark => flow.mark = 0,
+            Decoy::Status => flow.status = Status::SEEN_REPLY,
+            Decoy::Zone => flow.zone = 0,
+        }
+        flow
+    }
 }

@@ -3,7 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ctnetlink::{Family, Flow, Status, Tuple, parse_datagram, proto};
+use ctnetlink::testing::parse_datagram;
+use ctnetlink::{Family, Flow, Status, Tuple, proto};
 use proptest::prelude::*;
 
 fn attr(ty: u16, value: &[u8]) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::net::UdpSocket;
 
 use common::*;
 use ctnetlink::testing::{TestNetns, root_or_skip};
-use ctnetlink::{Conntrack, StatCounters, Stats, StatsReader, StatsSource};
+use ctnetlink::{Capabilities, Conntrack, StatCounters, Stats, StatsReader, StatsSource};
 
 /// Makes conntrack track this namespace's packets (hooks are registered only when a rule
 /// needs them) and sends UDP over loopback, so the table holds kernel-made entries too.
@@ -64,7 +64,7 @@ fn netlink_and_proc_stats_match_conntrack_tools_in_a_namespace() {
         return;
     }
     let ns = TestNetns::new("stats").unwrap();
-    let mut ct = Conntrack::open_in(&ns.path()).unwrap();
+    let mut ct = Conntrack::open(Some(&ns.path()), Capabilities::from_running_kernel()).unwrap();
     let flows: Vec<_> = (0..25).map(udp4).collect();
     assert_eq!(ct.create(&flows).unwrap().created, 25);
     udp_traffic(&ns);
@@ -100,7 +100,7 @@ fn stats_are_per_namespace() {
     }
     let busy = TestNetns::new("statsbusy").unwrap();
     let idle = TestNetns::new("statsidle").unwrap();
-    let mut ct = Conntrack::open_in(&busy.path()).unwrap();
+    let mut ct = Conntrack::open(Some(&busy.path()), Capabilities::from_running_kernel()).unwrap();
     let flows: Vec<_> = (0..7).map(udp4).collect();
     assert_eq!(ct.create(&flows).unwrap().created, 7);
 

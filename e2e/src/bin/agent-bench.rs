@@ -301,7 +301,8 @@ fn run() -> Result<()> {
     }
     let _max = KnobGuard::conntrack_max_at_least(u64::from(o.entries) + 65_536)?;
     let ns = TestNetns::new("agentbench")?;
-    let mut ct = Conntrack::open_in(&ns.path())?;
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let mut ct = Conntrack::open(Some(&ns.path()), caps)?;
     let fill_time = fill(&mut ct, o.entries, o.services)?;
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state.json");

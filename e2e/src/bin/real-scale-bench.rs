@@ -556,7 +556,7 @@ fn run() -> Result<()> {
         clients.push(c);
     }
     let node = cluster.topology().node().path();
-    let mut ct = Conntrack::open_in(&node)?;
+    let mut ct = Conntrack::open(Some(&node), ctnetlink::Capabilities::from_running_kernel())?;
     std::thread::sleep(Duration::from_secs(5));
     let services = o.services;
     let entries = o.entries;

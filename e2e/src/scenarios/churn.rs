@@ -90,7 +90,8 @@ fn background_entry(j: u32) -> NewFlow {
 /// Creates the background entries in the node's table; returns how long it took.
 fn fill_background(lab: &Lab) -> Result<Duration> {
     let started = Instant::now();
-    let mut ct = Conntrack::open_in(&lab.topology().node().path())
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let mut ct = Conntrack::open(Some(&lab.topology().node().path()), caps)
         .context("conntrack socket in the node")?;
     let mut chunk = Vec::with_capacity(10_000);
     for start in (0..BACKGROUND_ENTRIES).step_by(10_000) {
@@ -109,7 +110,8 @@ fn fill_background(lab: &Lab) -> Result<Duration> {
 
 /// How many background entries are in the node's table.
 fn count_background(lab: &Lab) -> Result<u64> {
-    let mut ct = Conntrack::open_in(&lab.topology().node().path())
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let mut ct = Conntrack::open(Some(&lab.topology().node().path()), caps)
         .context("conntrack socket in the node")?;
     let mut count = 0;
     ct.dump(&DumpFilter::default(), |flow| {

@@ -532,7 +532,8 @@ fn background_entry(j: u32) -> NewFlow {
 /// Creates `count` background entries in the node's table; returns how long it took.
 fn fill_background(lab: &Lab, count: u32) -> Result<Duration> {
     let started = Instant::now();
-    let mut ct = Conntrack::open_in(&lab.topology().node().path())
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let mut ct = Conntrack::open(Some(&lab.topology().node().path()), caps)
         .context("conntrack socket in the node")?;
     let mut chunk = Vec::with_capacity(10_000);
     for start in (0..count).step_by(10_000) {
@@ -548,7 +549,8 @@ fn fill_background(lab: &Lab, count: u32) -> Result<Duration> {
 
 /// How long a full dump of the node's IPv4 UDP table takes (what one agent pass reads).
 fn time_dump(lab: &Lab) -> Result<Duration> {
-    let mut ct = Conntrack::open_in(&lab.topology().node().path())
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let mut ct = Conntrack::open(Some(&lab.topology().node().path()), caps)
         .context("conntrack socket in the node")?;
     let filter = DumpFilter {
         family: Some(Family::V4),

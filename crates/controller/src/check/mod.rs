@@ -62,8 +62,8 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
         // One-shot: trust the kernel version for which filters to send rather than probe
         // (the probe walks the whole table once more; filters only save copying, see ctnetlink).
         let caps = ctnetlink::Capabilities::from_running_kernel();
-        let mut ct = Conntrack::open_with_capabilities(netns.as_deref(), caps)
-            .context("opening the conntrack table")?;
+        let mut ct =
+            Conntrack::open(netns.as_deref(), caps).context("opening the conntrack table")?;
         let sampler = with_stats
             .then(|| StatsSampler::start(netns.as_deref()))
             .transpose()?;
@@ -167,8 +167,7 @@ fn confirm_with_fresh_state(
     netns: Option<std::path::PathBuf>,
 ) -> Result<Vec<(Family, PassReport)>> {
     let caps = ctnetlink::Capabilities::from_running_kernel();
-    let mut ct = Conntrack::open_with_capabilities(netns.as_deref(), caps)
-        .context("opening the conntrack table")?;
+    let mut ct = Conntrack::open(netns.as_deref(), caps).context("opening the conntrack table")?;
     let now = Instant::now();
     let mut out = Vec::with_capacity(reports.len());
     for (family, mut report) in reports {

@@ -84,7 +84,8 @@ pub fn setup(test: &str) -> Option<(TestNetns, Conntrack)> {
         return None;
     }
     let ns = TestNetns::new("ctnl").expect("create test namespace");
-    let ct = Conntrack::open_in(&ns.path()).expect("open conntrack in test namespace");
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let ct = Conntrack::open(Some(&ns.path()), caps).expect("open conntrack in test namespace");
     Some((ns, ct))
 }
 
