@@ -8,11 +8,11 @@
 //! a flow to a backend the agent never saw waits (kube-proxy may know more than the agent), and
 //! nothing is deleted while the agent's view is not fresh.
 
-use crate::metrics::{KindLabels, Metrics, ReasonLabels};
-use crate::pass::{FlowGate, flow_ref};
+use crate::metrics::{KindLabels, Metrics};
+use crate::pass::{FlowCache, FlowGate, StaleFlow, flow_ref, record};
 use crate::ratelimit::RateLimiter;
 use ctdiff::{Decision, Frontend, Index, Verdict};
-use ctnetlink::{Conntrack, Event, EventOptions, Family};
+use ctnetlink::{Conntrack, Event, EventKinds, EventOptions, Family};
 use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, watch};
 pub enum EventSignal {
     /// Events were lost: a full pass is needed.
     Lost,
+    /// The subscription is up: a full pass seeds the flow cache (unless one did already).
+    Subscribed,
     /// A stale flow to this frontend was not deleted (rate limit): a pass over it is needed.
     RateLimited(Frontend),
     /// A stale flow waits in the gate: re-checks are needed.
@@ -54,6 +56,8 @@ pub struct EventPath {
     pub ready: watch::Receiver<bool>,
     /// Told when events were lost (a full pass is needed) or a delete was rate limited.
     pub signals: mpsc::UnboundedSender<EventSignal>,
+    /// The node's UDP flows, kept current by the events followed here.
+    pub flows: Arc<Mutex<FlowCache>>,
 }
 
 impl EventPath {
@@ -62,10 +66,12 @@ impl EventPath {
         let mut limiter = RateLimiter::<Frontend>::new(self.per_second);
         let deleter = EventDeleter::spawn(self.netns.clone(), self.metrics.clone());
         loop {
-            // NEW only, and only UDP of the reconciled families: a socket filter drops the rest
-            // in the kernel, so TCP's event volume never reaches the agent.
+            // NEW and DESTROY (they keep the flow cache current), and only UDP of the
+            // reconciled families: a socket filter drops the rest in the kernel, so TCP's event
+            // volume never reaches the agent.
             let options = EventOptions {
                 families: Some(self.families.clone()),
+                kinds: EventKinds::ALL,
                 ..EventOptions::new_only(&[ctnetlink::proto::UDP])
             };
             let stream = ctnetlink::events_with(self.netns.as_deref(), &options);
@@ -77,7 +83,12 @@ impl EventPath {
                     continue;
                 }
             };
-            tracing::info!("following conntrack NEW events of UDP flows");
+            tracing::info!("following conntrack NEW and DESTROY events of UDP flows");
+            self.flows
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .following();
+            let _ = self.signals.send(EventSignal::Subscribed);
             let mut malformed = 0;
             while let Some(item) = stream.next().await {
                 let stats = stream.stats();
@@ -96,10 +107,24 @@ impl EventPath {
                             .events
                             .get_or_create(&KindLabels { kind: "new" })
                             .inc();
+                        self.flows
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .created(&flow);
                         self.on_new(&flow, &mut limiter, &deleter);
                     }
-                    Ok(Event::Destroy(_)) => {} // not subscribed
+                    Ok(Event::Destroy(flow)) => {
+                        self.metrics
+                            .events
+                            .get_or_create(&KindLabels { kind: "destroy" })
+                            .inc();
+                        self.flows
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .destroyed(&flow);
+                    }
                     Ok(Event::Lost) => {
+                        self.flows.lock().unwrap_or_else(PoisonError::into_inner).lost();
                         self.metrics.events_lost.inc();
                         tracing::warn!("conntrack events were lost; scheduling a full pass");
                         let _ = self.signals.send(EventSignal::Lost);
@@ -110,6 +135,7 @@ impl EventPath {
                     }
                 }
             }
+            self.flows.lock().unwrap_or_else(PoisonError::into_inner).lost();
             let _ = self.signals.send(EventSignal::Lost);
             tokio::time::sleep(Duration::from_secs(1)).await;
             if self.ready.has_changed().is_err() {
@@ -132,7 +158,7 @@ impl EventPath {
             return;
         }
         let now = Instant::now();
-        let (frontend, reason, service, decision) = {
+        let (stale, decision) = {
             let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
             let Verdict::Stale(stale) = index.classify(&flow_ref(flow), now) else {
                 return;
@@ -142,18 +168,13 @@ impl EventPath {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .decide(flow.key(), *flow, &stale, index.knowledge(), now);
-            (
-                stale.frontend,
-                stale.reason,
-                stale.service.to_string(),
-                decision,
-            )
+            (StaleFlow::new(*flow, &stale), decision)
         };
         match decision {
             Decision::Delete => {}
             Decision::Defer => {
                 self.metrics.postponed(decision);
-                tracing::debug!(flow = %flow.orig, backend = %flow.reply.src, %service, %reason, "stale new flow to a backend the agent never saw: waiting for proof");
+                tracing::debug!(flow = %flow.orig, backend = %flow.reply.src, service = %stale.service, reason = %stale.reason, "stale new flow to a backend the agent never saw: waiting for proof");
                 let _ = self.signals.send(EventSignal::Waiting);
                 return;
             }
@@ -163,49 +184,31 @@ impl EventPath {
                 return;
             }
         }
-        let labels = ReasonLabels {
-            ip_family: flow.family.into(),
-            reason: reason.to_string(),
-        };
         if self.dry_run {
-            self.metrics.flows_not_deleted.get_or_create(&labels).inc();
-            tracing::info!(flow = %flow.orig, %service, %reason, "stale new flow (dry run: not deleted)");
+            record::acted_on(&self.metrics, &stale, true);
             return;
         }
-        if !limiter.try_acquire(&frontend, now) {
+        if !limiter.try_acquire(&stale.frontend, now) {
             // Not dropped: a scoped pass shortly after picks up whatever is still stale then.
             self.metrics.event_deletes_rate_limited.inc();
-            let _ = self.signals.send(EventSignal::RateLimited(frontend));
+            let _ = self.signals.send(EventSignal::RateLimited(stale.frontend));
             return;
         }
         // The delete is a netlink exchange: it runs on the deleter's own thread, never on a
         // tokio worker.
-        deleter.delete(DeleteJob {
-            flow: *flow,
-            labels,
-            service,
-            reason: reason.as_str(),
-        });
+        deleter.delete(stale);
     }
-}
-
-/// One event-path deletion, with what its metrics and log need.
-struct DeleteJob {
-    flow: ctnetlink::Flow,
-    labels: ReasonLabels,
-    service: String,
-    reason: &'static str,
 }
 
 /// The event path's deleter: a thread that owns its conntrack handle and deletes what it is
 /// sent, so a slow kernel (the nfnetlink mutex) never holds up a tokio worker.
 struct EventDeleter {
-    jobs: std::sync::mpsc::Sender<DeleteJob>,
+    jobs: std::sync::mpsc::Sender<StaleFlow>,
 }
 
 impl EventDeleter {
     fn spawn(netns: Option<PathBuf>, metrics: Arc<Metrics>) -> Self {
-        let (jobs, queue) = std::sync::mpsc::channel::<DeleteJob>();
+        let (jobs, queue) = std::sync::mpsc::channel::<StaleFlow>();
         let spawned = std::thread::Builder::new()
             .name("event-deletes".into())
             .spawn(move || {
@@ -222,7 +225,7 @@ impl EventDeleter {
         EventDeleter { jobs }
     }
 
-    fn delete(&self, job: DeleteJob) {
+    fn delete(&self, job: StaleFlow) {
         if self.jobs.send(job).is_err() {
             tracing::warn!("the event-path deleter is gone; the next pass deletes the flow");
         }
@@ -233,14 +236,9 @@ fn delete_one(
     ct: &mut Option<Conntrack>,
     netns: Option<&std::path::Path>,
     metrics: &Metrics,
-    job: DeleteJob,
+    job: StaleFlow,
 ) {
-    let DeleteJob {
-        flow,
-        labels,
-        service,
-        reason,
-    } = job;
+    let flow = job.flow;
     if ct.is_none() {
         let opened = Conntrack::open(netns, ctnetlink::Capabilities::from_running_kernel());
         match opened {
@@ -253,18 +251,8 @@ fn delete_one(
     }
     let Some(handle) = ct.as_mut() else { return };
     match handle.delete([flow.key()]) {
-        Ok(report) if report.deleted > 0 => {
-            metrics.flows_deleted.get_or_create(&labels).inc();
-            tracing::debug!(flow = %flow.orig, backend = %flow.reply.src, %service, %reason, "deleted stale new flow");
-        }
-        Ok(report) if !report.failed.is_empty() => {
-            metrics
-                .delete_errors
-                .get_or_create(&crate::metrics::FamilyLabels {
-                    ip_family: flow.family.into(),
-                })
-                .inc();
-        }
+        Ok(report) if report.deleted > 0 => record::acted_on(metrics, &job, false),
+        Ok(report) if !report.failed.is_empty() => record::delete_failed(metrics, flow.family, 1),
         Ok(_) => {} // already gone
         Err(e) => {
             tracing::warn!(error = %e, "event-path delete failed; reopening the socket");

@@ -20,12 +20,12 @@ use crate::watch::feed::Feed;
 use crate::http::{self, Health};
 use crate::local_addrs::local_addrs;
 use crate::metrics::{FamilyLabels, KindLabels, Metrics, ReasonLabels, Trigger, TriggerLabels};
-use crate::pass::{FlowGate, PassConfig, PassReport, StaleFlow, recheck_waiting, run_pass};
-use crate::scheduler::{Scheduler, Scope, Timing};
+use crate::pass::{FlowCache, FlowGate, PassConfig, PassReport, record, recheck_waiting, run_pass_with_cache};
+use crate::scheduler::{Scheduler, Timing};
 use crate::metrics::kernel_stats::TableMetrics;
 use crate::watch::{self, Update, WatchTiming, What};
 use anyhow::{Context, Result};
-use ctdiff::{Decision, Dirty, Frontend, Gate, GateConfig, Index, IndexConfig, Kind, Knowledge};
+use ctdiff::{Decision, Dirty, Gate, GateConfig, Index, IndexConfig, Kind, Knowledge};
 use ctnetlink::Conntrack;
 use kube::runtime::watcher::Event;
 use prometheus_client::registry::Registry;
@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch as tokio_watch};
 /// What the index task tells the pass loop.
 enum Signal {
     /// The index changed; these frontends are affected.
-    Changed(Scope<Frontend>),
+    Changed(Dirty),
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -66,6 +66,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ..GateConfig::default()
     })));
     let held = Arc::new(AtomicBool::new(false));
+    let flows = Arc::new(Mutex::new(FlowCache::new(args.zone)));
     // Walk the table before the first list: a flow found now existed before that list was
     // requested, so the list alone proves a never-seen backend of it gone. After a restart,
     // flows to backends that left while the agent was down then go with the startup pass
@@ -131,6 +132,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 per_second: args.event_deletes_per_second,
                 ready: ready_rx.clone(),
                 signals: event_tx,
+                flows: flows.clone(),
             }
             .run(),
         )
@@ -141,6 +143,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ct: Some(ct),
         index,
         gate,
+        flows,
         held,
         relister,
         last_relist: std::collections::HashMap::new(),
@@ -323,8 +326,7 @@ async fn index_loop(
         }
         // Changes before readiness are covered by the startup pass; the pass loop drains them
         // when it sees `ready`, so they are sent first.
-        let scope = scope_of(dirty);
-        if !scope.is_empty() && signals.send(Signal::Changed(scope)).is_err() {
+        if !dirty.is_empty() && signals.send(Signal::Changed(dirty)).is_err() {
             return;
         }
         if feed.all_ready() && !*ready.borrow() {
@@ -348,19 +350,13 @@ fn note<K>(index: &mut Index, kind: Kind, at: Instant, timely: bool, event: &Eve
     }
 }
 
-fn scope_of(dirty: Dirty) -> Scope<Frontend> {
-    if dirty.all {
-        Scope::All
-    } else {
-        Scope::Frontends(dirty.frontends.into_iter().collect())
-    }
-}
-
 struct PassLoop {
     args: RunArgs,
     ct: Option<Conntrack>,
     index: Arc<RwLock<Index>>,
     gate: Arc<Mutex<FlowGate>>,
+    /// The node's UDP flows as events announce them: scoped passes look flows up there.
+    flows: Arc<Mutex<FlowCache>>,
     /// Set when a stale flow was held because the view was not fresh.
     held: Arc<AtomicBool>,
     /// Lists a kind again when flows have waited too long for proof.
@@ -402,10 +398,16 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         // enough that a rate-limited frontend recovers well before the next follow-up.
         retry: Duration::from_millis(500),
     };
-    let mut scheduler = Scheduler::<Frontend>::new(timing, Instant::now());
+    let mut scheduler = Scheduler::new(timing, Instant::now());
     let mut next_tick = Instant::now() + TICK;
     loop {
         p.health.beat();
+        scheduler.set_cheap_scoped_passes(
+            p.flows
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_complete(),
+        );
         let now = Instant::now();
         if now >= next_tick {
             next_tick = now + TICK;
@@ -444,7 +446,7 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
                 }
             }
             let handle = p.ct.take().context("the conntrack handle is missing")?;
-            let full = matches!(due.scope, Scope::All);
+            let full = due.scope.all;
             let (handle, ok) = run_passes(handle, due.trigger, due.scope, &p).await?;
             p.ct = Some(handle);
             if full && ok {
@@ -467,6 +469,12 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
             },
             Some(signal) = p.event_signals.recv() => match signal {
                 EventSignal::Lost => scheduler.on_events_lost(Instant::now()),
+                EventSignal::Subscribed => {
+                    // A full walk seeds the flow cache, unless one already did since.
+                    if !p.flows.lock().unwrap_or_else(PoisonError::into_inner).is_complete() {
+                        scheduler.on_events_lost(Instant::now());
+                    }
+                }
                 EventSignal::RateLimited(frontend) => scheduler.on_rate_limited(frontend, Instant::now()),
                 EventSignal::Waiting => {} // the next tick re-checks
                 EventSignal::Held => p.held.store(true, Ordering::Relaxed),
@@ -572,13 +580,8 @@ async fn recheck(ct: Conntrack, p: &mut PassLoop) -> Result<(Conntrack, Vec<Kind
     if budget > 0 {
         p.recheck_tokens -= found.delete.len() as f64;
     }
-    let counter = if dry_run {
-        &p.metrics.flows_not_deleted
-    } else {
-        &p.metrics.flows_deleted
-    };
     for s in &found.delete {
-        record_stale(counter, s, dry_run);
+        record::acted_on(&p.metrics, s, dry_run);
     }
     if found.budget_hit {
         p.metrics.budget_exhausted.inc();
@@ -602,163 +605,146 @@ async fn recheck(ct: Conntrack, p: &mut PassLoop) -> Result<(Conntrack, Vec<Kind
     Ok((ct, found.overdue))
 }
 
-/// Counts and logs one stale flow acted on.
-fn record_stale(
-    counter: &prometheus_client::metrics::family::Family<
-        ReasonLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    s: &StaleFlow,
-    dry_run: bool,
-) {
-    counter
-        .get_or_create(&ReasonLabels {
-            ip_family: s.flow.family.into(),
-            reason: s.reason.to_string(),
-        })
-        .inc();
-    tracing::debug!(
-        flow = %s.flow.orig, backend = %s.flow.reply.src, frontend = %s.frontend, service = %s.service, port = %s.port,
-        reason = %s.reason, evidence = %s.evidence, dry_run, "stale flow"
-    );
+/// The family a pass walks: `None` (both, in one `AF_UNSPEC` walk) when both are reconciled.
+fn pass_family(args: &RunArgs) -> Option<ctnetlink::Family> {
+    match args.target.family.families() {
+        [one] => Some(*one),
+        _ => None,
+    }
 }
 
-/// Runs one pass per family on a blocking thread; returns the handle and whether all succeeded.
+/// Runs one pass on a blocking thread; returns the handle and whether it succeeded.
 async fn run_passes(
     ct: Conntrack,
     trigger: Trigger,
-    scope: Scope<Frontend>,
+    scope: Dirty,
     p: &PassLoop,
 ) -> Result<(Conntrack, bool)> {
     p.metrics
         .passes
         .get_or_create(&TriggerLabels { trigger })
         .inc();
-    let families = p.args.target.family.families().to_vec();
-    let (dry_run, budget, zone) = (p.args.dry_run, p.args.max_deletes_per_pass, p.args.zone);
-    let index = p.index.clone();
-    let gate = p.gate.clone();
-    let (ct, results) = tokio::task::spawn_blocking(move || {
+    let cfg = PassConfig {
+        family: pass_family(&p.args),
+        dry_run: p.args.dry_run,
+        budget: p.args.max_deletes_per_pass,
+        zone: p.args.zone,
+    };
+    let (index, gate, flows) = (p.index.clone(), p.gate.clone(), p.flows.clone());
+    let full = scope.all;
+    let (ct, result, elapsed) = tokio::task::spawn_blocking(move || {
         let mut ct = ct;
-        let results: Vec<_> = families
-            .iter()
-            .map(|&family| {
-                let started = Instant::now();
-                let cfg = PassConfig {
-                    family,
-                    dry_run,
-                    budget,
-                    zone,
-                };
-                (
-                    family,
-                    run_pass(&mut ct, &index, Some(&gate), &scope, &cfg, Instant::now()),
-                    started.elapsed(),
-                )
-            })
-            .collect();
-        (ct, results)
+        let started = Instant::now();
+        let result = run_pass_with_cache(
+            &mut ct,
+            &index,
+            Some(&gate),
+            Some(&flows),
+            &scope,
+            &cfg,
+            Instant::now(),
+        );
+        (ct, result, started.elapsed())
     })
     .await
     .context("pass thread panicked")?;
-    let mut all_ok = true;
-    let mut tally = crate::pass::tally::FlowTally::default();
-    for (family, result, elapsed) in results {
-        let fam = FamilyLabels {
-            ip_family: family.into(),
-        };
+    let families = p.args.target.family.families();
+    for family in families {
         p.metrics
             .pass_duration
-            .get_or_create(&fam)
+            .get_or_create(&FamilyLabels {
+                ip_family: (*family).into(),
+            })
             .observe(elapsed.as_secs_f64());
-        match result {
-            Ok(mut report) => {
-                if report.held > 0 {
-                    p.held.store(true, Ordering::Relaxed);
-                }
-                record_pass(&p.metrics, family, trigger, &report, elapsed, dry_run);
-                tally.merge(std::mem::take(&mut report.tally));
-            }
-            Err(e) => {
-                all_ok = false;
-                p.metrics.pass_failures.get_or_create(&fam).inc();
-                tracing::error!(%family, error = %e, "pass failed; the next trigger retries");
-            }
-        }
     }
-    if all_ok {
+    let mut report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            for family in families {
+                p.metrics
+                    .pass_failures
+                    .get_or_create(&FamilyLabels {
+                        ip_family: (*family).into(),
+                    })
+                    .inc();
+            }
+            tracing::error!(error = %e, "pass failed; the next trigger retries");
+            return Ok((ct, false));
+        }
+    };
+    if report.held > 0 {
+        p.held.store(true, Ordering::Relaxed);
+    }
+    record_pass(&p.metrics, trigger, &report, elapsed, p.args.dry_run);
+    if report.walked {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         p.metrics.last_successful_pass.set(unix);
+    }
+    if report.walked && full {
         // Every family's table was read whole: the per-frontend figures are complete.
+        let tally = std::mem::take(&mut report.tally);
         let figures = {
             let index = p.index.read().unwrap_or_else(PoisonError::into_inner);
             tally.resolve(&index, Instant::now(), crate::pass::tally::MAX_SERIES)
         };
         p.table.record_pass(figures);
     }
-    Ok((ct, all_ok))
+    Ok((ct, true))
 }
 
-fn record_pass(
-    metrics: &Metrics,
-    family: ctnetlink::Family,
-    trigger: Trigger,
-    r: &PassReport,
-    elapsed: Duration,
-    dry_run: bool,
-) {
-    let ip_family = crate::metrics::IpFamily::from(family);
-    metrics
-        .flows_scanned
-        .get_or_create(&FamilyLabels {
-            ip_family: ip_family.clone(),
-        })
-        .inc_by(r.scanned);
-    let counter = if dry_run {
-        &metrics.flows_not_deleted
-    } else {
-        &metrics.flows_deleted
-    };
+fn record_pass(metrics: &Metrics, trigger: Trigger, r: &PassReport, elapsed: Duration, dry_run: bool) {
+    for (family, scanned) in r.scanned_by_family() {
+        metrics
+            .flows_scanned
+            .get_or_create(&FamilyLabels {
+                ip_family: family.into(),
+            })
+            .inc_by(scanned);
+    }
     for s in &r.stale {
-        record_stale(counter, s, dry_run);
+        record::acted_on(metrics, s, dry_run);
     }
     metrics.postponed_by(Decision::Defer, r.deferred);
     metrics.postponed_by(Decision::Hold, r.held);
-    for (reason, n) in &r.over_budget {
+    for (family, reason, n) in &r.over_budget {
         metrics
             .flows_not_deleted
             .get_or_create(&ReasonLabels {
-                ip_family: ip_family.clone(),
+                ip_family: (*family).into(),
                 reason: reason.to_string(),
             })
             .inc_by(*n);
     }
     if r.budget_hit() {
         metrics.budget_exhausted.inc();
-        let left: u64 = r.over_budget.iter().map(|(_, n)| n).sum();
-        tracing::warn!(%family, left, "deletion budget reached; the rest waits for the next pass");
+        let left: u64 = r.over_budget.iter().map(|(_, _, n)| n).sum();
+        tracing::warn!(left, "deletion budget reached; the rest waits for the next pass");
+    }
+    if r.missed_by_cache > 0 {
+        tracing::warn!(
+            missed = r.missed_by_cache,
+            "the full pass found stale flows the flow cache lacked (lost events?)"
+        );
+    }
+    for (key, err) in &r.failed {
+        record::delete_failed(metrics, key.family, 1);
+        tracing::debug!(flow = %key.orig, error = %err, "delete failed");
     }
     if !r.failed.is_empty() {
-        metrics
-            .delete_errors
-            .get_or_create(&FamilyLabels { ip_family })
-            .inc_by(r.failed.len() as u64);
-        for (key, err) in r.failed.iter().take(10) {
-            tracing::warn!(flow = %key.orig, error = %err, "delete failed");
-        }
+        tracing::warn!(failed = r.failed.len(), "deletes failed");
     }
     if !r.stale.is_empty() || r.deferred > 0 || r.held > 0 {
         tracing::info!(
-            %family, trigger = ?trigger, scanned = r.scanned, stale = r.stale.len(), deferred = r.deferred,
+            trigger = ?trigger, walked = r.walked, scanned = r.scanned, stale = r.stale.len(), deferred = r.deferred,
             held = r.held, recovered = r.recovered, deleted = r.deleted,
             already_gone = r.already_gone, failed = r.failed.len(), dry_run, ms = elapsed.as_millis() as u64,
             "pass"
         );
     } else {
-        tracing::debug!(%family, trigger = ?trigger, scanned = r.scanned, ms = elapsed.as_millis() as u64, "pass");
+        tracing::debug!(trigger = ?trigger, walked = r.walked, scanned = r.scanned, ms = elapsed.as_millis() as u64, "pass");
     }
 }
 

@@ -15,42 +15,8 @@
 //! - everything due at the same moment is merged into one pass.
 
 use crate::metrics::Trigger;
-use std::collections::HashSet;
-use std::hash::Hash;
+use ctdiff::{Dirty, Frontend};
 use std::time::{Duration, Instant};
-
-/// The flows a pass acts on: all of them, or those of some frontends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope<F: Hash + Eq> {
-    /// Every flow.
-    All,
-    /// Flows to these frontends.
-    Frontends(HashSet<F>),
-}
-
-impl<F: Hash + Eq> Scope<F> {
-    /// Widens `self` to cover `other` too.
-    pub fn merge(&mut self, other: Scope<F>) {
-        match (&mut *self, other) {
-            (Scope::All, _) => {}
-            (_, Scope::All) => *self = Scope::All,
-            (Scope::Frontends(a), Scope::Frontends(b)) => a.extend(b),
-        }
-    }
-
-    /// Whether the scope covers `frontend`.
-    pub fn covers(&self, frontend: &F) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Frontends(set) => set.contains(frontend),
-        }
-    }
-
-    /// Whether the scope covers nothing.
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Scope::Frontends(set) if set.is_empty())
-    }
-}
 
 /// Timing parameters.
 #[derive(Debug, Clone)]
@@ -68,28 +34,28 @@ pub struct Timing {
 }
 
 #[derive(Debug)]
-struct Burst<F: Hash + Eq> {
+struct Burst {
     first: Instant,
     last: Instant,
-    scope: Scope<F>,
+    scope: Dirty,
 }
 
 /// A pass to run now.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Due<F: Hash + Eq> {
+pub struct Due {
     /// The most significant reason among the merged requests.
     pub trigger: Trigger,
     /// What the pass covers.
-    pub scope: Scope<F>,
+    pub scope: Dirty,
 }
 
 /// The scheduler's state.
 #[derive(Debug)]
-pub struct Scheduler<F: Hash + Eq> {
+pub struct Scheduler {
     timing: Timing,
-    burst: Option<Burst<F>>,
-    follow_ups: Vec<(Instant, Scope<F>)>,
-    retry: Option<(Instant, Scope<F>)>,
+    burst: Option<Burst>,
+    follow_ups: Vec<(Instant, Dirty)>,
+    retry: Option<(Instant, Dirty)>,
     next_periodic: Instant,
     full_now: Option<Trigger>,
     /// A full pass for lost events, due at this instant (after the backoff).
@@ -98,6 +64,9 @@ pub struct Scheduler<F: Hash + Eq> {
     lost_not_before: Instant,
     /// The current backoff between full passes for lost events.
     lost_gap: Duration,
+    /// Scoped passes are cheap (lookups in the flow index, no table walk): a change is acted
+    /// on `debounce` after the first change of a burst, not after the burst goes quiet.
+    cheap_scoped_passes: bool,
 }
 
 /// The first backoff between full passes for lost events.
@@ -106,7 +75,7 @@ const LOST_GAP_MIN: Duration = Duration::from_secs(1);
 /// resets the backoff.
 const LOST_GAP_MAX: Duration = Duration::from_secs(60);
 
-impl<F: Hash + Eq + Clone> Scheduler<F> {
+impl Scheduler {
     /// A scheduler whose first full pass (`startup`) is due at once.
     pub fn new(timing: Timing, now: Instant) -> Self {
         Scheduler {
@@ -119,11 +88,17 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
             lost: None,
             lost_not_before: now,
             lost_gap: LOST_GAP_MIN,
+            cheap_scoped_passes: false,
         }
     }
 
+    /// Says whether scoped passes are cheap (served by the flow index) or walk the table.
+    pub fn set_cheap_scoped_passes(&mut self, cheap: bool) {
+        self.cheap_scoped_passes = cheap;
+    }
+
     /// Records a watch change that touched `scope`.
-    pub fn on_change(&mut self, scope: Scope<F>, now: Instant) {
+    pub fn on_change(&mut self, scope: Dirty, now: Instant) {
         if scope.is_empty() {
             return;
         }
@@ -143,8 +118,8 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
     }
 
     /// Records that an event-path delete for `frontend` was rate limited.
-    pub fn on_rate_limited(&mut self, frontend: F, now: Instant) {
-        let scope = Scope::Frontends(std::iter::once(frontend).collect());
+    pub fn on_rate_limited(&mut self, frontend: Frontend, now: Instant) {
+        let scope = Dirty::of([frontend]);
         match &mut self.retry {
             Some((_, pending)) => pending.merge(scope),
             None => self.retry = Some((now + self.timing.retry, scope)),
@@ -186,14 +161,17 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
         next
     }
 
-    fn burst_due(&self, b: &Burst<F>) -> Instant {
+    fn burst_due(&self, b: &Burst) -> Instant {
+        if self.cheap_scoped_passes {
+            return b.first + self.timing.debounce;
+        }
         (b.last + self.timing.debounce).min(b.first + self.timing.max_delay)
     }
 
     /// Takes the pass due at `now`, merging everything that is due, or None.
-    pub fn take_due(&mut self, now: Instant) -> Option<Due<F>> {
-        let mut due: Option<Due<F>> = None;
-        let mut add = |trigger: Trigger, scope: Scope<F>| match &mut due {
+    pub fn take_due(&mut self, now: Instant) -> Option<Due> {
+        let mut due: Option<Due> = None;
+        let mut add = |trigger: Trigger, scope: Dirty| match &mut due {
             Some(d) => {
                 d.trigger = d.trigger.max_significance(trigger);
                 d.scope.merge(scope);
@@ -201,16 +179,16 @@ impl<F: Hash + Eq + Clone> Scheduler<F> {
             None => due = Some(Due { trigger, scope }),
         };
         if let Some(trigger) = self.full_now.take() {
-            add(trigger, Scope::All);
+            add(trigger, Dirty::all());
         }
         if self.lost.is_some_and(|at| now >= at) {
             self.lost = None;
             self.lost_not_before = now + self.lost_gap;
             self.lost_gap = (self.lost_gap * 2).min(LOST_GAP_MAX);
-            add(Trigger::events_lost, Scope::All);
+            add(Trigger::events_lost, Dirty::all());
         }
         if now >= self.next_periodic {
-            add(Trigger::periodic, Scope::All);
+            add(Trigger::periodic, Dirty::all());
             self.next_periodic = now + self.timing.resync;
         }
         if self
@@ -278,18 +256,18 @@ mod tests {
         }
     }
 
-    fn only(f: u32) -> Scope<u32> {
-        Scope::Frontends(HashSet::from([f]))
+    fn only(f: u16) -> Dirty {
+        Dirty::of([Frontend::NodePort(f)])
     }
 
-    fn started(t0: Instant) -> Scheduler<u32> {
+    fn started(t0: Instant) -> Scheduler {
         let mut s = Scheduler::new(timing(), t0);
         let first = s.take_due(t0).unwrap();
         assert_eq!(
             first,
             Due {
                 trigger: Trigger::startup,
-                scope: Scope::All
+                scope: Dirty::all()
             }
         );
         s
@@ -325,7 +303,7 @@ mod tests {
         let mut s = started(t0);
         let mut now = t0;
         let mut ran_at = None;
-        for i in 0..40u32 {
+        for i in 0..40u16 {
             s.on_change(only(i), now);
             if let Some(due) = s.take_due(now) {
                 ran_at = Some((now, due));
@@ -335,10 +313,12 @@ mod tests {
         }
         let (at, due) = ran_at.expect("a pass must run under churn");
         assert!(at <= t0 + ms(1000), "ran at +{:?}", at - t0);
-        let Scope::Frontends(set) = due.scope else {
-            panic!("scoped pass expected")
-        };
-        assert_eq!(set.len(), 21, "every frontend touched so far is covered");
+        assert!(!due.scope.all, "scoped pass expected");
+        assert_eq!(
+            due.scope.frontends.len(),
+            21,
+            "every frontend touched so far is covered"
+        );
     }
 
     #[test]
@@ -349,7 +329,7 @@ mod tests {
         s.on_events_lost(t0);
         let due = s.take_due(t0 + ms(100)).unwrap();
         assert_eq!(due.trigger, Trigger::events_lost);
-        assert_eq!(due.scope, Scope::All);
+        assert_eq!(due.scope, Dirty::all());
         assert!(s.take_due(t0 + ms(100)).is_none());
     }
 
@@ -392,7 +372,7 @@ mod tests {
             due,
             Due {
                 trigger: Trigger::periodic,
-                scope: Scope::All
+                scope: Dirty::all()
             }
         );
         assert_eq!(s.next_deadline(), t0 + Duration::from_secs(120));
@@ -402,9 +382,9 @@ mod tests {
     fn rate_limited_frontends_get_one_retry_pass() {
         let t0 = Instant::now();
         let mut s = started(t0);
-        s.on_rate_limited(7, t0);
-        s.on_rate_limited(8, t0 + ms(100));
-        s.on_rate_limited(7, t0 + ms(200));
+        s.on_rate_limited(Frontend::NodePort(7), t0);
+        s.on_rate_limited(Frontend::NodePort(8), t0 + ms(100));
+        s.on_rate_limited(Frontend::NodePort(7), t0 + ms(200));
         assert_eq!(
             s.next_deadline(),
             t0 + ms(500),
@@ -413,7 +393,7 @@ mod tests {
         assert!(s.take_due(t0 + ms(400)).is_none());
         let due = s.take_due(t0 + ms(500)).unwrap();
         assert_eq!(due.trigger, Trigger::rate_limited);
-        assert_eq!(due.scope, Scope::Frontends(HashSet::from([7, 8])));
+        assert_eq!(due.scope, Dirty::of([7, 8].map(Frontend::NodePort)));
         assert!(
             s.take_due(t0 + ms(5000)).is_none(),
             "no follow-ups after a retry"
@@ -424,16 +404,35 @@ mod tests {
     fn empty_changes_are_ignored() {
         let t0 = Instant::now();
         let mut s = started(t0);
-        s.on_change(Scope::Frontends(HashSet::new()), t0);
+        s.on_change(Dirty::default(), t0);
         assert!(s.take_due(t0 + ms(5000)).is_none());
+    }
+
+    #[test]
+    fn with_cheap_scoped_passes_churn_waits_only_the_debounce() {
+        let t0 = Instant::now();
+        let mut s = started(t0);
+        s.set_cheap_scoped_passes(true);
+        let mut now = t0;
+        let mut ran_at = None;
+        for i in 0..40u16 {
+            s.on_change(only(i), now);
+            if s.take_due(now).is_some() {
+                ran_at = Some(now);
+                break;
+            }
+            now += ms(50);
+        }
+        assert_eq!(ran_at, Some(t0 + ms(100)), "due one debounce after the first change");
     }
 
     #[test]
     fn scope_merge_and_cover() {
         let mut a = only(1);
         a.merge(only(2));
-        assert!(a.covers(&1) && a.covers(&2) && !a.covers(&3));
-        a.merge(Scope::All);
-        assert!(a.covers(&3));
+        let np = Frontend::NodePort;
+        assert!(a.contains(&np(1)) && a.contains(&np(2)) && !a.contains(&np(3)));
+        a.merge(Dirty::all());
+        assert!(a.contains(&np(3)));
     }
 }

@@ -20,6 +20,36 @@ pub struct Dirty {
 }
 
 impl Dirty {
+    /// Everything: a full pass.
+    pub fn all() -> Self {
+        Dirty {
+            all: true,
+            frontends: Vec::new(),
+        }
+    }
+
+    /// These frontends (sorted and de-duplicated here).
+    pub fn of(frontends: impl IntoIterator<Item = Frontend>) -> Self {
+        let mut frontends: Vec<Frontend> = frontends.into_iter().collect();
+        frontends.sort_unstable();
+        frontends.dedup();
+        Dirty {
+            all: false,
+            frontends,
+        }
+    }
+
+    /// Widens `self` to cover `other` too.
+    pub fn merge(&mut self, other: Dirty) {
+        if self.all || other.all {
+            *self = Dirty::all();
+            return;
+        }
+        self.frontends.extend(other.frontends);
+        self.frontends.sort_unstable();
+        self.frontends.dedup();
+    }
+
     /// True when nothing was touched.
     pub fn is_empty(&self) -> bool {
         !self.all && self.frontends.is_empty()

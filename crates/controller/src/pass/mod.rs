@@ -1,32 +1,30 @@
-//! One reconcile pass over one IP family: streaming UDP dump → verdicts → decisions → batched
-//! delete.
+//! One reconcile pass: walk (a kernel dump) → plan ([`planner`], pure) → delete by exact key.
 //!
-//! Shared by `run` and `check`. The index is read-locked per flow during the dump, so watch
-//! updates are never held up by a long dump. Verdicts can go stale while the dump runs (a slice
-//! may arrive meanwhile), so every candidate is judged again against the index as it is *after*
-//! the dump, and only then handed to the [`FlowGate`] (fresh, positive evidence) and the budget.
-//! Dumps may repeat an entry while the table changes: candidates are de-duplicated first, so
-//! the budget and the tallies count each entry once.
+//! Shared by `run` and `check`. The index is read-locked per flow during the walk, so watch
+//! updates are never held up by a long dump; the planner judges every candidate again after
+//! the walk. Re-checks of the flows the gate keeps waiting are judged from memory, no walk.
 
+pub mod flow_cache;
+pub mod planner;
+pub mod record;
+pub mod table;
 pub mod tally;
 
-use crate::pass::tally::FlowTally;
-use crate::scheduler::Scope;
-use ctdiff::{Decision, Frontend, Gate, Index, Reason, Verdict};
-use ctnetlink::{Conntrack, DumpFilter, Family, Flow, FlowKey};
+pub use flow_cache::FlowCache;
+pub use planner::{FlowGate, PassReport, PlanConfig, Planner, StaleFlow, flow_ref};
+pub use table::{FakeTable, Table};
+
+use ctdiff::{Decision, Dirty, Index, Verdict};
+use ctnetlink::{DumpFilter, Family, Flow, FlowKey};
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-
-/// The gate every deletion of `run` goes through, remembering the flows that wait for proof.
-pub type FlowGate = Gate<FlowKey, Flow>;
 
 /// How a pass behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct PassConfig {
-    /// The family to dump.
-    pub family: Family,
+    /// The family to judge (None: both, in one walk).
+    pub family: Option<Family>,
     /// Decide and report, delete nothing.
     pub dry_run: bool,
     /// Delete at most this many flows (0: no limit).
@@ -35,226 +33,108 @@ pub struct PassConfig {
     pub zone: u16,
 }
 
-/// A stale flow, with the verdict's details, owned so it can outlive the index lock.
-#[derive(Debug, Clone)]
-pub struct StaleFlow {
-    /// The flow as dumped.
-    pub flow: Flow,
-    /// `namespace/name` of the service.
-    pub service: String,
-    /// The service port's name (empty when unnamed).
-    pub port: String,
-    /// The frontend the flow was sent to.
-    pub frontend: Frontend,
-    /// Why it is stale.
-    pub reason: Reason,
-    /// Whether the agent saw the backend leave or merely does not know it.
-    pub evidence: ctdiff::Evidence,
-}
-
-/// What a pass saw and did.
-#[derive(Debug, Default)]
-pub struct PassReport {
-    /// UDP flows examined.
-    pub scanned: u64,
-    /// Stale flows in scope that the gate let through, in dump order, at most `budget` of them
-    /// when a budget is set: deleted (or, in a dry run, reported).
-    pub stale: Vec<StaleFlow>,
-    /// Stale flows beyond the budget, by reason: found but left for a later pass.
-    pub over_budget: Vec<(Reason, u64)>,
-    /// Stale flows the gate deferred (backend never seen; the view is not yet proven newer).
-    pub deferred: u64,
-    /// Stale flows the gate held (the view is not fresh).
-    pub held: u64,
-    /// Flows judged stale during the dump but not any more when judged again after it.
-    pub recovered: u64,
-    /// Flows deleted.
-    pub deleted: u64,
-    /// Flows that were gone before the delete reached them.
-    pub already_gone: u64,
-    /// Deletions the kernel refused, with why.
-    pub failed: Vec<(FlowKey, String)>,
-    /// Flows per frontend and stale flows left behind, for the table metrics.
-    pub tally: FlowTally,
-}
-
-impl PassReport {
-    /// Whether the budget stopped the pass from deleting everything stale.
-    pub fn budget_hit(&self) -> bool {
-        !self.over_budget.is_empty()
-    }
-
-    /// Deletes `stale` by exact key and records the outcome.
-    pub fn delete_stale(&mut self, ct: &mut Conntrack) -> Result<(), ctnetlink::Error> {
-        if self.stale.is_empty() {
-            return Ok(());
-        }
-        let deleted = ct.delete(self.stale.iter().map(|s| s.flow.key()))?;
-        self.deleted = deleted.deleted;
-        self.already_gone = deleted.already_gone;
-        self.failed = deleted
-            .failed
-            .into_iter()
-            .map(|(key, err)| (key, err.to_string()))
-            .collect();
-        Ok(())
-    }
-}
-
-impl StaleFlow {
-    /// The flow with its verdict's details.
-    pub fn new(flow: Flow, stale: &ctdiff::Stale<'_>) -> Self {
-        StaleFlow {
-            flow,
-            service: stale.service.to_string(),
-            port: stale.port.to_owned(),
-            frontend: stale.frontend,
-            reason: stale.reason,
-            evidence: stale.evidence,
+impl PassConfig {
+    fn plan(&self) -> PlanConfig {
+        PlanConfig {
+            dry_run: self.dry_run,
+            budget: self.budget,
+            zone: self.zone,
         }
     }
 }
 
-/// The part of a flow classification needs.
-pub fn flow_ref(flow: &Flow) -> ctdiff::FlowRef {
-    ctdiff::FlowRef {
-        proto: flow.orig.proto,
-        orig_dst: SocketAddr::new(flow.orig.dst, flow.orig.dport),
-        reply_src: SocketAddr::new(flow.reply.src, flow.reply.sport),
-    }
-}
-
-/// Whether a verdict's frontend falls within a scope. A scope names a host port on every node
-/// address with the unspecified IP, as ctdiff's dirty sets do.
-fn in_scope(scope: &Scope<Frontend>, frontend: &Frontend) -> bool {
-    scope.covers(frontend)
-        || matches!(frontend, Frontend::HostPort(addr) if {
-            let any: std::net::IpAddr = if addr.is_ipv4() {
-                std::net::Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            };
-            scope.covers(&Frontend::HostPort(SocketAddr::new(any, addr.port())))
-        })
-}
-
-/// Runs one pass over `cfg.family`'s UDP flows within `scope`. Without a `gate` every stale
-/// flow is acted on (`check`, whose state is a complete one-shot snapshot); with one, only what
-/// the gate lets through.
+/// Runs one pass over `cfg.family`'s UDP flows within `scope`, walking the table. Without a
+/// `gate` every stale flow is acted on (`check`, whose state is a complete one-shot snapshot);
+/// with one, only what the gate lets through.
 pub fn run_pass(
-    ct: &mut Conntrack,
+    table: &mut impl Table,
     index: &RwLock<Index>,
     gate: Option<&Mutex<FlowGate>>,
-    scope: &Scope<Frontend>,
+    scope: &Dirty,
     cfg: &PassConfig,
     now: Instant,
 ) -> Result<PassReport, ctnetlink::Error> {
-    let filter = DumpFilter {
-        family: Some(cfg.family),
-        proto: Some(ctnetlink::proto::UDP),
-        ..Default::default()
-    };
-    let mut report = PassReport::default();
-    let mut seen: HashSet<FlowKey> = HashSet::new();
-    let mut candidates: Vec<Flow> = Vec::new();
-    // Candidates beyond twice the budget cannot be deleted by this pass anyway (the gate
-    // may defer some): count them without keeping them.
-    let keep_at_most = match cfg.budget {
-        0 => usize::MAX,
-        b => usize::try_from(b.saturating_mul(2)).unwrap_or(usize::MAX),
-    };
-    // The filter holds for every flow handed out (ctnetlink re-applies it in user space).
-    ct.dump(&filter, |flow| {
-        if flow.zone != cfg.zone {
-            return;
-        }
-        report.scanned += 1;
-        let index = index.read().unwrap_or_else(PoisonError::into_inner);
-        let fref = flow_ref(flow);
-        let stale = match index.classify(&fref, now) {
-            Verdict::Unrelated => return,
-            Verdict::Keep => {
-                report.tally.flow(fref.orig_dst);
-                return;
+    run_pass_with_cache(table, index, gate, None, scope, cfg, now)
+}
+
+/// Runs one pass. A scoped pass is served from `cache` when it is complete (no table walk);
+/// otherwise the table is walked, and a full walk seeds `cache`.
+pub fn run_pass_with_cache(
+    table: &mut impl Table,
+    index: &RwLock<Index>,
+    gate: Option<&Mutex<FlowGate>>,
+    cache: Option<&Mutex<FlowCache>>,
+    scope: &Dirty,
+    cfg: &PassConfig,
+    now: Instant,
+) -> Result<PassReport, ctnetlink::Error> {
+    let mut planner = Planner::new(cfg.plan(), scope);
+    let looked_up = cache.and_then(|c| c.lock().unwrap_or_else(PoisonError::into_inner).scoped(scope));
+    let mut missed: HashSet<FlowKey> = HashSet::new();
+    let walked = looked_up.is_none();
+    match looked_up {
+        Some(flows) => {
+            let index = index.read().unwrap_or_else(PoisonError::into_inner);
+            for flow in flows.iter().filter(|f| cfg.family.is_none_or(|fam| fam == f.family)) {
+                planner.observe(&index, flow, now);
             }
-            Verdict::Stale(stale) => stale,
-        };
-        if !seen.insert(flow.key()) {
-            return; // a dump may hand out an entry twice while the table changes
         }
-        report.tally.flow(fref.orig_dst);
-        if !in_scope(scope, &stale.frontend) {
-            report.tally.left(fref.orig_dst, stale.reason);
-        } else if candidates.len() < keep_at_most {
-            candidates.push(*flow);
-        } else {
-            report.tally.left(fref.orig_dst, stale.reason);
-            count_reason(&mut report.over_budget, stale.reason);
+        None => {
+            let filter = DumpFilter {
+                family: cfg.family,
+                proto: Some(ctnetlink::proto::UDP),
+                ..Default::default()
+            };
+            // A full walk of every family re-seeds the cache; it also tells which flows the
+            // cache had missed (expected none while it was complete).
+            let seeding = cache.filter(|_| scope.all && cfg.family.is_none());
+            let seed = seeding.map(|c| {
+                let mut c = c.lock().unwrap_or_else(PoisonError::into_inner);
+                (c.is_complete(), c.begin_seed())
+            });
+            table.walk(&filter, &mut |flow| {
+                if let (Some(cache), Some((was_complete, _))) = (seeding, seed) {
+                    let lacked = cache.lock().unwrap_or_else(PoisonError::into_inner).seed(flow);
+                    if lacked && was_complete {
+                        missed.insert(flow.key());
+                    }
+                }
+                let index = index.read().unwrap_or_else(PoisonError::into_inner);
+                planner.observe(&index, flow, now);
+            })?;
+            if let (Some(cache), Some((_, counts))) = (seeding, seed) {
+                cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .finish_seed(counts);
+            }
         }
-    })?;
-    decide(index, gate, candidates, cfg, &mut report);
+    }
+    let mut report = {
+        let index = index.read().unwrap_or_else(PoisonError::into_inner);
+        let mut gate = gate.map(|g| g.lock().unwrap_or_else(PoisonError::into_inner));
+        planner.decide(&index, gate.as_deref_mut(), Instant::now())
+    };
+    report.walked = walked;
+    report.missed_by_cache = report
+        .stale
+        .iter()
+        .filter(|s| missed.contains(&s.flow.key()))
+        .count() as u64;
     if !cfg.dry_run {
-        report.delete_stale(ct)?;
+        report.delete_stale(table)?;
     }
     Ok(report)
 }
 
-fn count_reason(counts: &mut Vec<(Reason, u64)>, reason: Reason) {
-    match counts.iter_mut().find(|(r, _)| *r == reason) {
-        Some((_, n)) => *n += 1,
-        None => counts.push((reason, 1)),
-    }
-}
-
-/// Judges the dump's candidates again, now, and fills `report.stale` with what the gate and
-/// the budget let through.
-fn decide(
-    index: &RwLock<Index>,
-    gate: Option<&Mutex<FlowGate>>,
-    candidates: Vec<Flow>,
-    cfg: &PassConfig,
-    report: &mut PassReport,
-) {
-    let budget = match cfg.budget {
-        0 => u64::MAX,
-        b => b,
-    };
-    let now = Instant::now();
-    let index = index.read().unwrap_or_else(PoisonError::into_inner);
-    let mut gate = gate.map(|g| g.lock().unwrap_or_else(PoisonError::into_inner));
-    for flow in candidates {
-        let fref = flow_ref(&flow);
-        let Verdict::Stale(stale) = index.classify(&fref, now) else {
-            if let Some(gate) = gate.as_mut() {
-                gate.forget(&flow.key());
-            }
-            report.recovered += 1;
-            continue;
-        };
-        let decision = match gate.as_mut() {
-            Some(gate) => gate.decide(flow.key(), flow, &stale, index.knowledge(), now),
-            None => Decision::Delete,
-        };
-        match decision {
-            Decision::Delete if (report.stale.len() as u64) < budget => {
-                if cfg.dry_run {
-                    report.tally.left(fref.orig_dst, stale.reason);
-                }
-                report.stale.push(StaleFlow::new(flow, &stale));
-            }
-            Decision::Delete => {
-                report.tally.left(fref.orig_dst, stale.reason);
-                count_reason(&mut report.over_budget, stale.reason);
-            }
-            Decision::Defer => {
-                report.tally.left(fref.orig_dst, stale.reason);
-                report.deferred += 1;
-            }
-            Decision::Hold => {
-                report.tally.left(fref.orig_dst, stale.reason);
-                report.held += 1;
-            }
+impl PassReport {
+    /// Deletes the report's stale flows by exact key and records the outcome.
+    pub fn delete_stale(&mut self, table: &mut impl Table) -> Result<(), ctnetlink::Error> {
+        if !self.stale.is_empty() {
+            let outcome = table.delete(self.keys())?;
+            self.record_deletes(outcome);
         }
+        Ok(())
     }
 }
 
@@ -267,9 +147,14 @@ pub fn recheck_waiting(
     now: Instant,
     budget: u64,
 ) -> Recheck {
+    let index = index.read().unwrap_or_else(PoisonError::into_inner);
+    let mut gate = gate.lock().unwrap_or_else(PoisonError::into_inner);
+    recheck_gate(&index, &mut gate, now, budget)
+}
+
+/// [`recheck_waiting`] on locked state.
+pub fn recheck_gate(index: &Index, gate: &mut FlowGate, now: Instant, budget: u64) -> Recheck {
     let overdue_after = gate
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
         .config()
         .grace
         .saturating_mul(PROOF_OVERDUE_GRACES)
@@ -278,8 +163,6 @@ pub fn recheck_waiting(
         0 => usize::MAX,
         b => usize::try_from(b).unwrap_or(usize::MAX),
     };
-    let index = index.read().unwrap_or_else(PoisonError::into_inner);
-    let mut gate = gate.lock().unwrap_or_else(PoisonError::into_inner);
     let mut out = Recheck::default();
     // A flow not seen again (by a pass or an event) within its conntrack timeout has most
     // likely expired: forget it rather than keep deleting a key nobody has seen.
@@ -349,164 +232,4 @@ pub const PROOF_OVERDUE_GRACES: u32 = 12;
 pub const MIN_PROOF_OVERDUE: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ctdiff::{GateConfig, IndexConfig, Kind};
-    use ctnetlink::{Status, Tuple};
-    use k8s_openapi::api::core::v1::Service;
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use serde_json::json;
-    use std::time::Duration;
-
-    fn service() -> Service {
-        serde_json::from_value(json!({
-            "metadata": {"name": "dns", "namespace": "d"},
-            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                     "ports": [{"port": 53, "protocol": "UDP"}]}
-        }))
-        .unwrap()
-    }
-
-    fn slice(ready: &[(&str, bool)]) -> EndpointSlice {
-        let endpoints: Vec<_> = ready
-            .iter()
-            .map(|(ip, r)| json!({"addresses": [ip], "conditions": {"ready": r, "serving": r}}))
-            .collect();
-        serde_json::from_value(json!({
-            "metadata": {"name": "dns-1", "namespace": "d",
-                         "labels": {"kubernetes.io/service-name": "dns"}},
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{"port": 5353, "protocol": "UDP"}]
-        }))
-        .unwrap()
-    }
-
-    fn flow(sport: u16, backend: &str) -> Flow {
-        let client = "10.244.2.9".parse().unwrap();
-        let vip = "10.96.0.10".parse().unwrap();
-        let backend = backend.parse().unwrap();
-        Flow {
-            family: Family::V4,
-            orig: Tuple::new(client, vip, ctnetlink::proto::UDP, sport, 53),
-            reply: Tuple::new(backend, client, ctnetlink::proto::UDP, 5353, sport),
-            status: Status::CONFIRMED,
-            mark: 0,
-            zone: 0,
-            timeout: 30,
-            id: u32::from(sport),
-            zone_dir: ctnetlink::ZoneDir::Both,
-        }
-    }
-
-    /// An index listed at `t0` with `ready`, where 10.244.0.2 was seen leaving.
-    fn index(t0: Instant) -> RwLock<Index> {
-        let mut index = Index::new(IndexConfig::new("n1"));
-        let _ = index.reset_services([&service()], t0);
-        let _ = index
-            .reset_endpoint_slices([&slice(&[("10.244.0.1", true), ("10.244.0.2", true)])], t0);
-        let _ = index.reset_pods([], t0);
-        let _ =
-            index.apply_endpoint_slice(&slice(&[("10.244.0.1", true), ("10.244.0.2", false)]), t0);
-        for kind in Kind::ALL {
-            index.knowledge_mut().relist_started(kind, t0);
-            index.knowledge_mut().listed(kind, t0, t0);
-        }
-        RwLock::new(index)
-    }
-
-    fn cfg() -> PassConfig {
-        PassConfig {
-            family: Family::V4,
-            dry_run: false,
-            budget: 0,
-            zone: 0,
-        }
-    }
-
-    #[test]
-    fn a_verdict_that_went_stale_during_the_dump_is_not_acted_on() {
-        let t0 = Instant::now();
-        let index = index(t0);
-        let gate = Mutex::new(FlowGate::new(GateConfig::default()));
-        let mut report = PassReport::default();
-        // Judged stale while dumping; the slice flips it back to ready before the delete.
-        let _ = index
-            .write()
-            .unwrap()
-            .apply_endpoint_slice(&slice(&[("10.244.0.1", true), ("10.244.0.2", true)]), t0);
-        decide(
-            &index,
-            Some(&gate),
-            vec![flow(4000, "10.244.0.2")],
-            &cfg(),
-            &mut report,
-        );
-        assert!(report.stale.is_empty(), "{report:?}");
-        assert_eq!(report.recovered, 1);
-    }
-
-    #[test]
-    fn the_budget_caps_deletions_and_counts_the_rest_by_reason() {
-        let t0 = Instant::now();
-        let index = index(t0);
-        let gate = Mutex::new(FlowGate::new(GateConfig::default()));
-        let mut report = PassReport::default();
-        let flows: Vec<Flow> = (0..5).map(|i| flow(4000 + i, "10.244.0.2")).collect();
-        decide(
-            &index,
-            Some(&gate),
-            flows,
-            &PassConfig { budget: 3, ..cfg() },
-            &mut report,
-        );
-        assert_eq!(report.stale.len(), 3);
-        assert_eq!(report.over_budget, vec![(Reason::EndpointNotServing, 2)]);
-    }
-
-    #[test]
-    fn the_gate_defers_never_seen_backends_and_holds_on_a_stale_view() {
-        let t0 = Instant::now();
-        let index = index(t0);
-        let gate = Mutex::new(FlowGate::new(GateConfig::default()));
-        let mut report = PassReport::default();
-        decide(
-            &index,
-            Some(&gate),
-            vec![flow(4000, "10.244.0.9")],
-            &cfg(),
-            &mut report,
-        );
-        assert!(report.stale.is_empty());
-        assert_eq!(report.deferred, 1);
-        assert_eq!(gate.lock().unwrap().len(), 1);
-        // Nothing proves the view newer than the flow yet; a bookmark a grace later does.
-        let later = Instant::now() + Duration::from_secs(6);
-        let found = recheck_waiting(&index, &gate, later, 0);
-        assert!(found.delete.is_empty());
-        for kind in Kind::ALL {
-            index
-                .write()
-                .unwrap()
-                .knowledge_mut()
-                .bookmarked(kind, later);
-        }
-        let found = recheck_waiting(&index, &gate, later, 0);
-        assert_eq!(found.delete.len(), 1);
-        // A failing watch holds even positive evidence.
-        index
-            .write()
-            .unwrap()
-            .knowledge_mut()
-            .failed(Kind::EndpointSlices, later);
-        let mut report = PassReport::default();
-        decide(
-            &index,
-            Some(&gate),
-            vec![flow(4001, "10.244.0.2")],
-            &cfg(),
-            &mut report,
-        );
-        assert_eq!((report.stale.len(), report.held), (0, 1));
-    }
-}
+mod tests;
