@@ -665,6 +665,49 @@ mod tests {
         .unwrap();
     }
 
+    /// Why a dump of both families filters the protocol in user space: the kernel refuses a
+    /// `CTA_FILTER` without a family (`ctnetlink_parse_tuple_filter`: EOPNOTSUPP). Should a
+    /// kernel start accepting it, this fails, and the protocol could move to the kernel.
+    #[test]
+    fn the_kernel_refuses_a_protocol_filter_in_a_dump_of_both_families() {
+        if !crate::testing::root_or_skip(
+            "the_kernel_refuses_a_protocol_filter_in_a_dump_of_both_families",
+        ) {
+            return;
+        }
+        socket::in_private_netns(|| {
+            let mut ct = Conntrack::open(None, Capabilities::NONE)?;
+            let both_udp = DumpFilter::all_families_proto(proto::UDP);
+            let forced = KernelFilter {
+                proto: true,
+                ..KernelFilter::default()
+            };
+            ct.begin_exchange()?;
+            let seq = ct.next_seq(1);
+            ct.writer.clear();
+            ct.writer.dump_request(&both_udp, &forced, seq);
+            socket::send_all(&ct.socket, ct.writer.as_bytes(), "dump conntrack")?;
+            let mut stats = DumpStats::default();
+            let (outcome, _) = pipelined_dump(&ct.socket, seq, ct.recv_timeout, |datagram| {
+                dispatch_dump(datagram, seq, &both_udp, &mut stats, &mut |_| {})
+            });
+            match outcome {
+                Err(DumpEnd::Kernel(err)) => assert_eq!(err.errno(), Some(libc::EOPNOTSUPP)),
+                Err(DumpEnd::Broken(err)) => panic!("{err}"),
+                Ok(()) => panic!("the kernel accepted CTA_FILTER with AF_UNSPEC"),
+            }
+            // And the encoder never sends it: a handle's dump of both families works.
+            assert!(
+                !Capabilities::from_release("6.18")
+                    .kernel_filter(&both_udp)
+                    .proto
+            );
+            ct.dump(&both_udp, |_| {})?;
+            Ok(())
+        })
+        .unwrap();
+    }
+
     #[test]
     fn a_zone_of_one_direction_is_reported_and_its_entry_deleted_by_key() {
         if !crate::testing::root_or_skip(

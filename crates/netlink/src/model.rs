@@ -415,7 +415,10 @@ impl NewFlow {
 /// answer does not depend on which criteria the running kernel could apply itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DumpFilter {
-    /// Only this address family.
+    /// Only this address family. `None`: both IPv4 and IPv6, in one `AF_UNSPEC` dump — one
+    /// walk of the kernel's table rather than one per family. The kernel cannot filter the
+    /// protocol in such a dump (`CTA_FILTER` needs a family), so the protocol is then applied
+    /// in user space only; mark, status and zone are still applied by kernels that can.
     pub family: Option<Family>,
     /// Only this layer-4 protocol.
     pub proto: Option<u8>,
@@ -437,6 +440,15 @@ impl DumpFilter {
     pub fn family_proto(family: Family, proto: u8) -> Self {
         Self {
             family: Some(family),
+            proto: Some(proto),
+            ..Self::default()
+        }
+    }
+
+    /// Both families and one protocol, in one dump (one walk of the kernel's table; see
+    /// [`DumpFilter::family`]).
+    pub fn all_families_proto(proto: u8) -> Self {
+        Self {
             proto: Some(proto),
             ..Self::default()
         }

@@ -455,3 +455,108 @@ fn a_delete_after_an_abandoned_dump_is_not_poisoned() {
     assert_eq!(deleted, 100);
     assert_eq!(left, 5_000 - 100 + 1);
 }
+
+#[test]
+fn one_dump_without_a_family_returns_both_families_with_one_request() {
+    let Some((ns, mut ct)) =
+        setup("one_dump_without_a_family_returns_both_families_with_one_request")
+    else {
+        return;
+    };
+    let mut flows = Vec::new();
+    for i in 0..40u32 {
+        let mut flow = if i % 2 == 0 { udp4(i) } else { udp6(i) };
+        flow.mark = i % 4;
+        flows.push(flow);
+    }
+    // Entries of another protocol in both families, which the protocol filter must drop.
+    for i in 0..6u16 {
+        let mut flow = icmp(i + 1, i % 2 == 1);
+        flow.mark = 1;
+        flows.push(flow);
+    }
+    create_all(&mut ct, &flows);
+    let expected =
+        |keep: &dyn Fn(&NewFlow) -> bool| new_identities(flows.iter().filter(|f| keep(f)));
+
+    // Both families, UDP only: one request.
+    let before = ct.dump_requests();
+    let mut seen = Vec::new();
+    let stats = ct
+        .dump(&DumpFilter::all_families_proto(proto::UDP), |f| {
+            seen.push(*f)
+        })
+        .unwrap();
+    assert_eq!(ct.dump_requests(), before + 1, "one dump request");
+    assert_eq!(identities(&seen), expected(&|f| f.orig.proto == proto::UDP));
+    for family in Family::ALL {
+        assert_eq!(seen.iter().filter(|f| f.family == family).count(), 20);
+    }
+    assert!(seen.iter().all(|f| f.orig.proto == proto::UDP));
+    // The kernel cannot filter the protocol without a family: the ICMP entries came out of
+    // it and were dropped in user space.
+    assert!(!stats.filtered_in_kernel, "{stats:?}");
+    assert_eq!((stats.messages, stats.matched), (46, 40), "{stats:?}");
+
+    // Criteria that need no family stay in the kernel for a dump of both families.
+    if ct.capabilities().mark {
+        let by_mark = DumpFilter {
+            mark: Some((0x3, 1)),
+            ..DumpFilter::default()
+        };
+        let before = ct.dump_requests();
+        let mut seen = Vec::new();
+        let stats = ct.dump(&by_mark, |f| seen.push(*f)).unwrap();
+        assert_eq!(ct.dump_requests(), before + 1);
+        assert_eq!(identities(&seen), expected(&|f| f.mark & 0x3 == 1));
+        assert!(
+            Family::ALL
+                .iter()
+                .all(|&family| seen.iter().any(|f| f.family == family))
+        );
+        assert!(stats.filtered_in_kernel, "{stats:?}");
+        assert_eq!(
+            stats.messages, stats.matched,
+            "the kernel sent only matches"
+        );
+    }
+    if ct.capabilities().status {
+        let unreplied = DumpFilter {
+            status: Some((Status::SEEN_REPLY, Status::NONE)),
+            ..DumpFilter::default()
+        };
+        let mut seen = Vec::new();
+        let stats = ct.dump(&unreplied, |f| seen.push(*f)).unwrap();
+        assert_eq!(
+            identities(&seen),
+            expected(&|f| !f.status.contains(Status::SEEN_REPLY))
+        );
+        assert!(
+            Family::ALL
+                .iter()
+                .all(|&family| seen.iter().any(|f| f.family == family))
+        );
+        assert!(stats.filtered_in_kernel, "{stats:?}");
+        assert_eq!(
+            stats.messages, stats.matched,
+            "the kernel sent only matches"
+        );
+    }
+
+    // The request a handle sends, alone on a raw socket: one request, both families.
+    let caps = ct.capabilities();
+    let filter = DumpFilter::all_families_proto(proto::UDP);
+    let mut raw = ctnetlink::testing::RawDumper::new(&ns.path(), &filter, &caps).unwrap();
+    let mut families = HashMap::new();
+    raw.dump_with(|datagram| {
+        ctnetlink::testing::parse_datagram(datagram, |flow| {
+            let flow = flow.unwrap();
+            if flow.orig.proto == proto::UDP {
+                *families.entry(flow.family).or_insert(0) += 1;
+            }
+        })
+    })
+    .unwrap();
+    assert_eq!(families.get(&Family::V4), Some(&20));
+    assert_eq!(families.get(&Family::V6), Some(&20));
+}
