@@ -32,17 +32,16 @@
 //! with that layout; any other shape (ICMP, tuple zones, reordered or malformed attributes)
 //! goes through the generic, attribute-by-attribute path (a proptest checks the two agree).
 //!
-//! **What a dump costs.** The kernel builds one datagram of at most 32 KiB (~169 UDPv4
-//! entries) per `recvmsg`, inside that call, after copying out the previous one
-//! (`netlink_dump` sizes it from the largest earlier read, capped at 32 KiB): a bigger user
-//! buffer or receive buffer does not make datagrams larger, and a single thread would alternate
-//! between the kernel's work and its own parsing. A dump therefore receives on a helper thread
-//! while the calling thread parses (a ring of 8 × 64 KiB buffers, so memory stays bounded), and
-//! on two cores costs about the kernel's walk and message building alone (the floor). Measured
-//! with `examples/ct-bench.rs` (1,000,000 UDPv4 entries, 2-vCPU VM, Linux 6.18, medians of
-//! alternating rounds): floor 1.20 s, dump + parse 1.22 s, ratio 1.02 (1.03 before the receive
-//! moved to its own thread); `conntrack -L` 3.45 s; parser alone 47–55 ns/entry; peak RSS growth
-//! during a dump 0 KiB.
+//! **What a dump costs.** The kernel builds one datagram of at most 32 KiB per `recvmsg`,
+//! inside that call, after copying out the previous one (`netlink_dump` sizes it from the
+//! largest earlier read, capped at 32 KiB): a bigger user buffer or receive buffer does not
+//! make datagrams larger, and a single thread would alternate between the kernel's work and its
+//! own parsing. A dump therefore receives on a helper thread while the calling thread parses (a
+//! ring of 8 × 64 KiB buffers, so memory stays bounded), and on two cores costs about the
+//! kernel's walk and message building alone (the floor). Every dump walks the kernel's whole
+//! table, whatever it asks for, so a dump of both families is one request rather than two.
+//! `examples/ct-bench.rs` measures a dump against that floor and `examples/ct-family-bench.rs`
+//! one dump of both families against two; the figures are in the README.
 //!
 //! **Blocking handle, async events.** Dump, delete and create are request/response exchanges
 //! that keep one core busy in the kernel; a blocking API on a dedicated socket is the simplest
@@ -64,11 +63,12 @@
 //! [`Capabilities::from_running_kernel`], from the kernel version; opening a handle has no
 //! other effect (the live probe, which creates entries in a private namespace, is a separate
 //! call in the `testing` feature). A dump of both families is one `AF_UNSPEC` request, so one
-//! walk of the kernel's table instead of two; the kernel cannot filter the protocol there
-//! (`CTA_FILTER` needs a family), so the protocol is then applied in user space only, while
-//! mark, status and zone are still filtered in the kernel. Addresses are never sent as filters: the kernel compares IPv6 addresses in
-//! `CTA_FILTER` inverted (a match on X returns everything but X), and filtered flushes would
-//! be disastrous on kernels that ignore the filter. Deletion is always by exact key.
+//! walk of the kernel's table instead of two; the kernel refuses `CTA_FILTER` without a family,
+//! so such a dump applies the protocol in user space only, while mark, status and zone are
+//! still filtered in the kernel. Addresses are never sent as filters: the kernel compares IPv6
+//! addresses in `CTA_FILTER` inverted (a match on X returns everything but X), and filtered
+//! flushes would be disastrous on kernels that ignore the filter. Deletion is always by exact
+//! key.
 //!
 //! **Batched deletes.** Thousands of `CT_DELETE` messages go out in one `sendmsg` without
 //! per-message ACKs; the kernel answers only failures (trimmed by `NETLINK_CAP_ACK`), each
@@ -80,12 +80,10 @@
 //! entry sits in its bucket twice, original and reply) and the nfnetlink subsystem mutex that
 //! `CT_NEW`/`CT_DELETE` take for every message, shared by all namespaces on the host (so
 //! concurrent conntrack writers, and `nf_ct_iterate_cleanup` walks when any namespace is
-//! removed, slow it down). Measured at 1,000,000 entries (16,000 scattered deletes, medians
-//! of 5): 364k entries/s (380k per CPU-second) with the default 262,144 buckets, 498k/s (626k
-//! per CPU-second) with one bucket per allowed entry (`nf_conntrack_buckets` raised with
-//! `nf_conntrack_max`, as operators of large tables should); 2048 or 8192 messages per batch
-//! make no difference, and a batch never sleeps in the kernel; slower runs were preempted by
-//! other work on the machine. Filling 1,000,000 entries takes about 2.5 s.
+//! removed, slow it down). Deletes are therefore faster with one bucket per allowed entry
+//! (`nf_conntrack_buckets` raised with `nf_conntrack_max`, as operators of large tables
+//! should); beyond a couple of thousand messages the batch size makes no difference, and a
+//! batch never sleeps in the kernel. `examples/ct-bench.rs` measures delete and fill rates.
 //!
 //! **Abandoned exchanges and timeouts.** Every receive has a timeout
 //! ([`DEFAULT_RECEIVE_TIMEOUT`], [`Conntrack::set_receive_timeout`]) and fails with
