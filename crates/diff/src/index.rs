@@ -12,6 +12,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::addr::{Key, NodePortAddresses, unspecified_like};
 use crate::dirty::Dirty;
 use crate::gate::Knowledge;
+#[cfg(doc)]
+use crate::kinds::IndexedKind;
 use crate::parse::{self, ObjKey, ParsedService, PodSpec, ServiceSpec, SliceSpec};
 use crate::report::{Report, SkipReason};
 use crate::tables::{Backend, Backends, FrontendKey, Frontends, Group, GroupId, GroupKind, Groups};
@@ -22,28 +24,6 @@ pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(90);
 
 /// Default time a deleted service's (or pod's) frontends stay judged as stale.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(5 * 60);
-
-/// A relist of one kind in progress: which objects it has listed so far.
-///
-/// Start one with `Relist::default()` at the watch's `Init`, pass each listed object to the
-/// kind's `relist_*` method, and end it with the kind's `finish_*_relist` at `InitDone`. Until
-/// the first relist of a kind is finished, the index judges nothing of that kind stale.
-#[derive(Debug, Default)]
-pub struct Relist {
-    seen: FxHashSet<ObjKey>,
-}
-
-impl Relist {
-    /// How many objects were listed so far.
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    /// Whether nothing was listed so far.
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
-    }
-}
 
 /// Settings of an [`Index`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +69,7 @@ pub struct IndexStats {
     pub node_addresses: usize,
 }
 
-/// Which kinds have completed a full list (`reset_*`): verdicts other than `Keep`/`Unrelated`
+/// Which kinds have completed a full list (a finished relist): verdicts other than `Keep`/`Unrelated`
 /// are only given on complete state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Listed {
@@ -142,9 +122,9 @@ pub struct Index {
 }
 
 impl Index {
-    /// An empty index. Until `reset_services` and `reset_endpoint_slices` (and for host ports
-    /// `reset_pods`) have been called once, flows to known frontends are kept, never stale:
-    /// a half-listed cache must not delete.
+    /// An empty index. Until Services and EndpointSlices (and for host ports Pods) have been
+    /// fully listed once ([`Index::reset`], or a relist ended by [`Index::finish_relist`]),
+    /// flows to known frontends are kept, never stale: a half-listed cache must not delete.
     pub fn new(cfg: IndexConfig) -> Self {
         Index {
             cfg,
@@ -183,7 +163,7 @@ impl Index {
         &mut self.knowledge
     }
 
-    /// True once services and endpoint slices have been fully listed (`reset_*`).
+    /// True once services and endpoint slices have been fully listed.
     pub fn services_complete(&self) -> bool {
         self.listed.services && self.listed.slices
     }
@@ -203,15 +183,20 @@ impl Index {
 
     // ---- services ----
 
-    /// Adds or updates a Service. A service that becomes ignored (ExternalName, headless,
-    /// another proxy's) loses its frontends without a tombstone, as do frontends an update
-    /// drops: kube-proxy stops judging them too, and another proxy may own them now.
-    pub fn apply_service(&mut self, svc: &Service, now: Instant) -> Report {
-        let _ = now;
+    /// Adds or updates a Service (see [`IndexedKind::apply`]); with `seen`, records it as
+    /// listed by a relist in progress, from the same parse.
+    pub(crate) fn apply_service_listed(
+        &mut self,
+        svc: &Service,
+        seen: Option<&mut FxHashSet<ObjKey>>,
+    ) -> Report {
         let mut report = Report::default();
         let Some((key, parsed)) = parse::parse_service(svc, &mut report) else {
             return report;
         };
+        if let Some(seen) = seen {
+            seen.insert(key.clone());
+        }
         match parsed {
             ParsedService::Ignored(why) => {
                 report.skip(
@@ -225,15 +210,8 @@ impl Index {
         report
     }
 
-    /// Removes a Service; its frontends become tombstones for the TTL (unless it opted out).
-    ///
-    /// A deleted object that is ignored (labelled `service.kubernetes.io/service-proxy-name`,
-    /// ExternalName, headless) leaves no tombstone, as in [`Index::apply_service`]: kube-proxy
-    /// dropped its rules when the object became ignored, and another proxy may own its
-    /// frontends now. (A watch whose label selector excludes that label turns the relabel into
-    /// a deletion carrying the *old* object, which looks like a real deletion: the caller must
-    /// filter the label client-side and pass the relabelled object to `apply_service`.)
-    pub fn delete_service(&mut self, svc: &Service, now: Instant) -> Report {
+    /// Removes a Service (see [`IndexedKind::delete`]).
+    pub(crate) fn delete_service_obj(&mut self, svc: &Service, now: Instant) -> Report {
         let mut report = Report::default();
         match parse::parse_service(svc, &mut Report::default()) {
             Some((key, ParsedService::Ignored(_))) => self.remove_service(&key, None),
@@ -243,38 +221,13 @@ impl Index {
         report
     }
 
-    /// Replaces every Service with `all` (a full relist): services missing from it are
-    /// deleted (tombstoned). Marks the index dirty as a whole.
-    pub fn reset_services<'a>(
-        &mut self,
-        all: impl IntoIterator<Item = &'a Service>,
-        now: Instant,
-    ) -> Report {
-        let mut relist = Relist::default();
-        let mut report = Report::default();
-        for svc in all {
-            report.merge(self.relist_service(&mut relist, svc, now));
-        }
-        report.merge(self.finish_service_relist(relist, now));
-        report
-    }
-
-    /// Applies one Service of a relist in progress and records it as listed. Objects can be
-    /// applied as they arrive, so a relist never has to hold the whole list in memory.
-    pub fn relist_service(&mut self, relist: &mut Relist, svc: &Service, now: Instant) -> Report {
-        if let Some((key, _)) = parse::parse_service(svc, &mut Report::default()) {
-            relist.seen.insert(key);
-        }
-        self.apply_service(svc, now)
-    }
-
     /// Ends a relist of Services: those not listed are deleted (tombstoned), the kind counts
     /// as listed, and the index is dirty as a whole.
-    pub fn finish_service_relist(&mut self, relist: Relist, now: Instant) -> Report {
+    pub(crate) fn finish_services(&mut self, seen: &FxHashSet<ObjKey>, now: Instant) {
         let gone: Vec<ObjKey> = self
             .services
             .keys()
-            .filter(|k| !relist.seen.contains(*k))
+            .filter(|k| !seen.contains(*k))
             .cloned()
             .collect();
         for key in gone {
@@ -282,7 +235,6 @@ impl Index {
         }
         self.listed.services = true;
         self.dirty_all = true;
-        Report::default()
     }
 
     fn upsert_service(&mut self, key: ObjKey, spec: ServiceSpec) {
@@ -384,10 +336,22 @@ impl Index {
 
     // ---- endpoint slices ----
 
-    /// Adds or updates an EndpointSlice (its Service may not be known yet: it is kept).
-    pub fn apply_endpoint_slice(&mut self, slice: &EndpointSlice, now: Instant) -> Report {
+    /// Adds or updates an EndpointSlice (see [`IndexedKind::apply`]); with `seen`, records it
+    /// as listed by a relist in progress, from the same parse.
+    pub(crate) fn apply_slice_listed(
+        &mut self,
+        slice: &EndpointSlice,
+        seen: Option<&mut FxHashSet<ObjKey>>,
+        now: Instant,
+    ) -> Report {
         let mut report = Report::default();
-        if let Some(service) = self.put_slice(slice, &mut report) {
+        let Some((key, spec)) = parse::parse_endpoint_slice(slice, &mut report) else {
+            return report;
+        };
+        if let Some(seen) = seen {
+            seen.insert(key.clone());
+        }
+        if let Some(service) = self.put_slice(key, spec) {
             for key in service {
                 self.refresh_backends(&key, now);
             }
@@ -395,8 +359,8 @@ impl Index {
         report
     }
 
-    /// Removes an EndpointSlice.
-    pub fn delete_endpoint_slice(&mut self, slice: &EndpointSlice, now: Instant) -> Report {
+    /// Removes an EndpointSlice (see [`IndexedKind::delete`]).
+    pub(crate) fn delete_slice_obj(&mut self, slice: &EndpointSlice, now: Instant) -> Report {
         let mut report = Report::default();
         match parse::parse_endpoint_slice(slice, &mut Report::default()) {
             Some((key, _)) => {
@@ -409,41 +373,13 @@ impl Index {
         report
     }
 
-    /// Replaces every EndpointSlice with `all` (a full relist). Marks the index dirty as a whole.
-    pub fn reset_endpoint_slices<'a>(
-        &mut self,
-        all: impl IntoIterator<Item = &'a EndpointSlice>,
-        now: Instant,
-    ) -> Report {
-        let mut relist = Relist::default();
-        let mut report = Report::default();
-        for slice in all {
-            report.merge(self.relist_endpoint_slice(&mut relist, slice, now));
-        }
-        report.merge(self.finish_endpoint_slice_relist(relist, now));
-        report
-    }
-
-    /// Applies one EndpointSlice of a relist in progress and records it as listed.
-    pub fn relist_endpoint_slice(
-        &mut self,
-        relist: &mut Relist,
-        slice: &EndpointSlice,
-        now: Instant,
-    ) -> Report {
-        if let Some((key, _)) = parse::parse_endpoint_slice(slice, &mut Report::default()) {
-            relist.seen.insert(key);
-        }
-        self.apply_endpoint_slice(slice, now)
-    }
-
     /// Ends a relist of EndpointSlices: those not listed are removed, the kind counts as
     /// listed, and the index is dirty as a whole.
-    pub fn finish_endpoint_slice_relist(&mut self, relist: Relist, now: Instant) -> Report {
+    pub(crate) fn finish_slices(&mut self, seen: &FxHashSet<ObjKey>, now: Instant) {
         let gone: Vec<ObjKey> = self
             .slices
             .keys()
-            .filter(|k| !relist.seen.contains(*k))
+            .filter(|k| !seen.contains(*k))
             .cloned()
             .collect();
         let mut touched = BTreeSet::new();
@@ -455,12 +391,10 @@ impl Index {
         }
         self.listed.slices = true;
         self.dirty_all = true;
-        Report::default()
     }
 
     /// Stores a slice; returns the services whose backends must be recomputed.
-    fn put_slice(&mut self, slice: &EndpointSlice, report: &mut Report) -> Option<Vec<ObjKey>> {
-        let (key, spec) = parse::parse_endpoint_slice(slice, report)?;
+    fn put_slice(&mut self, key: ObjKey, spec: Option<SliceSpec>) -> Option<Vec<ObjKey>> {
         let Some(spec) = spec else {
             return self.drop_slice(&key).map(|s| vec![s]);
         };
@@ -496,13 +430,23 @@ impl Index {
 
     // ---- pods ----
 
-    /// Adds or updates a Pod. Only pods of this node with UDP hostPorts, a pod IP and no host
-    /// network matter; a pod that stops mattering (finished, …) leaves tombstones.
-    pub fn apply_pod(&mut self, pod: &Pod, now: Instant) -> Report {
+    /// Adds or updates a Pod (see [`IndexedKind::apply`]); with `seen`, records it as listed
+    /// by a relist in progress, from the same parse. Only pods of this node with UDP
+    /// hostPorts, a pod IP and no host network matter; a pod that stops mattering (finished,
+    /// …) leaves tombstones.
+    pub(crate) fn apply_pod_listed(
+        &mut self,
+        pod: &Pod,
+        seen: Option<&mut FxHashSet<ObjKey>>,
+        now: Instant,
+    ) -> Report {
         let mut report = Report::default();
         let Some((key, spec)) = parse::parse_pod(pod, &self.cfg.node_name, &mut report) else {
             return report;
         };
+        if let Some(seen) = seen {
+            seen.insert(key.clone());
+        }
         match spec {
             None => self.remove_pod(&key, Some(now)),
             Some(spec) => self.upsert_pod(key, spec, now),
@@ -510,8 +454,8 @@ impl Index {
         report
     }
 
-    /// Removes a Pod; its host ports become tombstones for the TTL.
-    pub fn delete_pod(&mut self, pod: &Pod, now: Instant) -> Report {
+    /// Removes a Pod (see [`IndexedKind::delete`]); its host ports become tombstones.
+    pub(crate) fn delete_pod_obj(&mut self, pod: &Pod, now: Instant) -> Report {
         let mut report = Report::default();
         match parse::parse_pod(pod, &self.cfg.node_name, &mut Report::default()) {
             Some((key, _)) => self.remove_pod(&key, Some(now)),
@@ -520,36 +464,13 @@ impl Index {
         report
     }
 
-    /// Replaces every Pod with `all` (a full relist of this node's pods).
-    pub fn reset_pods<'a>(
-        &mut self,
-        all: impl IntoIterator<Item = &'a Pod>,
-        now: Instant,
-    ) -> Report {
-        let mut relist = Relist::default();
-        let mut report = Report::default();
-        for pod in all {
-            report.merge(self.relist_pod(&mut relist, pod, now));
-        }
-        report.merge(self.finish_pod_relist(relist, now));
-        report
-    }
-
-    /// Applies one Pod of a relist in progress and records it as listed.
-    pub fn relist_pod(&mut self, relist: &mut Relist, pod: &Pod, now: Instant) -> Report {
-        if let Some((key, _)) = parse::parse_pod(pod, &self.cfg.node_name, &mut Report::default()) {
-            relist.seen.insert(key);
-        }
-        self.apply_pod(pod, now)
-    }
-
     /// Ends a relist of Pods: those not listed are removed (host-port tombstones), the kind
     /// counts as listed, and the index is dirty as a whole.
-    pub fn finish_pod_relist(&mut self, relist: Relist, now: Instant) -> Report {
+    pub(crate) fn finish_pods(&mut self, seen: &FxHashSet<ObjKey>, now: Instant) {
         let gone: Vec<ObjKey> = self
             .pods
             .keys()
-            .filter(|k| !relist.seen.contains(*k))
+            .filter(|k| !seen.contains(*k))
             .cloned()
             .collect();
         for key in gone {
@@ -557,7 +478,6 @@ impl Index {
         }
         self.listed.pods = true;
         self.dirty_all = true;
-        Report::default()
     }
 
     fn upsert_pod(&mut self, key: ObjKey, spec: PodSpec, now: Instant) {
@@ -619,7 +539,7 @@ impl Index {
 
     /// Sets this node's addresses from its Node object (InternalIP and ExternalIP). A Node
     /// with another name is skipped.
-    pub fn apply_node(&mut self, node: &Node) -> Report {
+    pub(crate) fn apply_node_obj(&mut self, node: &Node) -> Report {
         let mut report = Report::default();
         if let Some(addrs) = parse::parse_node(node, &self.cfg.node_name, &mut report) {
             self.node_addrs = addrs.all;

@@ -1,7 +1,12 @@
 //! The stale-flow engine: Kubernetes state in, a verdict for every conntrack flow out.
 //!
-//! Pure: no I/O, no async, no logging. The controller feeds an [`Index`] with watch events
-//! (`apply_*`, `delete_*`, `reset_*`) and asks [`Index::classify`] about each UDP conntrack flow.
+//! Pure: no I/O, no async, no logging. The controller feeds an [`Index`] with watch events,
+//! one [`IndexedKind`] at a time ([`Index::apply`], [`Index::delete`], a [`Relist`] streamed
+//! through [`Index::relist`] and [`Index::finish_relist`], or [`Index::reset`]), asks
+//! [`Index::classify`] about each UDP conntrack flow and [`Index::owner_of`] who owns a flow's
+//! destination. It prunes objects with [`IndexedKind::prune`] and selects them with the label
+//! keys and selectors exported here ([`SERVICE_LABEL_SELECTOR`], …), so that what it keeps and
+//! lists is what the engine reads.
 //!
 //! # Semantics (kube-proxy ≥ 1.32, without its bugs)
 //! - **Frontends** of each UDP service port: every ClusterIP (`spec.clusterIPs`, one per
@@ -38,7 +43,7 @@
 //! - **Tombstones**: a deleted service's (pod's) frontends stay stale for a TTL; a new owner of
 //!   the frontend replaces the tombstone at once.
 //! - **Completeness**: until services and slices (pods, for host ports) have been fully listed
-//!   once (`reset_*`), flows to known frontends are kept.
+//!   once (a finished relist), flows to known frontends are kept.
 #![warn(missing_docs)]
 
 mod addr;
@@ -46,6 +51,8 @@ mod classify;
 mod dirty;
 mod gate;
 mod index;
+mod kinds;
+mod owner;
 mod parse;
 mod report;
 mod tables;
@@ -56,10 +63,13 @@ pub use dirty::{Dirty, DirtyMatcher};
 pub use gate::{
     Decision, Gate, GateConfig, Kind, KindFreshness, Knowledge, Staleness, Waiting, deciding_kind,
 };
-pub use index::{
-    DEFAULT_STALE_AFTER, DEFAULT_TOMBSTONE_TTL, Index, IndexConfig, IndexStats, Relist,
+pub use index::{DEFAULT_STALE_AFTER, DEFAULT_TOMBSTONE_TTL, Index, IndexConfig, IndexStats};
+pub use kinds::{IndexedKind, Relist};
+pub use owner::Owner;
+pub use parse::{
+    ANNOTATION_SKIP, ENDPOINT_SLICE_LABEL_SELECTOR, LABEL_HEADLESS, LABEL_SERVICE_NAME,
+    LABEL_SERVICE_PROXY_NAME, SERVICE_LABEL_SELECTOR,
 };
-pub use parse::{ANNOTATION_SKIP, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
 pub use report::{Report, Skip, SkipReason};
 pub use verdict::{Evidence, FlowRef, Frontend, IPPROTO_UDP, Reason, ServiceName, Stale, Verdict};
 

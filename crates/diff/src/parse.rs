@@ -5,17 +5,46 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Container, Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, LoadBalancerIngress, LoadBalancerStatus, Node, NodeStatus, Pod,
+    PodSpec as ApiPodSpec, PodStatus, Service, ServicePort, ServiceSpec as ApiServiceSpec,
+    ServiceStatus,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::addr::{parse_ip, port_from_i32};
 use crate::report::{Report, SkipReason};
 
+// The label keys are written once, as macros, so that the selectors below are built from
+// them at compile time.
+macro_rules! label_service_proxy_name {
+    () => {
+        "service.kubernetes.io/service-proxy-name"
+    };
+}
+macro_rules! label_headless {
+    () => {
+        "service.kubernetes.io/headless"
+    };
+}
+
 /// Label naming the Service an EndpointSlice belongs to.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Label that hands a Service to another proxy; kube-proxy (and so this engine) ignores it.
-pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+pub const LABEL_SERVICE_PROXY_NAME: &str = label_service_proxy_name!();
+/// Label the EndpointSlice controller puts on the slices of headless Services. The engine
+/// ignores headless Services (no ClusterIP), so their slices never matter.
+pub const LABEL_HEADLESS: &str = label_headless!();
+
+/// Label selector for the Services kube-proxy programs (not handed to another proxy), for
+/// one-shot lists. A *watch* must not use it: it would turn a relabel into a deletion carrying
+/// the old object, which the index would take for a real deletion and tombstone (see
+/// [`IndexedKind::delete`](crate::IndexedKind::delete)); the index filters the label itself.
+pub const SERVICE_LABEL_SELECTOR: &str = concat!("!", label_service_proxy_name!());
+/// Label selector for the EndpointSlices that can matter: those of non-headless Services.
+/// Safe for watches too (a Service never becomes headless or stops being headless).
+pub const ENDPOINT_SLICE_LABEL_SELECTOR: &str = concat!("!", label_headless!());
 /// Annotation that opts a Service out: with value `"true"` its flows are always kept.
 pub const ANNOTATION_SKIP: &str = "conntrack-reconciler/skip";
 
@@ -585,4 +614,157 @@ pub(crate) fn parse_node(node: &Node, node_name: &str, report: &mut Report) -> O
     all.sort_unstable();
     all.dedup();
     Some(NodeAddrs { all, primary })
+}
+
+// ---- pruning: each parser's fields, and nothing else ----
+//
+// A watch keeps objects only until the index has parsed them, but a relist can queue whole
+// pages: the controller prunes each object to what the parser above reads. Every prune below
+// is the mirror of one parser; the tests check that a pruned object parses to the same state
+// and the same reports.
+
+/// The metadata every parser reads (namespace and name, for the key and the reports), the
+/// resourceVersion a watch resumes from, and the given label and annotation keys.
+fn prune_meta(meta: &mut ObjectMeta, labels: &[&str], annotations: &[&str]) {
+    fn only(
+        map: Option<BTreeMap<String, String>>,
+        keys: &[&str],
+    ) -> Option<BTreeMap<String, String>> {
+        let mut map = map?;
+        map.retain(|k, _| keys.contains(&k.as_str()));
+        (!map.is_empty()).then_some(map)
+    }
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        resource_version: meta.resource_version.take(),
+        labels: only(meta.labels.take(), labels),
+        annotations: only(meta.annotations.take(), annotations),
+        ..ObjectMeta::default()
+    };
+}
+
+/// Keeps what [`parse_service`] reads.
+pub(crate) fn prune_service(svc: &mut Service) {
+    prune_meta(
+        &mut svc.metadata,
+        &[LABEL_SERVICE_PROXY_NAME],
+        &[ANNOTATION_SKIP],
+    );
+    svc.spec = svc.spec.take().map(|spec| ApiServiceSpec {
+        type_: spec.type_,
+        cluster_ip: spec.cluster_ip,
+        cluster_ips: spec.cluster_ips,
+        ip_families: spec.ip_families,
+        external_ips: spec.external_ips,
+        ports: spec.ports.map(|ports| {
+            ports
+                .into_iter()
+                .filter(|p| is_udp(p.protocol.as_deref()))
+                .map(|p| ServicePort {
+                    name: p.name,
+                    port: p.port,
+                    protocol: p.protocol,
+                    node_port: p.node_port,
+                    ..ServicePort::default()
+                })
+                .collect()
+        }),
+        ..ApiServiceSpec::default()
+    });
+    let ingress = svc
+        .status
+        .take()
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress);
+    svc.status = ingress.map(|ingress| ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(
+                ingress
+                    .into_iter()
+                    .map(|i| LoadBalancerIngress {
+                        ip: i.ip,
+                        ip_mode: i.ip_mode,
+                        ..LoadBalancerIngress::default()
+                    })
+                    .collect(),
+            ),
+        }),
+        ..ServiceStatus::default()
+    });
+}
+
+/// Keeps what [`parse_endpoint_slice`] reads.
+pub(crate) fn prune_endpoint_slice(slice: &mut EndpointSlice) {
+    prune_meta(&mut slice.metadata, &[LABEL_SERVICE_NAME], &[]);
+    for endpoint in &mut slice.endpoints {
+        // Consumers use the first address only.
+        endpoint.addresses.truncate(1);
+        *endpoint = Endpoint {
+            addresses: std::mem::take(&mut endpoint.addresses),
+            conditions: endpoint.conditions.take(),
+            ..Endpoint::default()
+        };
+    }
+    slice.ports = slice.ports.take().map(|ports| {
+        ports
+            .into_iter()
+            .filter(|p| is_udp(p.protocol.as_deref()))
+            .map(|p| EndpointPort {
+                name: p.name,
+                port: p.port,
+                protocol: p.protocol,
+                ..EndpointPort::default()
+            })
+            .collect()
+    });
+}
+
+/// Keeps what [`parse_pod`] reads: UDP host ports of containers and init (sidecar) containers.
+pub(crate) fn prune_pod(pod: &mut Pod) {
+    fn host_ports(containers: Vec<Container>) -> Vec<Container> {
+        containers
+            .into_iter()
+            .filter_map(|c| {
+                let ports: Vec<ContainerPort> = c
+                    .ports?
+                    .into_iter()
+                    .filter(|p| p.host_port.is_some_and(|hp| hp != 0))
+                    .filter(|p| is_udp(p.protocol.as_deref()))
+                    .collect();
+                (!ports.is_empty()).then(|| Container {
+                    name: c.name,
+                    ports: Some(ports),
+                    ..Container::default()
+                })
+            })
+            .collect()
+    }
+    prune_meta(&mut pod.metadata, &[], &[]);
+    pod.spec = pod.spec.take().map(|spec| ApiPodSpec {
+        node_name: spec.node_name,
+        host_network: spec.host_network,
+        containers: host_ports(spec.containers),
+        init_containers: spec
+            .init_containers
+            .map(host_ports)
+            .filter(|c| !c.is_empty()),
+        ..ApiPodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        pod_ips: status.pod_ips,
+        ..PodStatus::default()
+    });
+}
+
+/// Keeps what [`parse_node`] reads.
+pub(crate) fn prune_node(node: &mut Node) {
+    prune_meta(&mut node.metadata, &[], &[]);
+    node.spec = None;
+    node.status = node.status.take().map(|status| NodeStatus {
+        addresses: status.addresses,
+        ..NodeStatus::default()
+    });
 }

@@ -435,6 +435,18 @@ impl Frontends {
         }
     }
 
+    pub(crate) fn get(&self, fk: FrontendKey) -> Option<&Slot> {
+        match fk {
+            FrontendKey::Addr(Key {
+                ip: IpAddr::V4(ip),
+                port,
+            }) => self.addrs4.get(&pack4(ip, port)),
+            FrontendKey::Addr(key) => self.addrs6.get(&key),
+            FrontendKey::NodePort(port) => self.node_ports.get(&port),
+            FrontendKey::HostPort(key) => self.host_ports.get(&key),
+        }
+    }
+
     fn get_mut(&mut self, fk: FrontendKey) -> Option<&mut Slot> {
         match fk {
             FrontendKey::Addr(Key {

@@ -100,7 +100,7 @@ fn bug_130542_target_port_change_makes_old_flows_stale() {
     let mut index = dns_index(vec![ep("10.244.1.5")], now);
     let old = flow("10.96.0.10:53", "10.244.1.5:5353");
     assert_keep(&index, old, now);
-    let _ = index.apply_endpoint_slice(
+    let _ = index.apply(
         &mk_slice(
             "kube-system",
             "dns-abc",
@@ -157,10 +157,10 @@ fn bug_139628_139629_zero_serving_endpoints_make_every_flow_stale() {
     let mut index = dns_index(vec![ep("10.244.1.5")], now);
     let statsd = flow("10.96.0.10:53", "10.244.1.5:5353");
     assert_keep(&index, statsd, now);
-    let _ = index.apply_endpoint_slice(&dns_slice(vec![]), now);
+    let _ = index.apply(&dns_slice(vec![]), now);
     assert_stale(&index, statsd, now, Reason::NoEndpoints);
     // Also when the only endpoint is still listed but not serving.
-    let _ = index.apply_endpoint_slice(
+    let _ = index.apply(
         &dns_slice(vec![ep_cond("10.244.1.5", Some(false), Some(false), None)]),
         now,
     );
@@ -171,7 +171,7 @@ fn bug_139628_139629_zero_serving_endpoints_make_every_flow_stale() {
 fn bug_141275_141371_deleted_service_flows_are_stale_until_the_ttl() {
     let now = Instant::now();
     let mut index = dns_index(vec![ep("10.244.1.5")], now);
-    let _ = index.delete_service(&dns_service(), now);
+    let _ = index.delete(&dns_service(), now);
     let f = flow("10.96.0.10:53", "10.244.1.5:5353");
     assert_stale(&index, f, now, Reason::ServiceDeleted);
     assert_stale(
@@ -204,7 +204,7 @@ fn bug_125467_127780_serving_to_not_serving_is_a_removal() {
     let mut index = dns_index(vec![ep("10.244.1.5"), ep("10.244.2.6")], now);
     let f = flow("10.96.0.10:53", "10.244.1.5:5353");
     assert_keep(&index, f, now);
-    let _ = index.apply_endpoint_slice(
+    let _ = index.apply(
         &dns_slice(vec![
             ep_cond("10.244.1.5", Some(false), Some(false), Some(false)),
             ep("10.244.2.6"),
@@ -446,11 +446,11 @@ fn edge_half_listed_cache_never_deletes() {
     let now = Instant::now();
     let mut index = Index::new(IndexConfig::new(NODE));
     // The service watch has listed, the slice watch not yet: the service looks endpoint-less.
-    let _ = index.reset_services([&dns_service()], now);
+    let _ = index.reset([&dns_service()], now);
     let f = flow("10.96.0.10:53", "10.244.1.5:5353");
     assert_keep(&index, f, now);
     assert!(!index.services_complete());
-    let _ = index.reset_endpoint_slices([&dns_slice(vec![ep("10.244.9.9")])], now);
+    let _ = index.reset([&dns_slice(vec![ep("10.244.9.9")])], now);
     assert!(index.services_complete());
     assert_stale(&index, f, now, Reason::EndpointGone);
     // Host ports wait for the pod list.
@@ -461,10 +461,10 @@ fn edge_half_listed_cache_never_deletes() {
         &["10.244.1.7"],
         &[(Some(NODE_IP), 5060, 5060)],
     );
-    let _ = index.apply_pod(&pod, now);
+    let _ = index.apply(&pod, now);
     let hp = flow(&format!("{NODE_IP}:5060"), "10.244.3.3:5060");
     assert_keep(&index, hp, now);
-    let _ = index.reset_pods([&pod], now);
+    let _ = index.reset([&pod], now);
     assert_stale(&index, hp, now, Reason::HostPortPodGone);
 }
 
@@ -476,7 +476,7 @@ fn edge_rules_lag_a_recreated_flow_through_old_rules_is_caught_again() {
     let now = Instant::now();
     let mut index = dns_index(vec![ep("10.244.1.5"), ep("10.244.2.6")], now);
     let _ = index.take_dirty();
-    let _ = index.apply_endpoint_slice(&dns_slice(vec![ep("10.244.2.6")]), now);
+    let _ = index.apply(&dns_slice(vec![ep("10.244.2.6")]), now);
     let f = flow("10.96.0.10:53", "10.244.1.5:5353");
     assert_stale(&index, f, now, Reason::EndpointGone);
     let dirty = index.take_dirty();
@@ -526,7 +526,7 @@ fn two_slices_are_merged() {
     let mut index = mk_index(&[dns_service()], &[a, b.clone()], &[], &[NODE_IP], now);
     assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
     assert_keep(&index, flow("10.96.0.10:53", "10.244.2.6:5353"), now);
-    let _ = index.delete_endpoint_slice(&b, now);
+    let _ = index.delete(&b, now);
     assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
     assert_stale(
         &index,
@@ -614,7 +614,7 @@ fn opt_out_annotation_keeps_every_flow_and_leaves_no_tombstone() {
     );
     assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
     assert_keep(&index, flow("10.96.0.10:53", "10.96.0.10:53"), now);
-    let _ = index.delete_service(&svc, now);
+    let _ = index.delete(&svc, now);
     assert_unrelated(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
     assert_eq!(index.stats().tombstones, 0);
     // "false" (or anything else) does not opt out.
@@ -635,9 +635,9 @@ fn tombstone_expires_after_the_ttl() {
         tombstone_ttl: Duration::from_secs(30),
         ..IndexConfig::new(NODE)
     });
-    let _ = index.reset_services([&dns_service()], now);
-    let _ = index.reset_endpoint_slices([&dns_slice(vec![ep("10.244.1.5")])], now);
-    let _ = index.reset_services([], now); // relist without it: deleted
+    let _ = index.reset([&dns_service()], now);
+    let _ = index.reset([&dns_slice(vec![ep("10.244.1.5")])], now);
+    let _ = index.reset::<Service>([], now); // relist without it: deleted
     let f = flow("10.96.0.10:53", "10.244.1.5:5353");
     assert_stale(
         &index,
@@ -657,10 +657,10 @@ fn tombstone_expires_after_the_ttl() {
 fn a_new_service_reusing_the_vip_replaces_the_tombstone() {
     let now = Instant::now();
     let mut index = dns_index(vec![ep("10.244.1.5")], now);
-    let _ = index.delete_service(&dns_service(), now);
+    let _ = index.delete(&dns_service(), now);
     let reuse = mk_service("other", "new", &["10.96.0.10"], vec![udp("x", 53)]);
-    let _ = index.apply_service(&reuse, now);
-    let _ = index.apply_endpoint_slice(
+    let _ = index.apply(&reuse, now);
+    let _ = index.apply(
         &mk_slice(
             "other",
             "new-1",
@@ -766,14 +766,14 @@ fn host_port_pod_replaced_old_flows_are_stale() {
     );
     let mut index = mk_index(&[], &[], std::slice::from_ref(&old), &[NODE_IP], now);
     let dst = format!("{NODE_IP}:5060");
-    let _ = index.delete_pod(&old, now);
+    let _ = index.delete(&old, now);
     assert_stale(
         &index,
         flow(&dst, "10.244.1.7:5060"),
         now,
         Reason::HostPortPodGone,
     );
-    let _ = index.apply_pod(&new, now);
+    let _ = index.apply(&new, now);
     assert_keep(&index, flow(&dst, "10.244.1.9:5060"), now);
     match index.classify(&flow(&dst, "10.244.1.7:5060"), now) {
         Verdict::Stale(stale) => {
@@ -791,7 +791,7 @@ fn host_port_pod_replaced_old_flows_are_stale() {
         &["10.244.1.10"],
         &[(None, 5060, 5060)],
     );
-    let _ = index.apply_pod(&same_name, now);
+    let _ = index.apply(&same_name, now);
     assert_stale(
         &index,
         flow(&dst, "10.244.1.9:5060"),
@@ -837,7 +837,7 @@ fn pod_finishing_leaves_a_tombstone() {
     let mut index = mk_index(&[], &[], std::slice::from_ref(&pod), &[NODE_IP], now);
     let mut failed = pod;
     failed.status.as_mut().unwrap().phase = Some("Failed".into());
-    let _ = index.apply_pod(&failed, now);
+    let _ = index.apply(&failed, now);
     assert_stale(
         &index,
         flow(&format!("{NODE_IP}:5060"), "10.244.1.7:5060"),
@@ -856,7 +856,7 @@ fn endpoint_slice_before_its_service_is_remembered() {
         &[NODE_IP],
         now,
     );
-    let _ = index.apply_service(&dns_service(), now);
+    let _ = index.apply(&dns_service(), now);
     assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
 }
 
@@ -883,7 +883,7 @@ fn slice_relabelled_to_another_service_moves_its_endpoints() {
         &[("dns", 5353)],
         vec![ep("10.244.1.5")],
     );
-    let _ = index.apply_endpoint_slice(&moved, now);
+    let _ = index.apply(&moved, now);
     assert_stale(
         &index,
         flow("10.96.0.10:53", "10.244.1.5:5353"),
@@ -938,8 +938,8 @@ fn ignored_services_external_name_headless_and_other_proxies() {
         "cilium",
     );
     let mut index = Index::new(IndexConfig::new(NODE));
-    let report = index.reset_services([&headless, &external, &other_proxy], now);
-    let _ = index.reset_endpoint_slices([], now);
+    let report = index.reset([&headless, &external, &other_proxy], now);
+    let _ = index.reset::<EndpointSlice>([], now);
     assert_eq!(report.len(), 3, "{report}");
     assert!(
         report
@@ -957,7 +957,7 @@ fn service_becoming_ignored_drops_its_frontends_without_tombstone() {
     let now = Instant::now();
     let mut index = dns_index(vec![ep("10.244.1.5")], now);
     let handed_over = with_label(dns_service(), ctdiff::LABEL_SERVICE_PROXY_NAME, "other");
-    let _ = index.apply_service(&handed_over, now);
+    let _ = index.apply(&handed_over, now);
     assert_unrelated(&index, flow("10.96.0.10:53", "10.244.9.9:5353"), now);
     assert_eq!(index.stats().tombstones, 0);
 }
@@ -976,8 +976,8 @@ fn fqdn_and_unlabelled_slices_are_ignored() {
     );
     unlabelled.metadata.labels = None;
     let mut index = Index::new(IndexConfig::new(NODE));
-    let _ = index.reset_services([&dns_service()], now);
-    let report = index.reset_endpoint_slices([&fqdn, &unlabelled], now);
+    let _ = index.reset([&dns_service()], now);
+    let report = index.reset([&fqdn, &unlabelled], now);
     assert_eq!(report.len(), 2, "{report}");
     assert_stale(
         &index,
@@ -1149,10 +1149,10 @@ fn dirty_set_holds_exactly_the_touched_frontends() {
     assert!(first.all && first.frontends.is_empty());
     assert!(index.take_dirty().is_empty());
     // Re-applying an identical object touches nothing.
-    let _ = index.apply_service(&dns_service(), now);
-    let _ = index.apply_endpoint_slice(&dns_slice(vec![ep("10.244.1.5")]), now);
+    let _ = index.apply(&dns_service(), now);
+    let _ = index.apply(&dns_slice(vec![ep("10.244.1.5")]), now);
     assert!(index.take_dirty().is_empty());
-    let _ = index.apply_endpoint_slice(&dns_slice(vec![ep("10.244.1.6")]), now);
+    let _ = index.apply(&dns_slice(vec![ep("10.244.1.6")]), now);
     let dirty = index.take_dirty();
     assert!(!dirty.all);
     assert_eq!(
@@ -1176,7 +1176,7 @@ fn dirty_set_holds_exactly_the_touched_frontends() {
     };
     assert!(!dirty.covers(&tcp) && !dirty.matcher().covers(&tcp));
     // A pod's host port is dirty as "any node address" of its family.
-    let _ = index.apply_pod(
+    let _ = index.apply(
         &mk_pod("ns", "hp", NODE, &["10.244.3.3"], &[(None, 6000, 6000)]),
         now,
     );
@@ -1194,7 +1194,7 @@ fn reset_services_tombstones_only_the_missing_ones() {
     let now = Instant::now();
     let other = mk_service("ns", "other", &["10.96.0.80"], vec![udp("", 53)]);
     let mut index = mk_index(&[dns_service(), other.clone()], &[], &[], &[NODE_IP], now);
-    let _ = index.reset_services([&other], now);
+    let _ = index.reset([&other], now);
     assert_eq!(index.stats().tombstones, 1);
     assert_stale(
         &index,
@@ -1233,7 +1233,7 @@ fn conflicting_owners_keep_a_flow_any_of_them_allows() {
         other => panic!("{other:?}"),
     }
     // Deleting one owner leaves the other live: no tombstone on the shared frontend.
-    let _ = index.delete_service(&a, now);
+    let _ = index.delete(&a, now);
     assert_stale(
         &index,
         flow("203.0.113.1:53", "10.244.1.1:53"),
@@ -1270,8 +1270,8 @@ fn bad_fields_are_reported_and_skipped_never_panic() {
             app_protocol: None,
         });
     let mut index = Index::new(IndexConfig::new(NODE));
-    let r1 = index.reset_services([&svc], now);
-    let r2 = index.reset_endpoint_slices([&slice], now);
+    let r1 = index.reset([&svc], now);
+    let r2 = index.reset([&slice], now);
     let texts: Vec<String> = r1.iter().chain(r2.iter()).map(|s| s.to_string()).collect();
     assert_eq!(texts.len(), 7, "{texts:#?}");
     assert!(texts.contains(
@@ -1282,23 +1282,23 @@ fn bad_fields_are_reported_and_skipped_never_panic() {
     ));
     assert_keep(&index, flow("10.96.0.99:54", "10.244.1.1:54"), now);
     // Objects with nothing in them.
-    let _ = index.apply_service(&Service::default(), now);
-    let _ = index.delete_service(&Service::default(), now);
-    let _ = index.apply_endpoint_slice(&EndpointSlice::default(), now);
-    let _ = index.delete_endpoint_slice(&EndpointSlice::default(), now);
-    let _ = index.apply_pod(&Pod::default(), now);
-    let _ = index.delete_pod(&Pod::default(), now);
+    let _ = index.apply(&Service::default(), now);
+    let _ = index.delete(&Service::default(), now);
+    let _ = index.apply(&EndpointSlice::default(), now);
+    let _ = index.delete(&EndpointSlice::default(), now);
+    let _ = index.apply(&Pod::default(), now);
+    let _ = index.delete(&Pod::default(), now);
     let _ = index.apply_node(&Default::default());
     let named = Service {
         metadata: meta("ns", "empty"),
         ..Service::default()
     };
-    let _ = index.apply_service(&named, now);
+    let _ = index.apply(&named, now);
     let named_pod = Pod {
         metadata: meta("ns", "empty"),
         ..Pod::default()
     };
-    let _ = index.apply_pod(&named_pod, now);
+    let _ = index.apply(&named_pod, now);
 }
 
 #[test]
@@ -1355,7 +1355,7 @@ fn a_tombstone_never_shadows_a_live_frontend_of_another_class() {
         &[NODE_IP],
         now,
     );
-    let _ = index.delete_service(&gone, now);
+    let _ = index.delete(&gone, now);
     assert_keep(
         &index,
         flow(&format!("{NODE_IP}:30053"), "10.244.1.5:5353"),
@@ -1382,7 +1382,7 @@ fn backends_changing_after_the_service_is_known_are_seen_on_every_frontend() {
         &[NODE_IP],
         now,
     );
-    let _ = index.apply_service(&svc, now);
+    let _ = index.apply(&svc, now);
     let dsts = [
         "10.96.0.10:53".to_owned(),
         "203.0.113.7:53".to_owned(),
@@ -1391,7 +1391,7 @@ fn backends_changing_after_the_service_is_known_are_seen_on_every_frontend() {
     for dst in &dsts {
         assert_keep(&index, flow(dst, "10.244.1.5:5353"), now);
     }
-    let _ = index.apply_endpoint_slice(
+    let _ = index.apply(
         &dns_slice(vec![
             ep_cond("10.244.1.5", Some(false), Some(false), None),
             ep("10.244.1.6"),
@@ -1407,7 +1407,7 @@ fn backends_changing_after_the_service_is_known_are_seen_on_every_frontend() {
         );
         assert_keep(&index, flow(dst, "10.244.1.6:5353"), now);
     }
-    let _ = index.delete_endpoint_slice(&dns_slice(vec![]), now);
+    let _ = index.delete(&dns_slice(vec![]), now);
     for dst in &dsts {
         assert_stale(
             &index,
@@ -1425,18 +1425,18 @@ fn edge_streaming_relist_keeps_old_state_until_finished_then_tombstones_the_unli
     let now = Instant::now();
     let mut index = dns_index(vec![ep("10.244.1.5")], now);
     let other = mk_service("default", "statsd", &["10.96.0.30"], vec![udp("", 8125)]);
-    let _ = index.apply_service(&other, now);
+    let _ = index.apply(&other, now);
     let statsd = flow("10.96.0.30:8125", "10.244.9.9:8125");
     assert_stale(&index, statsd, now, Reason::NoEndpoints);
 
     // A relist that lists only dns: while it runs, statsd is still known as it was.
     let mut relist = ctdiff::Relist::default();
-    let _ = index.relist_service(&mut relist, &dns_service(), now);
+    let _ = index.relist(&mut relist, &dns_service(), now);
     assert_eq!(relist.len(), 1);
     assert_stale(&index, statsd, now, Reason::NoEndpoints);
     assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
 
-    let _ = index.finish_service_relist(relist, now);
+    let _ = index.finish_relist(relist, now);
     assert_stale(&index, statsd, now, Reason::ServiceDeleted);
     assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
     assert!(
@@ -1450,21 +1450,21 @@ fn edge_nothing_is_stale_until_the_first_streaming_relists_finish() {
     let now = Instant::now();
     let mut index = Index::new(IndexConfig::new("node-1"));
     let (mut services, mut slices) = (ctdiff::Relist::default(), ctdiff::Relist::default());
-    let _ = index.relist_service(&mut services, &dns_service(), now);
-    let _ = index.relist_endpoint_slice(&mut slices, &dns_slice(vec![ep("10.244.1.5")]), now);
+    let _ = index.relist(&mut services, &dns_service(), now);
+    let _ = index.relist(&mut slices, &dns_slice(vec![ep("10.244.1.5")]), now);
     let gone = flow("10.96.0.10:53", "10.244.7.7:5353");
     assert_eq!(
         index.classify(&gone, now),
         Verdict::Keep,
         "half-listed: never stale"
     );
-    let _ = index.finish_service_relist(services, now);
+    let _ = index.finish_relist(services, now);
     assert_eq!(
         index.classify(&gone, now),
         Verdict::Keep,
         "slices still listing"
     );
-    let _ = index.finish_endpoint_slice_relist(slices, now);
+    let _ = index.finish_relist(slices, now);
     assert_stale(&index, gone, now, Reason::EndpointGone);
 }
 
@@ -1546,7 +1546,7 @@ fn external_and_lb_ips_of_a_family_the_service_lacks_are_not_frontends() {
 fn each_dropped_foreign_family_ip_is_reported_once_saying_why() {
     let now = Instant::now();
     let mut index = Index::new(IndexConfig::new(NODE));
-    let report = index.apply_service(&dns_with_foreign_family_ips(), now);
+    let report = index.apply(&dns_with_foreign_family_ips(), now);
     let texts: Vec<String> = report.iter().map(|s| s.to_string()).collect();
     assert_eq!(
         texts,
@@ -1721,8 +1721,8 @@ fn nodeport_addresses_primary_matches_nothing_until_the_node_is_known() {
         nodeport_addresses: ctdiff::NodePortAddresses::Primary,
         ..IndexConfig::new(NODE)
     });
-    let _ = index.reset_services([&dns_service()], now);
-    let _ = index.reset_endpoint_slices([&dns_slice(vec![ep("10.244.1.5")])], now);
+    let _ = index.reset([&dns_service()], now);
+    let _ = index.reset([&dns_slice(vec![ep("10.244.1.5")])], now);
     index.set_local_addrs(["192.168.1.10".parse().unwrap()]);
     let f = flow("192.168.1.10:30053", "192.168.1.10:30053");
     assert_unrelated(&index, f, now);
@@ -1737,7 +1737,7 @@ fn service_handed_to_another_proxy_by_a_deleted_event_leaves_no_tombstone() {
     let now = Instant::now();
     let mut index = dns_index(vec![ep("10.244.1.5")], now);
     let handed_over = with_label(dns_service(), ctdiff::LABEL_SERVICE_PROXY_NAME, "other");
-    let _ = index.delete_service(&handed_over, now);
+    let _ = index.delete(&handed_over, now);
     assert_unrelated(&index, flow("10.96.0.10:53", "10.244.9.9:5353"), now);
     assert_unrelated(
         &index,
@@ -1761,13 +1761,13 @@ fn deleted_event_of_an_external_name_or_headless_object_leaves_no_tombstone() {
     );
     for gone in [external, headless] {
         let mut index = dns_index(vec![ep("10.244.1.5")], now);
-        let _ = index.delete_service(&gone, now);
+        let _ = index.delete(&gone, now);
         assert_unrelated(&index, flow("10.96.0.10:53", "10.244.9.9:5353"), now);
         assert_eq!(index.stats().tombstones, 0);
     }
     // A handled object's deletion still leaves one.
     let mut index = dns_index(vec![ep("10.244.1.5")], now);
-    let _ = index.delete_service(&dns_service(), now);
+    let _ = index.delete(&dns_service(), now);
     assert_stale(
         &index,
         flow("10.96.0.10:53", "10.244.9.9:5353"),

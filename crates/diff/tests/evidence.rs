@@ -35,13 +35,13 @@ fn a_backend_removed_from_its_slice_is_removed_evidence_one_never_listed_is_unse
         evidence(&index, "10.244.0.9:5353", now),
         Some((Reason::EndpointGone, Evidence::Unseen))
     );
-    let _ = index.apply_endpoint_slice(&dns(&["10.244.0.1"]), now);
+    let _ = index.apply(&dns(&["10.244.0.1"]), now);
     assert_eq!(
         evidence(&index, "10.244.0.2:5353", now),
         Some((Reason::EndpointGone, Evidence::Removed))
     );
     // Back again: allowed; gone again: removed again.
-    let _ = index.apply_endpoint_slice(&dns(&["10.244.0.1", "10.244.0.2"]), now);
+    let _ = index.apply(&dns(&["10.244.0.1", "10.244.0.2"]), now);
     assert_eq!(evidence(&index, "10.244.0.2:5353", now), None);
 }
 
@@ -63,7 +63,7 @@ fn an_endpoint_never_ready_is_unseen_one_that_stopped_being_ready_is_removed() {
         evidence(&index, "10.244.0.2:5353", now),
         Some((Reason::EndpointNotServing, Evidence::Unseen))
     );
-    let _ = index.apply_endpoint_slice(&slice(vec![not_ready("10.244.0.1")]), now);
+    let _ = index.apply(&slice(vec![not_ready("10.244.0.1")]), now);
     assert_eq!(
         evidence(&index, "10.244.0.1:5353", now),
         Some((Reason::NoEndpoints, Evidence::Removed))
@@ -76,7 +76,7 @@ fn a_changed_target_port_is_removed_evidence_for_the_old_port_only() {
     let svc = mk_service("d", "dns", &[VIP], vec![udp("", 53)]);
     let slice = |port| mk_slice("d", "dns-1", "dns", &[("", port)], vec![ep("10.244.0.1")]);
     let mut index = mk_index(&[svc], &[slice(5353)], &[], &[], now);
-    let _ = index.apply_endpoint_slice(&slice(5354), now);
+    let _ = index.apply(&slice(5354), now);
     assert_eq!(
         evidence(&index, "10.244.0.1:5353", now),
         Some((Reason::PortChanged, Evidence::Removed))
@@ -102,7 +102,7 @@ fn a_new_service_without_its_slice_yet_is_unseen_and_not_dnated_needs_known_back
         evidence(&index, &format!("{VIP}:53"), now),
         Some((Reason::NotDnated, Evidence::Unseen))
     );
-    let _ = index.apply_endpoint_slice(&dns(&["10.244.0.1"]), now);
+    let _ = index.apply(&dns(&["10.244.0.1"]), now);
     assert_eq!(
         evidence(&index, &format!("{VIP}:53"), now),
         Some((Reason::NotDnated, Evidence::Removed)),
@@ -121,7 +121,7 @@ fn a_deleted_service_leaves_its_backends_removed_and_others_unseen() {
         &[],
         now,
     );
-    let _ = index.delete_service(&svc, now);
+    let _ = index.delete(&svc, now);
     assert_eq!(
         evidence(&index, "10.244.0.1:5353", now),
         Some((Reason::ServiceDeleted, Evidence::Removed))
@@ -137,9 +137,9 @@ fn a_deleted_service_leaves_its_backends_removed_and_others_unseen() {
     );
     // The new owner arrives: the old backends stay removed evidence at the reused VIP.
     let reuse = mk_service("d", "dns2", &[VIP], vec![udp("", 53)]);
-    let _ = index.apply_service(&reuse, now);
+    let _ = index.apply(&reuse, now);
     let slice2 = mk_slice("d", "dns2-1", "dns2", &[("", 5353)], vec![ep("10.244.5.5")]);
-    let _ = index.apply_endpoint_slice(&slice2, now);
+    let _ = index.apply(&slice2, now);
     assert_eq!(evidence(&index, "10.244.5.5:5353", now), None);
     assert_eq!(
         evidence(&index, "10.244.0.1:5353", now),
@@ -153,7 +153,7 @@ fn removed_evidence_lapses_with_the_tombstone_ttl() {
     let ttl = ctdiff::DEFAULT_TOMBSTONE_TTL;
     let svc = mk_service("d", "dns", &[VIP], vec![udp("", 53)]);
     let mut index = mk_index(&[svc], &[dns(&["10.244.0.1", "10.244.0.2"])], &[], &[], now);
-    let _ = index.apply_endpoint_slice(&dns(&["10.244.0.1"]), now);
+    let _ = index.apply(&dns(&["10.244.0.1"]), now);
     let later = now + ttl + Duration::from_secs(1);
     assert_eq!(
         evidence(&index, "10.244.0.2:5353", later),

@@ -466,13 +466,13 @@ impl Sim {
         let _ = writeln!(self.log, "t={receipt} agent applies {kind}: {msg:?}");
         let index = &mut self.index;
         match msg {
-            Msg::ApplyService(svc, v) => drop(index.apply_service(&service_obj(svc, v), at)),
-            Msg::DeleteService(svc, v) => drop(index.delete_service(&service_obj(svc, v), at)),
+            Msg::ApplyService(svc, v) => drop(index.apply(&service_obj(svc, v), at)),
+            Msg::DeleteService(svc, v) => drop(index.delete(&service_obj(svc, v), at)),
             Msg::ApplySlice(svc, slice) => {
-                drop(index.apply_endpoint_slice(&slice_obj(svc, &slice), at))
+                drop(index.apply(&slice_obj(svc, &slice), at))
             }
             Msg::DeleteSlice(svc) => {
-                drop(index.delete_endpoint_slice(&slice_obj(svc, &TSlice::default()), at))
+                drop(index.delete(&slice_obj(svc, &TSlice::default()), at))
             }
             Msg::Bookmark => {
                 self.index.knowledge_mut().bookmarked(kind, at);
@@ -480,11 +480,11 @@ impl Sim {
             }
             Msg::List { started, snapshot } => {
                 match kind {
-                    Kind::Services => drop(index.reset_services(&snapshot.service_objs(), at)),
+                    Kind::Services => drop(index.reset(&snapshot.service_objs(), at)),
                     Kind::EndpointSlices => {
-                        drop(index.reset_endpoint_slices(&snapshot.slice_objs(), at))
+                        drop(index.reset(&snapshot.slice_objs(), at))
                     }
-                    Kind::Pods => drop(index.reset_pods(&[], at)),
+                    Kind::Pods => drop(index.reset::<ctdiff::k8s_openapi::api::core::v1::Pod>(&[], at)),
                     Kind::Nodes => drop(index.apply_node(&mk_node(NODE, &["192.168.0.1"]))),
                 }
                 let started = self.at(started);
@@ -1103,7 +1103,7 @@ fn backend_seen_removed_is_deleted_at_once_when_fresh_held_when_failing() {
     let to_b = flow(VIP_PORT, &format!("{B}:5353"));
     assert_eq!(ask(&index, &mut gate, 1, to_b, secs(t0, 1)), None);
     let t2 = secs(t0, 2);
-    let _ = index.apply_endpoint_slice(&dns_slice("s0", vec![ep(A)]), t2);
+    let _ = index.apply(&dns_slice("s0", vec![ep(A)]), t2);
     confirm(&mut index, &[Kind::EndpointSlices], t2);
 
     let mut failing = listed(
@@ -1111,7 +1111,7 @@ fn backend_seen_removed_is_deleted_at_once_when_fresh_held_when_failing() {
         &[dns_slice("s0", vec![ep(A), ep(B)])],
         t0,
     );
-    let _ = failing.apply_endpoint_slice(&dns_slice("s0", vec![ep(A)]), t2);
+    let _ = failing.apply(&dns_slice("s0", vec![ep(A)]), t2);
     confirm(&mut failing, &[Kind::EndpointSlices], t2);
     failing
         .knowledge_mut()
@@ -1139,7 +1139,7 @@ fn new_service_without_its_slice_yet_is_not_deleted() {
     let mut index = listed(&[], &[], t0);
     let mut gate = gate();
     let t1 = secs(t0, 1);
-    let _ = index.apply_service(&dns_service("s0", VIP), t1);
+    let _ = index.apply(&dns_service("s0", VIP), t1);
     confirm(&mut index, &[Kind::Services], t1);
     let to_a = flow(VIP_PORT, &format!("{A}:5353"));
     // The slice's event is in flight for up to the grace; bookmarks of every other kind arrive.
@@ -1153,7 +1153,7 @@ fn new_service_without_its_slice_yet_is_not_deleted() {
         );
     }
     let arrived = t0 + Duration::from_millis(1_000 + GRACE_MS);
-    let _ = index.apply_endpoint_slice(&dns_slice("s0", vec![ep(A)]), arrived);
+    let _ = index.apply(&dns_slice("s0", vec![ep(A)]), arrived);
     confirm(&mut index, &[Kind::EndpointSlices], arrived);
     assert_eq!(ask(&index, &mut gate, 1, to_a, arrived), None);
 }
@@ -1172,7 +1172,7 @@ fn reused_vip_tombstone_does_not_delete_the_new_owners_flows() {
     // Truth at t=1: `old` deleted, `new` created on the same ClusterIP with backend B. The agent
     // sees the deletion at t=2; `new` and its slice are still in flight.
     let t2 = secs(t0, 2);
-    let _ = index.delete_service(&dns_service("old", VIP), t2);
+    let _ = index.delete(&dns_service("old", VIP), t2);
     confirm(&mut index, &[Kind::Services], t2);
     confirm(&mut index, &ALL_BUT_SLICES, t2);
     let to_b = flow(VIP_PORT, &format!("{B}:5353"));
@@ -1193,8 +1193,8 @@ fn reused_vip_tombstone_does_not_delete_the_new_owners_flows() {
         Some(Decision::Defer)
     );
     // The new owner arrives: kept.
-    let _ = index.apply_service(&dns_service("new", VIP), t3);
-    let _ = index.apply_endpoint_slice(&dns_slice("new", vec![ep(B)]), t3);
+    let _ = index.apply(&dns_service("new", VIP), t3);
+    let _ = index.apply(&dns_slice("new", vec![ep(B)]), t3);
     confirm(&mut index, &Kind::ALL, t3);
     assert_eq!(ask(&index, &mut gate, 1, to_b, t3), None);
 }
@@ -1248,7 +1248,7 @@ fn flap_within_the_lag_costs_the_flow_until_two_graces() {
     let ms = |ms: u64| t0 + Duration::from_millis(ms);
     // B stops being ready at 0.8 s; the agent applies it at 1 s. B is ready again at 1.2 s; the
     // slice watch freezes before delivering that. Every other kind keeps confirming.
-    let _ = index.apply_endpoint_slice(
+    let _ = index.apply(
         &dns_slice(
             "s0",
             vec![ep(A), ep_cond(B, Some(false), Some(false), None)],
@@ -1308,7 +1308,7 @@ fn resumed_watch_replay_does_not_confirm_a_view_still_missing_events() {
     index
         .knowledge_mut()
         .resumed(Kind::EndpointSlices, ms(4_000));
-    let _ = index.apply_endpoint_slice(&dns_slice("s1", vec![ep(c), ep("10.1.0.4")]), ms(4_000));
+    let _ = index.apply(&dns_slice("s1", vec![ep(c), ep("10.1.0.4")]), ms(4_000));
     confirm(&mut index, &[Kind::EndpointSlices], ms(4_000));
     confirm(&mut index, &ALL_BUT_SLICES, ms(4_100));
     let decision = ask(&index, &mut gate, 1, to_b, ms(4_100)).map(|d| d.0);

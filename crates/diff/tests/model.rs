@@ -802,7 +802,7 @@ fn event() -> impl Strategy<Value = Event> {
 fn play(index: &mut Index, state: &mut Cluster, e: &Event, now: Instant) {
     match e {
         Event::ApplyService(s) => {
-            let _ = index.apply_service(&to_service(s), now);
+            let _ = index.apply(&to_service(s), now);
             state
                 .services
                 .insert((s.ns.clone(), s.name.clone()), s.clone());
@@ -815,7 +815,7 @@ fn play(index: &mut Index, state: &mut Cluster, e: &Event, now: Instant) {
                 .cloned()
             {
                 let s = state.services.remove(&key).unwrap();
-                let _ = index.delete_service(&to_service(&s), now);
+                let _ = index.delete(&to_service(&s), now);
             }
         }
         Event::ResetServices(list) => {
@@ -824,10 +824,10 @@ fn play(index: &mut Index, state: &mut Cluster, e: &Event, now: Instant) {
                 .map(|s| ((s.ns.clone(), s.name.clone()), s.clone()))
                 .collect();
             let objects: Vec<Service> = state.services.values().map(to_service).collect();
-            let _ = index.reset_services(&objects, now);
+            let _ = index.reset(&objects, now);
         }
         Event::ApplySlice(s) => {
-            let _ = index.apply_endpoint_slice(&to_slice(s), now);
+            let _ = index.apply(&to_slice(s), now);
             state
                 .slices
                 .insert((s.ns.clone(), s.name.clone()), s.clone());
@@ -840,7 +840,7 @@ fn play(index: &mut Index, state: &mut Cluster, e: &Event, now: Instant) {
                 .cloned()
             {
                 let s = state.slices.remove(&key).unwrap();
-                let _ = index.delete_endpoint_slice(&to_slice(&s), now);
+                let _ = index.delete(&to_slice(&s), now);
             }
         }
         Event::ResetSlices(list) => {
@@ -849,22 +849,22 @@ fn play(index: &mut Index, state: &mut Cluster, e: &Event, now: Instant) {
                 .map(|s| ((s.ns.clone(), s.name.clone()), s.clone()))
                 .collect();
             let objects: Vec<EndpointSlice> = state.slices.values().map(to_slice).collect();
-            let _ = index.reset_endpoint_slices(&objects, now);
+            let _ = index.reset(&objects, now);
         }
         Event::ApplyPod(p) => {
-            let _ = index.apply_pod(&to_pod(p), now);
+            let _ = index.apply(&to_pod(p), now);
             state.pods.insert(p.name.clone(), p.clone());
         }
         Event::DeletePod(i) => {
             if let Some(key) = state.pods.keys().nth(i % state.pods.len().max(1)).cloned() {
                 let p = state.pods.remove(&key).unwrap();
-                let _ = index.delete_pod(&to_pod(&p), now);
+                let _ = index.delete(&to_pod(&p), now);
             }
         }
         Event::ResetPods(list) => {
             state.pods = list.iter().map(|p| (p.name.clone(), p.clone())).collect();
             let objects: Vec<Pod> = state.pods.values().map(to_pod).collect();
-            let _ = index.reset_pods(&objects, now);
+            let _ = index.reset(&objects, now);
         }
         Event::SetNode(addrs) => {
             state.node_addrs = addrs.clone();

@@ -68,7 +68,7 @@ fn bug_135323_classify_allocates_nothing() {
         &["192.168.1.10"],
         now,
     );
-    let _ = index.delete_service(&services[0], now);
+    let _ = index.delete(&services[0], now);
     let flows: Vec<_> = (0..500u32)
         .flat_map(|i| {
             let vip = format!("10.96.{}.{}:53", i / 200, i % 200 + 1);

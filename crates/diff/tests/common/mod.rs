@@ -269,9 +269,9 @@ pub fn mk_index_with(
     now: Instant,
 ) -> Index {
     let mut index = Index::new(cfg);
-    let _ = index.reset_services(services, now);
-    let _ = index.reset_endpoint_slices(slices, now);
-    let _ = index.reset_pods(pods, now);
+    let _ = index.reset(services, now);
+    let _ = index.reset(slices, now);
+    let _ = index.reset(pods, now);
     let _ = index.apply_node(&mk_node(NODE, node_addrs));
     index
 }
