@@ -278,6 +278,58 @@ fn check_reports_every_stale_flow_with_its_reason() {
     assert_eq!(remaining_client_ports(&mut ct).len(), table().len());
 }
 
+/// `check -o json` on `ns` with `state`, with or without `--node-name`.
+fn check_state(ns: &TestNetns, state: &Path, node: Option<&str>) -> serde_json::Value {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--log-format", "text", "check", "-o", "json", "--state"])
+        .arg(state)
+        .arg("--netns")
+        .arg(ns.path());
+    if let Some(node) = node {
+        cmd.args(["--node-name", node]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn check_reads_a_json_state_as_it_reads_the_yaml_one() {
+    if !root_or_skip("check_reads_a_json_state_as_it_reads_the_yaml_one") {
+        return;
+    }
+    let ns = TestNetns::new("checkjson").unwrap();
+    let _ct = fill(&ns);
+    // The fixture as `kubectl get -o json` prints it (JSON has its own, streaming, reader).
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("state.json");
+    let value: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(fixture()).unwrap()).unwrap();
+    std::fs::write(&json, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+    let yaml = Path::new(&fixture()).to_owned();
+    // Without --node-name, the node is the state's only Node (node-1): its address takes
+    // NodePorts and its pod's host port is judged, though the state is read before the node
+    // is known.
+    for (state, node) in [(&json, Some("node-1")), (&yaml, None), (&json, None)] {
+        let doc = check_state(&ns, state, node);
+        assert_eq!(
+            client_ports_by_reason(&doc),
+            expected(),
+            "{state:?} {node:?}: {doc:#}"
+        );
+        // Both families come from one walk: each flow is labelled with its own.
+        for stale in doc["stale"].as_array().unwrap() {
+            let src: std::net::IpAddr = stale["orig"]["src"].as_str().unwrap().parse().unwrap();
+            let family = if src.is_ipv4() { "ipv4" } else { "ipv6" };
+            assert_eq!(stale["family"], family, "{stale:#}");
+        }
+    }
+}
+
 #[test]
 fn check_delete_removes_exactly_the_reported_flows() {
     if !root_or_skip("check_delete_removes_exactly_the_reported_flows") {

@@ -3,17 +3,17 @@
 pub mod state_files;
 pub mod stats_output;
 
-use crate::cli::{CheckArgs, OutputFormat};
-use crate::watch::client::{self, SERVICE_LABELS, SLICE_LABELS};
+use crate::check::state_files::{ClusterState, StateObject};
+use crate::check::stats_output::{StatsSampler, StatsSummary};
+use crate::cli::{CheckArgs, FamilyArg, OutputFormat};
 use crate::local_addrs::local_addrs;
 use crate::pass::{PassConfig, PassReport, StaleFlow, run_pass};
-use crate::scheduler::Scope;
-use crate::check::state_files::ClusterState;
-use crate::check::stats_output::{StatsSampler, StatsSummary};
+use crate::watch::client::{self, SERVICE_LABELS, SLICE_LABELS};
 use anyhow::{Context, Result};
-use ctdiff::{Index, IndexConfig};
+use ctdiff::{Index, IndexConfig, Relist, Report};
 use ctnetlink::{Conntrack, Family, Tuple};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde::Serialize;
@@ -28,37 +28,32 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     } else {
         None
     };
-    let state = if let Some(client) = &client {
-        from_cluster(client.clone(), args.node_name.as_deref())
+    let index = if let Some(client) = &client {
+        let state = from_cluster(client.clone(), args.node_name.as_deref())
             .await
-            .context("reading the desired state from the cluster")?
-    } else {
-        let state = ClusterState::from_files(&args.state)?;
-        // Deleting on a partial view deletes healthy flows; a report may show one, warned.
-        if args.delete {
-            state.require_complete()?;
-            require_recent(&args.state, args.state_max_age)?;
-        } else {
-            for problem in state.incompleteness() {
-                tracing::warn!("{problem}; `check --delete` refuses such state");
-            }
+            .context("reading the desired state from the cluster")?;
+        for warning in &state.warnings {
+            tracing::warn!("{warning}");
         }
-        state
+        build_index(&state, &args)?
+    } else {
+        index_files(&args)?
     };
-    for warning in &state.warnings {
-        tracing::warn!("{warning}");
-    }
-    let index = build_index(&state, &args)?;
     let netns = args.target.netns.clone();
-    let families = args.target.family.families().to_vec();
+    // Both families in one walk: every dump walks the whole table, whatever its family.
+    let family = match args.target.family {
+        FamilyArg::Ipv4 => Some(Family::V4),
+        FamilyArg::Ipv6 => Some(Family::V6),
+        FamilyArg::Both => None,
+    };
     // From the cluster, a flow created after the list may go to a backend the list has not
     // seen: the first walk only reports, and what it finds is judged again against a second
     // list taken after the walk before anything is deleted (see `confirm_with_fresh_state`).
     let confirm = args.delete && client.is_some();
     let delete = args.delete && !confirm;
     let with_stats = args.stats;
-    type Outcome = (Vec<(Family, PassReport)>, Option<StatsSummary>);
-    let (reports, summary) = tokio::task::spawn_blocking(move || -> Result<Outcome> {
+    type Outcome = (PassReport, Option<StatsSummary>);
+    let (report, summary) = tokio::task::spawn_blocking(move || -> Result<Outcome> {
         // One-shot: trust the kernel version for which filters to send rather than probe
         // (the probe walks the whole table once more; filters only save copying, see ctnetlink).
         let caps = ctnetlink::Capabilities::from_running_kernel();
@@ -69,61 +64,59 @@ pub async fn run(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
             .transpose()?;
         let index = RwLock::new(index);
         let now = Instant::now();
-        let reports = families
-            .iter()
-            .map(|&family| {
-                let cfg = PassConfig {
-                    family,
-                    dry_run: !delete,
-                    budget: 0,
-                    zone: 0,
-                };
-                run_pass(&mut ct, &index, None, &Scope::All, &cfg, now)
-                    .map(|r| (family, r))
-                    .with_context(|| format!("reading the {family} conntrack table"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let cfg = PassConfig {
+            family,
+            dry_run: !delete,
+            budget: 0,
+            zone: 0,
+        };
+        let report = run_pass(&mut ct, &index, None, &ctdiff::Dirty::all(), &cfg, now)
+            .context("reading the conntrack table")?;
         let summary = match sampler {
             Some(sampler) => {
-                let mut tally = crate::pass::tally::FlowTally::default();
-                for (_, r) in &reports {
-                    tally.merge(r.tally.clone());
-                }
                 let index = index
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                Some(sampler.finish(&tally, &index, now)?)
+                Some(sampler.finish(&report.tally, &index, now)?)
             }
             None => None,
         };
-        Ok((reports, summary))
+        Ok((report, summary))
     })
     .await
     .context("check task failed")??;
-    let reports = match (&client, confirm) {
+    let report = match (&client, confirm) {
         (Some(client), true) => {
             let fresh = from_cluster(client.clone(), args.node_name.as_deref())
                 .await
                 .context("reading the desired state from the cluster again before deleting")?;
             let fresh = build_index(&fresh, &args)?;
             let netns = args.target.netns.clone();
-            tokio::task::spawn_blocking(move || confirm_with_fresh_state(reports, &fresh, netns))
+            tokio::task::spawn_blocking(move || confirm_with_fresh_state(report, &fresh, netns))
                 .await
                 .context("check task failed")??
         }
-        _ => reports,
+        _ => report,
     };
     let delete = args.delete;
-    match args.output {
-        OutputFormat::Json => print_json(&reports, summary.as_ref(), out)?,
-        OutputFormat::Text => {
-            print_text(&reports, delete, out)?;
+    // Buffered: the report is written in many small pieces (a line each in JSON), and `out`
+    // is usually the line-buffered stdout, a write(2) per line otherwise.
+    let mut buffered = std::io::BufWriter::with_capacity(64 << 10, out);
+    let printed = match args.output {
+        OutputFormat::Json => print_json(&report, summary.as_ref(), &mut buffered),
+        OutputFormat::Text => (|| -> Result<()> {
+            print_text(&report, delete, &mut buffered)?;
             if let Some(summary) = &summary {
-                summary.write_text(out)?;
+                summary.write_text(&mut buffered)?;
             }
-        }
-    }
-    let failures: usize = reports.iter().map(|(_, r)| r.failed.len()).sum();
+            Ok(())
+        })(),
+    };
+    // Flushed on every path, a failed print included: what was printed is not lost.
+    let flushed = buffered.flush();
+    printed?;
+    flushed.context("writing the report")?;
+    let failures = report.failed.len();
     if failures > 0 {
         anyhow::bail!("{failures} deletions failed");
     }
@@ -162,57 +155,131 @@ fn require_recent(files: &[std::path::PathBuf], max_age: std::time::Duration) ->
 /// Keeps the reported flows that are still stale against `fresh` (a state listed after the
 /// table walk, so it knows every backend those flows could have been sent to) and deletes them.
 fn confirm_with_fresh_state(
-    reports: Vec<(Family, PassReport)>,
+    mut report: PassReport,
     fresh: &Index,
     netns: Option<std::path::PathBuf>,
-) -> Result<Vec<(Family, PassReport)>> {
+) -> Result<PassReport> {
     let caps = ctnetlink::Capabilities::from_running_kernel();
     let mut ct = Conntrack::open(netns.as_deref(), caps).context("opening the conntrack table")?;
     let now = Instant::now();
-    let mut out = Vec::with_capacity(reports.len());
-    for (family, mut report) in reports {
-        let before = report.stale.len();
-        report.stale.retain(|s| {
-            fresh
-                .classify(&crate::pass::flow_ref(&s.flow), now)
-                .is_stale()
-        });
-        report.recovered += (before - report.stale.len()) as u64;
-        report
-            .delete_stale(&mut ct)
-            .with_context(|| format!("deleting from the {family} conntrack table"))?;
-        out.push((family, report));
-    }
-    Ok(out)
+    let before = report.stale.len();
+    report.stale.retain(|s| {
+        fresh
+            .classify(&crate::pass::flow_ref(&s.flow), now)
+            .is_stale()
+    });
+    report.recovered += (before - report.stale.len()) as u64;
+    report
+        .delete_stale(&mut ct)
+        .context("deleting from the conntrack table")?;
+    Ok(report)
 }
 
+/// The index of the objects `from_cluster` listed.
 fn build_index(state: &ClusterState, args: &CheckArgs) -> Result<Index> {
-    let node_name = args
-        .node_name
+    let node_name = this_node(state, args);
+    let mut index = new_index(args, node_name.clone().unwrap_or_default());
+    let now = Instant::now();
+    let mut report = index.reset(&state.services, now);
+    report.merge(index.reset(&state.slices, now));
+    finish_index(index, state, node_name.as_deref(), report, args)
+}
+
+/// `check --state`: the files read straight into the index, each Service and EndpointSlice
+/// applied as soon as it is decoded and then dropped, so that neither the files' text as
+/// values nor their objects are ever held all at once.
+fn index_files(args: &CheckArgs) -> Result<Index> {
+    // The node's name may come from a Node object anywhere in the files, known only at the
+    // end; Services and EndpointSlices do not depend on it (see `finish_index`).
+    let mut index = new_index(args, args.node_name.clone().unwrap_or_default());
+    let now = Instant::now();
+    let mut services: Relist<Service> = Relist::default();
+    let mut slices: Relist<EndpointSlice> = Relist::default();
+    let mut report = Report::default();
+    let state = ClusterState::from_files_with(&args.state, &mut |object| match object {
+        StateObject::Service(svc) => {
+            report.merge(index.relist(&mut services, svc, now));
+        }
+        StateObject::EndpointSlice(slice) => {
+            report.merge(index.relist(&mut slices, slice, now));
+        }
+    })?;
+    report.merge(index.finish_relist(services, now));
+    report.merge(index.finish_relist(slices, now));
+    // Deleting on a partial view deletes healthy flows; a report may show one, warned.
+    if args.delete {
+        state.require_complete()?;
+        require_recent(&args.state, args.state_max_age)?;
+    } else {
+        for problem in state.incompleteness() {
+            tracing::warn!("{problem}; `check --delete` refuses such state");
+        }
+    }
+    for warning in &state.warnings {
+        tracing::warn!("{warning}");
+    }
+    let node_name = this_node(&state, args);
+    finish_index(index, &state, node_name.as_deref(), report, args)
+}
+
+/// The node judged: `--node-name`, else the state's only Node.
+fn this_node(state: &ClusterState, args: &CheckArgs) -> Option<String> {
+    args.node_name
         .clone()
         .or_else(|| match state.nodes.as_slice() {
             [only] => only.metadata.name.clone(),
             _ => None,
-        });
-    let mut index = Index::new(IndexConfig {
+        })
+}
+
+fn new_index(args: &CheckArgs, node_name: String) -> Index {
+    Index::new(IndexConfig {
         nodeport_addresses: args.target.nodeport_addresses.clone(),
-        ..IndexConfig::new(node_name.clone().unwrap_or_default())
-    });
+        ..IndexConfig::new(node_name)
+    })
+}
+
+/// Adds `state`'s Pods and Nodes of `node_name` (all of them without one) and the local
+/// addresses; logs what the index skipped (`report`, plus its own).
+///
+/// From files the index was made before `node_name` was known, under the name `--node-name`
+/// gave or none. The index reads a node name only to pick its Node and its Pods, so with a
+/// name learnt from the files those are handed to it under the index's name: the same
+/// objects, judged as the index would judge them under their own.
+fn finish_index(
+    mut index: Index,
+    state: &ClusterState,
+    node_name: Option<&str>,
+    mut report: Report,
+    args: &CheckArgs,
+) -> Result<Index> {
     let now = Instant::now();
-    let mut report = index.reset_services(&state.services, now);
-    report.merge(index.reset_endpoint_slices(&state.slices, now));
-    let pods: Vec<&Pod> = state
+    let indexed = index.config().node_name.clone();
+    let renamed = |name: Option<&str>| match (name, node_name) {
+        (Some(name), Some(this)) if name == this => Some(indexed.clone()),
+        (name, _) => name.map(str::to_owned),
+    };
+    let pods: Vec<Pod> = state
         .pods
         .iter()
         .filter(|p| {
             let on = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
-            node_name.is_none() || on.is_none() || on == node_name.as_deref()
+            node_name.is_none() || on.is_none() || on == node_name
+        })
+        .map(|p| {
+            let mut pod = p.clone();
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.node_name = renamed(spec.node_name.as_deref());
+            }
+            pod
         })
         .collect();
-    report.merge(index.reset_pods(pods, now));
+    report.merge(index.reset(&pods, now));
     for node in &state.nodes {
-        if node_name.is_none() || node.metadata.name == node_name {
-            report.merge(index.apply_node(node));
+        if node_name.is_none() || node.metadata.name.as_deref() == node_name {
+            let mut node = node.clone();
+            node.metadata.name = renamed(node.metadata.name.as_deref());
+            report.merge(index.apply_node(&node));
         }
     }
     for skipped in report.iter() {
@@ -329,19 +396,19 @@ fn family_name(f: Family) -> &'static str {
 }
 
 fn print_json(
-    reports: &[(Family, PassReport)],
+    report: &PassReport,
     summary: Option<&StatsSummary>,
     out: &mut dyn Write,
 ) -> Result<()> {
     let doc = JsonReport {
         stats: summary.map(StatsSummary::to_json),
-        scanned: reports.iter().map(|(_, r)| r.scanned).sum(),
-        deleted: reports.iter().map(|(_, r)| r.deleted).sum(),
-        stale: reports
+        scanned: report.scanned,
+        deleted: report.deleted,
+        stale: report
+            .stale
             .iter()
-            .flat_map(|(family, r)| r.stale.iter().map(move |s| (*family, s)))
-            .map(|(family, s)| JsonStale {
-                family: family_name(family),
+            .map(|s| JsonStale {
+                family: family_name(s.flow.family),
                 service: s.service.clone(),
                 port: s.port.clone(),
                 reason: s.reason.to_string(),
@@ -356,8 +423,8 @@ fn print_json(
     Ok(())
 }
 
-fn print_text(reports: &[(Family, PassReport)], deleting: bool, out: &mut dyn Write) -> Result<()> {
-    let rows: Vec<&StaleFlow> = reports.iter().flat_map(|(_, r)| r.stale.iter()).collect();
+fn print_text(report: &PassReport, deleting: bool, out: &mut dyn Write) -> Result<()> {
+    let rows: Vec<&StaleFlow> = report.stale.iter().collect();
     if !rows.is_empty() {
         let table: Vec<[String; 7]> = rows
             .iter()
@@ -396,9 +463,7 @@ fn print_text(reports: &[(Family, PassReport)], deleting: bool, out: &mut dyn Wr
             writeln!(out, "{}", line.join("  ").trim_end())?;
         }
     }
-    let scanned: u64 = reports.iter().map(|(_, r)| r.scanned).sum();
-    let deleted: u64 = reports.iter().map(|(_, r)| r.deleted).sum();
-    let gone: u64 = reports.iter().map(|(_, r)| r.already_gone).sum();
+    let (scanned, deleted, gone) = (report.scanned, report.deleted, report.already_gone);
     let mut by_reason: Vec<(String, usize)> = Vec::new();
     for s in &rows {
         let reason = s.reason.to_string();
@@ -430,10 +495,8 @@ fn print_text(reports: &[(Family, PassReport)], deleting: bool, out: &mut dyn Wr
         "scanned {scanned} UDP flows: {} stale{reasons}; {action}",
         rows.len()
     )?;
-    for (_, r) in reports {
-        for (key, err) in &r.failed {
-            writeln!(out, "delete failed for {}: {err}", key.orig)?;
-        }
+    for (key, err) in &report.failed {
+        writeln!(out, "delete failed for {}: {err}", key.orig)?;
     }
     Ok(())
 }

@@ -1,16 +1,20 @@
 //! Desired state from files, for `check --state`: exactly what `kubectl get … -o yaml|json`
 //! prints (a `v1 List`, typed lists, single objects, multi-document YAML).
 //!
-//! JSON is read by the YAML parser's value type, so there is one code path after parsing.
+//! Objects are handed over one at a time as they are decoded ([`ClusterState::from_files_with`]),
+//! so a large file never exists as a tree of values or a list of objects: JSON (`-o json`, the
+//! large-cluster case) is checked once as a whole by serde_json without keeping anything, then
+//! each object of a list is decoded straight from its bytes into its typed form. YAML goes
+//! through the YAML parser's value type one document at a time (merge keys need it).
 //! `check --delete` acts on what is read here, and a flow judged on partial or misread state is a
 //! healthy flow deleted, so the reading is strict, in two tiers:
 //!
-//! - **Errors, always**: text that is not one clean document stream (bad syntax, a JSON document
-//!   followed by another, nesting deeper than any object needs, a file over
-//!   [`MAX_STATE_FILE_BYTES`]) and objects of a used kind that no API server would have served
-//!   (missing name, namespace or `addressType`, a port out of 1–65535, a protocol other than
-//!   `TCP`/`UDP`/`SCTP`, an address that is not an IP) or that the files give twice with different
-//!   content. Such input has no single reading.
+//! - **Errors, always**: text that is not one clean document stream (bad syntax, a mapping with
+//!   a key given twice, a JSON document followed by another, nesting deeper than any object
+//!   needs, a file over [`MAX_STATE_FILE_BYTES`]) and objects of a used kind that no API server
+//!   would have served (missing name, namespace or `addressType`, a port out of 1–65535, a
+//!   protocol other than `TCP`/`UDP`/`SCTP`, an address that is not an IP) or that the files give
+//!   twice with different content. Such input has no single reading.
 //! - **Incomplete** ([`ClusterState::incompleteness`]): valid input that does not show the whole
 //!   truth the engine needs: v1 `Endpoints` or non-v1 EndpointSlices (not read), EndpointSlices
 //!   without the `kubernetes.io/service-name` label or with a UDP port without a number, and every
@@ -20,15 +24,19 @@
 //! Kinds the engine does not use at all (ConfigMaps…) are skipped with a warning.
 
 use anyhow::{Context, Result, anyhow, bail};
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::hash::Hasher;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
 use std::path::Path;
 
 /// The largest state file read: a full `kubectl get` of a very large cluster fits many times
@@ -47,16 +55,27 @@ pub const COMPLETE_STATE_HINT: &str = "dump a complete state with `kubectl get s
 /// The label naming an EndpointSlice's Service.
 const LABEL_SERVICE_NAME: &str = ctdiff::LABEL_SERVICE_NAME;
 
+/// A Service or EndpointSlice read from a state file, handed over as soon as it is decoded and
+/// checked, and only the first time it is read (an identical copy is not handed over again).
+#[derive(Debug, Clone, Copy)]
+pub enum StateObject<'a> {
+    /// A v1 Service.
+    Service(&'a Service),
+    /// A discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice(&'a EndpointSlice),
+}
+
 /// The objects read from state files.
 #[derive(Debug, Default)]
 pub struct ClusterState {
-    /// v1 Services.
+    /// v1 Services: those read by [`ClusterState::from_files`] or [`ClusterState::add_text`];
+    /// empty after [`ClusterState::from_files_with`], which hands them over instead.
     pub services: Vec<Service>,
-    /// discovery.k8s.io/v1 EndpointSlices.
+    /// discovery.k8s.io/v1 EndpointSlices, kept as `services` are.
     pub slices: Vec<EndpointSlice>,
-    /// v1 Nodes.
+    /// v1 Nodes. From files, only what the engine reads of them: the name and the addresses.
     pub nodes: Vec<Node>,
-    /// v1 Pods.
+    /// v1 Pods. From files, only those with a host port (the engine reads no other pod).
     pub pods: Vec<Pod>,
     /// Objects skipped, with why.
     pub warnings: Vec<String>,
@@ -64,44 +83,73 @@ pub struct ClusterState {
     /// slices, unlabelled slices…), with why. [`ClusterState::incompleteness`] adds the
     /// Services left without slices.
     pub incomplete_objects: Vec<String>,
-    /// Where each object read so far sits in its list, by `Kind namespace/name`: a second copy
-    /// must be identical.
-    pub(crate) seen: HashMap<String, usize>,
+    /// A hash of each object read so far (its canonical JSON), by `Kind namespace/name`: a
+    /// second copy must be identical, and the first one is not kept to compare with.
+    pub(crate) seen: HashMap<String, u64>,
+    /// The Services read that the engine judges, with the families it judges them in.
+    pub(crate) judged: Vec<JudgedService>,
+    /// (namespace, Service name, `IPv4`/`IPv6`) of every labelled EndpointSlice read.
+    pub(crate) covered: HashSet<(String, String, &'static str)>,
+}
+
+/// What [`ClusterState::incompleteness`] needs of a judged Service.
+#[derive(Debug)]
+pub(crate) struct JudgedService {
+    namespace: String,
+    name: String,
+    families: Vec<&'static str>,
+    selectorless: bool,
 }
 
 impl ClusterState {
-    /// Reads and merges every file.
+    /// Reads and merges every file, keeping every object.
     pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Self> {
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
+        let mut state = Self::from_files_with(paths, &mut |object| match object {
+            StateObject::Service(svc) => services.push(svc.clone()),
+            StateObject::EndpointSlice(slice) => slices.push(slice.clone()),
+        })?;
+        state.services = services;
+        state.slices = slices;
+        Ok(state)
+    }
+
+    /// Reads and merges every file, handing each Service and EndpointSlice to `each` as soon
+    /// as it is read instead of keeping it. On an error, `each` may have been given objects
+    /// already: whatever it built from them is not a reading of the files.
+    pub fn from_files_with(
+        paths: &[impl AsRef<Path>],
+        each: &mut dyn FnMut(StateObject<'_>),
+    ) -> Result<Self> {
         let mut state = ClusterState::default();
         for path in paths {
             let path = path.as_ref();
             let text = read_capped(path)
                 .with_context(|| format!("reading state file {}", path.display()))?;
             state
-                .add_text(&text)
+                .read_text(&text, each)
                 .with_context(|| format!("state file {}", path.display()))?;
         }
         Ok(state)
     }
 
-    /// Adds every object of one file's text.
+    /// Adds every object of one file's text, keeping every object.
     pub fn add_text(&mut self, text: &str) -> Result<()> {
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
+        let read = self.read_text(text, &mut |object| match object {
+            StateObject::Service(svc) => services.push(svc.clone()),
+            StateObject::EndpointSlice(slice) => slices.push(slice.clone()),
+        });
+        self.services.extend(services);
+        self.slices.extend(slices);
+        read
+    }
+
+    fn read_text(&mut self, text: &str, each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
         // Before any parser sees it: see MAX_FLOW_DEPTH.
         check_flow_depth(text)?;
         if text.trim_start().starts_with(['{', '[']) {
-            // JSON (`-o json`): serde_json's parser is several times faster and leaner than the
-            // YAML one on large lists; the value type, and so the rest, is the same.
-            let mut de = serde_json::Deserializer::from_str(text);
-            let value = Value::deserialize(&mut de)
-                .map_err(|e| anyhow!("not valid JSON: {}", nesting_hint(e.to_string())))?;
-            // `kubectl get -o json` prints one document; a second one would be dropped.
-            de.end().map_err(|e| {
-                anyhow!(
-                    "trailing data after the first JSON document ({e}): one JSON file holds one \
-                     document (a List for several objects); pass more files with more --state"
-                )
-            })?;
-            return self.add_value(value);
+            return self.read_json(text.as_bytes(), each);
         }
         for (n, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let mut value = Value::deserialize(document).map_err(|e| {
@@ -119,13 +167,82 @@ impl ClusterState {
             value
                 .apply_merge()
                 .map_err(|e| anyhow!("document {}: {e}", n + 1))?;
-            self.add_value(value)
+            self.add_value(value, each)
                 .with_context(|| format!("document {}", n + 1))?;
         }
         Ok(())
     }
 
-    fn add_value(&mut self, mut value: Value) -> Result<()> {
+    /// JSON (`-o json`): checked whole first (syntax, keys given twice, trailing documents)
+    /// without building anything, then each object is decoded from its own bytes.
+    fn read_json(&mut self, text: &[u8], each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
+        let mut de = serde_json::Deserializer::from_slice(text);
+        StrictJson
+            .deserialize(&mut de)
+            .map_err(|e| anyhow!("not valid JSON: {}", nesting_hint(e.to_string())))?;
+        // `kubectl get -o json` prints one document; a second one would be dropped.
+        de.end().map_err(|e| {
+            anyhow!(
+                "trailing data after the first JSON document ({e}): one JSON file holds one \
+                 document (a List for several objects); pass more files with more --state"
+            )
+        })?;
+        self.add_json(text, json_text::skip_ws(text, 0), each)
+    }
+
+    /// Adds the JSON value starting at `at` of `text` (valid JSON).
+    fn add_json(
+        &mut self,
+        text: &[u8],
+        at: usize,
+        each: &mut dyn FnMut(StateObject<'_>),
+    ) -> Result<()> {
+        if text[at] != b'{' {
+            bail!(
+                "expected a Kubernetes object (a mapping), found {}",
+                json_text::type_name(text[at])
+            );
+        }
+        let (end, [api_version, kind, metadata, items]) =
+            json_text::fields(text, at, ["apiVersion", "kind", "metadata", "items"]);
+        let string = |field: Option<Range<usize>>| {
+            field
+                .and_then(|r| json_text::string(&text[r]))
+                .unwrap_or_default()
+        };
+        let (api_version, kind) = (string(api_version), string(kind));
+        if kind.ends_with("List") {
+            let Some(items) = items else {
+                return Ok(());
+            };
+            match text[items.start] {
+                b'[' => {}
+                b'n' => return Ok(()),
+                other => bail!(
+                    "{kind}: items is {}, not a list",
+                    json_text::type_name(other)
+                ),
+            }
+            for (i, item) in json_text::elements(text, items.start).enumerate() {
+                self.add_json(text, item, each)
+                    .with_context(|| format!("{kind} item {i}"))?;
+            }
+            return Ok(());
+        }
+        let name = metadata
+            .filter(|m| text[m.start] == b'{')
+            .map(|m| {
+                let (_, [namespace, name]) =
+                    json_text::fields(text, m.start, ["namespace", "name"]);
+                let get = |f: Option<Range<usize>>| f.and_then(|r| json_text::string(&text[r]));
+                object_name(get(namespace).as_deref(), get(name).as_deref())
+            })
+            .unwrap_or_else(|| object_name(None, None));
+        let raw = Raw::Json { text, at: at..end };
+        self.add_object(&api_version, &kind, &name, raw, each)
+    }
+
+    fn add_value(&mut self, mut value: Value, each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
         let Value::Mapping(map) = &mut value else {
             bail!(
                 "expected a Kubernetes object (a mapping), found {}",
@@ -148,20 +265,37 @@ impl ClusterState {
                 Some(other) => bail!("{kind}: items is {}, not a list", type_name(&other)),
             };
             for (i, item) in items.into_iter().enumerate() {
-                self.add_value(item)
+                self.add_value(item, each)
                     .with_context(|| format!("{kind} item {i}"))?;
             }
             return Ok(());
         }
-        let name = object_name(map);
-        match (api_version.as_str(), kind.as_str()) {
+        let meta = map.get("metadata");
+        let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+        let name = object_name(get("namespace"), get("name"));
+        self.add_object(&api_version, &kind, &name, Raw::Yaml(value), each)
+    }
+
+    /// Decodes, checks and records one object that is not a list.
+    fn add_object(
+        &mut self,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        raw: Raw<'_>,
+        each: &mut dyn FnMut(StateObject<'_>),
+    ) -> Result<()> {
+        match (api_version, kind) {
             ("v1", "Service") => {
-                let svc: Service = typed(value, &kind, &name)?;
+                let svc: Service = raw.typed(kind, name)?;
                 check_service(&svc).with_context(|| format!("Service {name}"))?;
-                insert(&mut self.services, &mut self.seen, "Service", &name, svc)?;
+                if self.first_copy("Service", name, &svc)? {
+                    self.note_service(&svc);
+                    each(StateObject::Service(&svc));
+                }
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
-                let slice: EndpointSlice = typed(value, &kind, &name)?;
+                let slice: EndpointSlice = raw.typed(kind, name)?;
                 let incomplete =
                     check_slice(&slice).with_context(|| format!("EndpointSlice {name}"))?;
                 self.incomplete_objects.extend(
@@ -169,23 +303,24 @@ impl ClusterState {
                         .into_iter()
                         .map(|why| format!("EndpointSlice {name} {why}")),
                 );
-                insert(
-                    &mut self.slices,
-                    &mut self.seen,
-                    "EndpointSlice",
-                    &name,
-                    slice,
-                )?;
+                if self.first_copy("EndpointSlice", name, &slice)? {
+                    self.note_slice(&slice);
+                    each(StateObject::EndpointSlice(&slice));
+                }
             }
             ("v1", "Node") => {
-                let node: Node = typed(value, &kind, &name)?;
+                let node: Node = raw.typed(kind, name)?;
                 check_node(&node).with_context(|| format!("Node {name}"))?;
-                insert(&mut self.nodes, &mut self.seen, "Node", &name, node)?;
+                if self.first_copy("Node", name, &node)? {
+                    self.nodes.push(slim_node(node));
+                }
             }
             ("v1", "Pod") => {
-                let pod: Pod = typed(value, &kind, &name)?;
+                let pod: Pod = raw.typed(kind, name)?;
                 check_pod(&pod).with_context(|| format!("Pod {name}"))?;
-                insert(&mut self.pods, &mut self.seen, "Pod", &name, pod)?;
+                if self.first_copy("Pod", name, &pod)? && has_host_port(&pod) {
+                    self.pods.push(pod);
+                }
             }
             ("", _) | (_, "") => bail!("object {name} has no apiVersion or kind"),
             ("v1", "Endpoints") => self.incomplete_objects.push(format!(
@@ -206,10 +341,67 @@ impl ClusterState {
         Ok(())
     }
 
-    /// Why the state may not be the whole truth, one sentence each: the objects read but not
-    /// usable, then every Service the engine would judge (UDP ports, a ClusterIP, not handed
-    /// to another proxy, not skipped by annotation) that lacks an EndpointSlice of one of its IP
-    /// families. Empty when complete.
+    /// True the first time `kind name` is read; an identical later copy is false, a different
+    /// one an error.
+    fn first_copy(&mut self, kind: &str, name: &str, object: &impl Serialize) -> Result<bool> {
+        let hash = content_hash(object)?;
+        match self.seen.entry(format!("{kind} {name}")) {
+            std::collections::hash_map::Entry::Occupied(at) => {
+                if *at.get() != hash {
+                    bail!(
+                        "{kind} {name} is in the state twice with different content (two \
+                         snapshots?): which one is true is unknown; keep one"
+                    );
+                }
+                Ok(false)
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(hash);
+                Ok(true)
+            }
+        }
+    }
+
+    fn note_service(&mut self, svc: &Service) {
+        let families = judged_families(svc);
+        if families.is_empty() {
+            return;
+        }
+        let selectorless = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .is_none_or(|s| s.is_empty());
+        self.judged.push(JudgedService {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+            families,
+            selectorless,
+        });
+    }
+
+    fn note_slice(&mut self, slice: &EndpointSlice) {
+        let family = match slice.address_type.as_str() {
+            "IPv4" => "IPv4",
+            "IPv6" => "IPv6",
+            _ => return, // no judged family is another
+        };
+        let namespace = slice.metadata.namespace.as_deref();
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SERVICE_NAME));
+        if let (Some(namespace), Some(service)) = (namespace, service) {
+            self.covered
+                .insert((namespace.to_owned(), service.clone(), family));
+        }
+    }
+
+    /// Why the state read from files may not be the whole truth, one sentence each: the
+    /// objects read but not usable, then every Service the engine would judge (UDP ports, a
+    /// ClusterIP, not handed to another proxy, not skipped by annotation) that lacks an
+    /// EndpointSlice of one of its IP families. Empty when complete.
     ///
     /// A Service with a selector always has at least one slice per family (the EndpointSlice
     /// controller creates an empty one when no pod matches), so its absence means the file is
@@ -218,29 +410,19 @@ impl ClusterState {
     /// `conntrack-reconciler/skip: "true"` or left out of the file.
     pub fn incompleteness(&self) -> Vec<String> {
         let mut out = self.incomplete_objects.clone();
-        let covered: HashSet<(&str, &str, &str)> = self
-            .slices
-            .iter()
-            .filter_map(|s| {
-                let ns = s.metadata.namespace.as_deref()?;
-                let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
-                Some((ns, svc.as_str(), s.address_type.as_str()))
-            })
-            .collect();
-        for svc in &self.services {
-            let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-            let name = svc.metadata.name.as_deref().unwrap_or_default();
-            for family in judged_families(svc) {
-                if !covered.contains(&(ns, name, family)) {
-                    let selectorless = svc
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.selector.as_ref())
-                        .is_none_or(|s| s.is_empty());
+        let mut key = (String::new(), String::new(), "");
+        for svc in &self.judged {
+            let (ns, name) = (&svc.namespace, &svc.name);
+            for &family in &svc.families {
+                // One probe key reused: no allocation per lookup.
+                key.0.clone_from(ns);
+                key.1.clone_from(name);
+                key.2 = family;
+                if !self.covered.contains(&key) {
                     out.push(format!(
                         "Service {ns}/{name} has UDP ports but no {family} EndpointSlice in the \
                          state files{}",
-                        if selectorless {
+                        if svc.selectorless {
                             " (it has no selector: if it truly has no endpoints, annotate it \
                              conntrack-reconciler/skip: \"true\" or leave it out)"
                         } else {
@@ -265,6 +447,328 @@ impl ClusterState {
             n => format!(" (and {n} more)"),
         };
         bail!("refusing to delete on incomplete state: {first}{more}; {COMPLETE_STATE_HINT}")
+    }
+}
+
+/// One object's text, decoded into its typed form once its kind is known.
+enum Raw<'a> {
+    Yaml(Value),
+    /// `at`: the object's bytes within `text`, a whole file of valid JSON.
+    Json {
+        text: &'a [u8],
+        at: Range<usize>,
+    },
+}
+
+impl Raw<'_> {
+    fn typed<T: serde::de::DeserializeOwned>(self, kind: &str, name: &str) -> Result<T> {
+        match self {
+            Raw::Yaml(value) => {
+                serde_yaml::from_value(value).map_err(|e| anyhow!("{kind} {name}: {e}"))
+            }
+            Raw::Json { text, at } => serde_json::from_slice(&text[at.clone()])
+                .map_err(|e| anyhow!("{kind} {name}: {}", json_text::in_file(&e, text, at.start))),
+        }
+    }
+}
+
+/// A hash of `object`'s JSON form, which is canonical for the typed objects (fields in a fixed
+/// order, maps sorted), so two copies of an object hash alike whatever file format and key
+/// order they were read from.
+fn content_hash(object: &impl Serialize) -> Result<u64> {
+    struct HashWriter(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            // `Hasher::write` is streaming: the chunks the serializer writes in do not matter.
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(Default::default());
+    serde_json::to_writer(&mut w, object).context("hashing an object")?;
+    Ok(w.0.finish())
+}
+
+/// What the engine reads of a Node (ctdiff's `parse_node`): its name and addresses.
+fn slim_node(node: Node) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: node.metadata.name,
+            ..Default::default()
+        },
+        status: node.status.map(|s| NodeStatus {
+            addresses: s.addresses,
+            ..Default::default()
+        }),
+        spec: None,
+    }
+}
+
+/// Whether any container port of `pod` has a host port: the engine reads no other pod.
+fn has_host_port(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .flat_map(|c| c.ports.iter().flatten())
+            .any(|p| p.host_port.is_some_and(|p| p != 0))
+    })
+}
+
+/// Parses any JSON value without keeping it, and fails, as the YAML value type does, on a
+/// mapping that gives a key twice (which copy counts is a guess).
+struct StrictJson;
+
+impl<'de> DeserializeSeed<'de> for StrictJson {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(StrictJson)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictJson {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(StrictJson)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Objects have a few keys: a list is faster than a set until they have many.
+        let mut keys: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(key) = map.next_key_seed(JsonKey)? {
+            let twice = if many.is_empty() && keys.len() < 32 {
+                let twice = keys.contains(&key);
+                keys.push(key.clone());
+                if keys.len() == 32 {
+                    many.extend(keys.drain(..));
+                }
+                twice
+            } else {
+                !many.insert(key.clone())
+            };
+            if twice {
+                // The YAML value type's words, which this reading replaced.
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate entry with key {key:?}"
+                )));
+            }
+            map.next_value_seed(StrictJson)?;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON object key, borrowed from the text unless it has escapes.
+struct JsonKey;
+
+impl<'de> DeserializeSeed<'de> for JsonKey {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(JsonKey)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonKey {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(s))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(s.to_owned()))
+    }
+}
+
+/// Walking JSON text that serde_json has already accepted, to find each object's bytes without
+/// decoding what is around it. Being valid, the text needs no error handling here.
+mod json_text {
+    use std::ops::Range;
+
+    fn ws(c: u8) -> bool {
+        matches!(c, b' ' | b'\t' | b'\n' | b'\r')
+    }
+
+    /// The first byte at or after `i` that is not white space.
+    pub(super) fn skip_ws(text: &[u8], mut i: usize) -> usize {
+        while i < text.len() && ws(text[i]) {
+            i += 1;
+        }
+        i
+    }
+
+    /// The end of the string whose opening quote is at `i`.
+    fn string_end(text: &[u8], mut i: usize) -> usize {
+        i += 1;
+        loop {
+            match text[i] {
+                b'"' => return i + 1,
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// The end of the value starting at `i`.
+    pub(super) fn value_end(text: &[u8], i: usize) -> usize {
+        match text[i] {
+            b'"' => string_end(text, i),
+            b'{' | b'[' => {
+                let (mut depth, mut j) = (0usize, i);
+                loop {
+                    match text[j] {
+                        b'"' => {
+                            j = string_end(text, j);
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return j + 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+            }
+            _ => {
+                let mut j = i;
+                while j < text.len() && !ws(text[j]) && !matches!(text[j], b',' | b']' | b'}') {
+                    j += 1;
+                }
+                j
+            }
+        }
+    }
+
+    /// The start of each element of the array whose `[` is at `at`.
+    pub(super) fn elements(text: &[u8], at: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut i = skip_ws(text, at + 1);
+        std::iter::from_fn(move || {
+            if text[i] == b']' {
+                return None;
+            }
+            let start = i;
+            i = skip_ws(text, value_end(text, i));
+            if text[i] == b',' {
+                i = skip_ws(text, i + 1);
+            }
+            Some(start)
+        })
+    }
+
+    /// The end of the object whose `{` is at `at`, and where the values of `keys` are.
+    pub(super) fn fields<const N: usize>(
+        text: &[u8],
+        at: usize,
+        keys: [&str; N],
+    ) -> (usize, [Option<Range<usize>>; N]) {
+        let mut found = [const { None }; N];
+        let mut i = skip_ws(text, at + 1);
+        while text[i] != b'}' {
+            let key_end = string_end(text, i);
+            let key = &text[i..key_end];
+            let value = skip_ws(text, skip_ws(text, key_end) + 1); // past the `:`
+            let end = value_end(text, value);
+            if let Some(key) = string(key)
+                && let Some(n) = keys.iter().position(|k| *k == key)
+            {
+                found[n] = Some(value..end);
+            }
+            i = skip_ws(text, end);
+            if text[i] == b',' {
+                i = skip_ws(text, i + 1);
+            }
+        }
+        (i + 1, found)
+    }
+
+    /// The text of a JSON string (with its quotes); `None` for any other value.
+    pub(super) fn string(value: &[u8]) -> Option<String> {
+        let inner = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+        if inner.contains(&b'\\') {
+            serde_json::from_slice(value).ok()
+        } else {
+            std::str::from_utf8(inner).ok().map(str::to_owned)
+        }
+    }
+
+    /// The YAML value type's name for the JSON value starting with `first`.
+    pub(super) fn type_name(first: u8) -> &'static str {
+        match first {
+            b'{' => "a mapping",
+            b'[' => "a list",
+            b'"' => "a string",
+            b't' | b'f' => "a boolean",
+            b'n' => "null",
+            _ => "a number",
+        }
+    }
+
+    /// `error`, from decoding the bytes at `offset` of `text`, with its position in `text`.
+    pub(super) fn in_file(error: &serde_json::Error, text: &[u8], offset: usize) -> String {
+        let message = error.to_string();
+        let (line, column) = (error.line(), error.column());
+        if line == 0 {
+            return message;
+        }
+        let what = message
+            .strip_suffix(&format!(" at line {line} column {column}"))
+            .unwrap_or(&message);
+        let before = &text[..offset];
+        let lines_before = before.iter().filter(|&&c| c == b'\n').count();
+        let line_start = before
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .map_or(0, |p| p + 1);
+        let (line, column) = if line == 1 {
+            (lines_before + 1, offset - line_start + column)
+        } else {
+            (lines_before + line, column)
+        };
+        format!("{what} at line {line} column {column}")
     }
 }
 
@@ -312,31 +816,6 @@ fn judged_families(svc: &Service) -> Vec<&'static str> {
         }
     }
     families
-}
-
-/// Adds `object` unless an identical copy is there already; a different copy is an error.
-fn insert<T: PartialEq>(
-    list: &mut Vec<T>,
-    seen: &mut HashMap<String, usize>,
-    kind: &str,
-    name: &str,
-    object: T,
-) -> Result<()> {
-    match seen.entry(format!("{kind} {name}")) {
-        std::collections::hash_map::Entry::Occupied(at) => {
-            if list[*at.get()] != object {
-                bail!(
-                    "{kind} {name} is in the state twice with different content (two snapshots?): \
-                     which one is true is unknown; keep one"
-                );
-            }
-        }
-        std::collections::hash_map::Entry::Vacant(slot) => {
-            slot.insert(list.len());
-            list.push(object);
-        }
-    }
-    Ok(())
 }
 
 /// Reads at most [`MAX_STATE_FILE_BYTES`] (and refuses more), also from pipes such as
@@ -708,14 +1187,8 @@ fn check_node(node: &Node) -> Result<()> {
     Ok(())
 }
 
-fn typed<T: serde::de::DeserializeOwned>(value: Value, kind: &str, name: &str) -> Result<T> {
-    serde_yaml::from_value(value).map_err(|e| anyhow!("{kind} {name}: {e}"))
-}
-
-fn object_name(map: &serde_yaml::Mapping) -> String {
-    let meta = map.get("metadata");
-    let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
-    match (get("namespace"), get("name")) {
+fn object_name(namespace: Option<&str>, name: Option<&str>) -> String {
+    match (namespace, name) {
         (Some(ns), Some(name)) => format!("{ns}/{name}"),
         (None, Some(name)) => name.to_owned(),
         _ => "<unnamed>".to_owned(),
@@ -782,7 +1255,8 @@ items:
             .unwrap();
         s.add_text(r#"{"apiVersion":"v1","kind":"ServiceList","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"b"},"spec":{"ports":[{"port":53,"protocol":"UDP"}]}}]}"#)
             .unwrap();
-        assert_eq!((s.nodes.len(), s.pods.len(), s.services.len()), (1, 1, 1));
+        // The pod has no host port: the engine reads nothing of it, so it is not kept.
+        assert_eq!((s.nodes.len(), s.pods.len(), s.services.len()), (1, 0, 1));
     }
 
     #[test]
@@ -1122,5 +1596,251 @@ spec:
             );
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    // ---- JSON is read by its own streaming path: the same reading, the same errors ----
+
+    /// `yaml` (one document) as `kubectl get -o json` would print it.
+    fn json_of(yaml: &str) -> String {
+        let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        serde_json::to_string_pretty(&value).unwrap()
+    }
+
+    /// The error of reading `yaml`, and of reading it as JSON.
+    fn errors_both_ways(yaml: &str) -> [String; 2] {
+        [yaml.to_owned(), json_of(yaml)].map(|text| {
+            let err = ClusterState::default().add_text(&text).unwrap_err();
+            format!("{err:#}")
+        })
+    }
+
+    #[test]
+    fn json_and_yaml_read_the_same_objects() {
+        let mut yaml = ClusterState::default();
+        yaml.add_text(LIST).unwrap();
+        let mut json = ClusterState::default();
+        json.add_text(&json_of(LIST)).unwrap();
+        assert_eq!(json.services, yaml.services);
+        assert_eq!(json.slices, yaml.slices);
+        assert_eq!(json.warnings, yaml.warnings);
+        assert_eq!(json.services.len(), 1);
+        // The same objects in both formats are one object, whatever the key order.
+        let mut both = ClusterState::default();
+        both.add_text(LIST).unwrap();
+        both.add_text(&json_of(LIST)).unwrap();
+        assert_eq!((both.services.len(), both.slices.len()), (1, 1));
+        // A different copy in the other format is still a conflict.
+        let err =
+            read_files(&[SLICE, &json_of(&slice_with("10.244.0.5", "10.244.0.6"))]).unwrap_err();
+        assert!(format!("{err:#}").contains("twice"), "{err:#}");
+    }
+
+    #[test]
+    fn json_lists_in_kubectl_order_nested_and_empty() {
+        // kubectl prints `items` before `kind`.
+        let text = format!(
+            r#"{{"apiVersion": "v1", "items": [{node}, {{"apiVersion": "v1", "items": [{svc}], "kind": "ServiceList"}}], "kind": "List", "metadata": {{"resourceVersion": ""}}}}"#,
+            node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"}}"#,
+            svc = r#"{"kind":"Service","metadata":{"namespace":"b","name":"a"},"apiVersion":"v1"}"#,
+        );
+        let mut s = ClusterState::default();
+        s.add_text(&text).unwrap();
+        assert_eq!((s.nodes.len(), s.services.len()), (1, 1));
+        for items in ["null", "[]", "[ ]"] {
+            let text = format!(r#"{{"apiVersion":"v1","kind":"List","items":{items}}}"#);
+            ClusterState::default().add_text(&text).unwrap();
+        }
+        ClusterState::default()
+            .add_text(r#"{"apiVersion":"v1","kind":"List"}"#)
+            .unwrap();
+        for (text, must_mention) in [
+            (
+                r#"{"apiVersion":"v1","kind":"List","items":3}"#,
+                "items is a number",
+            ),
+            (
+                r#"{"apiVersion":"v1","kind":"List","items":{"a":1}}"#,
+                "items is a mapping",
+            ),
+            (
+                r#"{"apiVersion":"v1","kind":"List","items":[1]}"#,
+                "List item 0",
+            ),
+            (r#"[]"#, "found a list"),
+            (r#"{"metadata":{"name":"x"}}"#, "no apiVersion or kind"),
+            (
+                r#"{"apiVersion":"v1","kind":5,"metadata":{"name":"x"}}"#,
+                "no apiVersion or kind",
+            ),
+        ] {
+            let err = ClusterState::default().add_text(text).unwrap_err();
+            assert!(
+                format!("{err:#}").contains(must_mention),
+                "{must_mention}: {err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_keys_with_escapes_are_read_as_the_keys_they_spell() {
+        let text = r#"{"apiVersion":"v1","k\u0069nd":"Node","metadata":{"n\u0061me":"n\u0031"}}"#;
+        let mut s = ClusterState::default();
+        s.add_text(text).unwrap();
+        assert_eq!(s.nodes[0].metadata.name.as_deref(), Some("n1"));
+        // Brackets and quotes inside strings do not end an object early.
+        let text = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x]}\"[{","namespace":"y"},"data":{"k":"}]\\"}}]}"#;
+        let mut s = ClusterState::default();
+        s.add_text(text).unwrap();
+        assert!(
+            s.warnings[0].contains(r#"ConfigMap y/x]}"[{"#),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn json_keys_given_twice_are_an_error() {
+        // The YAML value type refused them; the streaming reader must too, at any depth and
+        // whichever copy a typed reading would have kept.
+        for text in [
+            r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"a","name":"b"}}"#,
+            r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"s","namespace":"n"},"spec":{"ports":[{"port":53,"port":54}]}}]}"#,
+            r#"{"apiVersion":"v1","kind":"List","items":[],"items":[]}"#,
+        ] {
+            let err = ClusterState::default().add_text(text).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains("duplicate entry with key"), "{msg}");
+            assert!(msg.contains("not valid JSON"), "{msg}");
+        }
+        // Many keys (the set, not the list, of keys seen).
+        let many: Vec<String> = (0..100).map(|i| format!(r#""k{i}":"v""#)).collect();
+        let labels = many.join(",");
+        let ok = format!(
+            r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"a","labels":{{{labels}}}}}}}"#
+        );
+        ClusterState::default().add_text(&ok).unwrap();
+        let twice = ok.replace(r#""k99":"v""#, r#""k99":"v","k7":"w""#);
+        let err = ClusterState::default().add_text(&twice).unwrap_err();
+        assert!(format!("{err:#}").contains(r#"key "k7""#), "{err:#}");
+    }
+
+    #[test]
+    fn json_errors_name_the_object_and_its_line_in_the_file() {
+        let text = "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"List\",\n  \"items\": [\n    {\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {\"name\": \"ok\"}},\n    {\n      \"apiVersion\": \"v1\",\n      \"kind\": \"Service\",\n      \"metadata\": {\"name\": \"bad\", \"namespace\": \"ns\"},\n      \"spec\": {\"ports\": [{\"port\": \"not-a-number\"}]}\n    }\n  ]\n}\n";
+        let err = ClusterState::default().add_text(text).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("List item 1: Service ns/bad: invalid type"),
+            "{msg}"
+        );
+        assert!(msg.contains("at line 10 column"), "{msg}");
+    }
+
+    #[test]
+    fn json_refuses_what_yaml_refuses() {
+        let service = |port: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{{{port}}}]\n"
+            )
+        };
+        for (yaml, must_mention) in [
+            (slice_with("addressType: IPv4\n", ""), "addressType"),
+            (slice_with("addressType: IPv4", "addressType: IPv5"), "IPv5"),
+            (slice_with("  namespace: kube-system\n", ""), "namespace"),
+            (slice_with("[10.244.0.5]", "[]"), "no addresses"),
+            (slice_with("10.244.0.5", "fd00::5"), "fd00::5"),
+            (slice_with("port: 53", "port: 70000"), "70000"),
+            (slice_with("protocol: UDP", "protocol: udp"), "protocol"),
+            (service("port: 0, protocol: UDP"), "spec.ports[].port"),
+            (service("port: 53, protocol: UDP, nodePort: 99999"), "99999"),
+            (service("port: 53, protocol: QUIC"), "protocol"),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: n}\nspec: {clusterIP: 10.96.0.300}\n".to_owned(),
+                "10.96.0.300",
+            ),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: ns}\nspec:\n  ports: [{port: not-a-number}]\n".to_owned(),
+                "Service ns/bad",
+            ),
+            (
+                "apiVersion: v2\nkind: Service\nmetadata: {name: s, namespace: n}\n".to_owned(),
+                "unknown apiVersion",
+            ),
+        ] {
+            for msg in errors_both_ways(&yaml) {
+                assert!(msg.contains(must_mention), "{must_mention}: {msg}");
+            }
+        }
+        // The same incompleteness, with the same words.
+        let endpoints =
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {name: dns, namespace: kube-system}\n";
+        let beta = slice_with("discovery.k8s.io/v1", "discovery.k8s.io/v1beta1");
+        let unlabelled = slice_with("  labels: {kubernetes.io/service-name: dns}\n", "");
+        for yaml in [endpoints, &beta, &unlabelled, SERVICE] {
+            let mut from_yaml = ClusterState::default();
+            from_yaml.add_text(yaml).unwrap();
+            let mut from_json = ClusterState::default();
+            from_json.add_text(&json_of(yaml)).unwrap();
+            assert!(!from_yaml.incompleteness().is_empty(), "{yaml}");
+            assert_eq!(from_json.incompleteness(), from_yaml.incompleteness());
+        }
+    }
+
+    #[test]
+    fn only_what_the_engine_reads_of_pods_and_nodes_is_kept() {
+        let pod = |ports: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: d}}\nspec:\n  nodeName: n1\n  containers: [{{name: c, image: x, ports: [{ports}]}}]\n"
+            )
+        };
+        let mut s = ClusterState::default();
+        s.add_text(&pod("{containerPort: 53, protocol: UDP}"))
+            .unwrap();
+        assert!(s.pods.is_empty());
+        s.add_text(
+            &pod("{containerPort: 53, hostPort: 1053, protocol: UDP}")
+                .replace("name: p,", "name: q,"),
+        )
+        .unwrap();
+        assert_eq!(s.pods.len(), 1);
+        assert_eq!(
+            s.pods[0].spec.as_ref().unwrap().containers[0]
+                .image
+                .as_deref(),
+            Some("x")
+        );
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {a: b}}\nspec: {podCIDR: 10.244.0.0/24}\nstatus:\n  addresses: [{type: InternalIP, address: 192.168.1.1}]\n  images: [{names: [x], sizeBytes: 1}]\n";
+        s.add_text(node).unwrap();
+        let kept = &s.nodes[0];
+        assert_eq!(kept.metadata.name.as_deref(), Some("n1"));
+        assert!(kept.metadata.labels.is_none() && kept.spec.is_none());
+        let status = kept.status.as_ref().unwrap();
+        assert_eq!(status.addresses.as_ref().unwrap()[0].address, "192.168.1.1");
+        assert!(status.images.is_none());
+        // Duplicates are still compared in full: a Node differing only in what is dropped.
+        let err = s.add_text(&node.replace("{a: b}", "{a: c}")).unwrap_err();
+        assert!(format!("{err:#}").contains("twice"), "{err:#}");
+    }
+
+    #[test]
+    fn from_files_with_hands_over_each_service_and_slice_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (yaml, json) = (dir.path().join("a.yaml"), dir.path().join("b.json"));
+        std::fs::write(&yaml, LIST).unwrap();
+        std::fs::write(&json, json_of(LIST)).unwrap();
+        let mut handed = Vec::new();
+        let s = ClusterState::from_files_with(&[&yaml, &json], &mut |object| {
+            handed.push(match object {
+                StateObject::Service(svc) => format!("Service {:?}", svc.metadata.name),
+                StateObject::EndpointSlice(sl) => format!("EndpointSlice {:?}", sl.metadata.name),
+            })
+        })
+        .unwrap();
+        assert_eq!(
+            handed,
+            ["Service Some(\"dns\")", "EndpointSlice Some(\"dns-abc\")"]
+        );
+        assert!(s.services.is_empty() && s.slices.is_empty());
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
     }
 }
