@@ -48,6 +48,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let health = Arc::new(Health::new(
         args.resync_interval * 3 + Duration::from_secs(60),
     ));
+    // Serve the probes and scrapes from the start: the startup walk of a big table takes
+    // seconds, and the kubelet probes meanwhile. The table metrics sample the kernel's
+    // statistics on a thread of their own.
+    let table = TableMetrics::register(&mut registry, args.target.netns.as_deref(), health.clone());
+    let admin = tokio::spawn(http::serve(
+        args.metrics_addr(),
+        http::router(registry, health.clone()),
+    ));
 
     // Fail fast, with a clear error, when the table cannot be opened (no CAP_NET_ADMIN, bad netns).
     let ct = open_conntrack(&args).context("opening the conntrack table")?;
@@ -72,10 +80,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // flows to backends that left while the agent was down then go with the startup pass
     // instead of waiting for the next event or bookmark.
     let walked_at = Instant::now();
-    let (families, zone) = (args.target.family.families().to_vec(), args.zone);
+    let (family, zone) = (pass_family(&args), args.zone);
     let (ct, walked) = tokio::task::spawn_blocking(move || {
         let mut ct = ct;
-        let walked = walk_udp_flows(&mut ct, &families, zone);
+        let walked = walk_udp_flows(&mut ct, family, zone);
         (ct, walked)
     })
     .await
@@ -95,25 +103,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
 
-    let table = TableMetrics::register(&mut registry, args.target.netns.as_deref(), health.clone());
-    let admin = tokio::spawn(http::serve(
-        args.metrics_addr(),
-        http::router(registry, health.clone()),
-    ));
-
-    let (update_tx, update_rx) = mpsc::channel::<Update>(1024);
     let timing = WatchTiming {
         idle_timeout: args.watch_idle_timeout,
         ..WatchTiming::default()
     };
     let relister = watch::Relister::default();
-    let watchers = watch::spawn(client, &args.node_name, timing, &relister, update_tx);
+    // The watches run inside the index task, which reads them as one merged stream.
+    let updates = watch::watches(client, &args.node_name, timing, &relister);
     let (signal_tx, signal_rx) = mpsc::unbounded_channel::<Signal>();
     let (ready_tx, ready_rx) = tokio_watch::channel(false);
     let (event_tx, event_rx) = mpsc::unbounded_channel::<EventSignal>();
 
     let index_task = tokio::spawn(index_loop(
-        update_rx,
+        updates,
         index.clone(),
         metrics.clone(),
         signal_tx,
@@ -157,8 +159,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ready: ready_rx,
     });
     // Any task that ends, or panics, ends the agent: a restart is the safe way back to a
-    // complete state, and a silently dead watch or event task must not go unnoticed.
-    let watchers_end = futures::future::select_all(watchers);
+    // complete state, and a silently dead watch or event task must not go unnoticed. (A watch
+    // stream that ends ends the index task.)
     let events_end = async {
         match events_task {
             Some(task) => task.await,
@@ -168,7 +170,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tokio::select! {
         result = pass_loop => result?,
         result = admin => result.context("admin server task")??,
-        (result, i, _) = watchers_end => task_ended(&format!("watch #{i}"), result)?,
         result = index_task => task_ended("index", result)?,
         result = events_end => task_ended("conntrack events", result)?,
         () = shutdown_signal() => tracing::info!("shutdown requested"),
@@ -177,25 +178,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Fingerprints of the UDP flows of `families` in `zone`, for [`ctdiff::Gate::seen_before`].
+/// Fingerprints of the UDP flows of `family` (None: both) in `zone`, for
+/// [`ctdiff::Gate::seen_before`]: one walk.
 fn walk_udp_flows(
     ct: &mut Conntrack,
-    families: &[ctnetlink::Family],
+    family: Option<ctnetlink::Family>,
     zone: u16,
 ) -> Result<Vec<u64>, ctnetlink::Error> {
     let mut prints = Vec::new();
-    for &family in families {
-        let filter = ctnetlink::DumpFilter {
-            family: Some(family),
-            proto: Some(ctnetlink::proto::UDP),
-            ..Default::default()
-        };
-        ct.dump(&filter, |flow| {
-            if flow.zone == zone {
-                prints.push(FlowGate::fingerprint(&flow.key()));
-            }
-        })?;
-    }
+    let filter = ctnetlink::DumpFilter {
+        family,
+        proto: Some(ctnetlink::proto::UDP),
+        ..Default::default()
+    };
+    ct.dump(&filter, |flow| {
+        if flow.zone == zone {
+            prints.push(FlowGate::fingerprint(&flow.key()));
+        }
+    })?;
     Ok(prints)
 }
 
@@ -225,21 +225,24 @@ fn refresh_local_addrs(index: &RwLock<Index>, args: &RunArgs) {
     }
 }
 
-/// Most watch updates applied under one write lock.
-const UPDATE_BATCH: usize = 256;
-
 /// Applies watch updates to the index (and its knowledge of how fresh each kind is) and tells
-/// the pass loop what changed.
+/// the pass loop what changed. Returns when a watch stream ends (which ends the agent).
 async fn index_loop(
-    mut updates: mpsc::Receiver<Update>,
+    mut updates: watch::Updates,
     index: Arc<RwLock<Index>>,
     metrics: Arc<Metrics>,
     signals: mpsc::UnboundedSender<Signal>,
     ready: tokio_watch::Sender<bool>,
 ) {
     let mut feed = Feed::default();
-    let mut batch: Vec<Update> = Vec::with_capacity(UPDATE_BATCH);
-    while updates.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
+    loop {
+        let batch = match updates.next_batch().await {
+            Ok(batch) => batch,
+            Err(ended) => {
+                tracing::error!(%ended, "a watch stream ended; exiting");
+                return;
+            }
+        };
         // Everything queued is applied under one write lock, and the dirty set and the index's
         // sizes (a walk of the index) are taken once per batch, not once per object: a relist
         // of 10,000 objects arrives as a burst. Each update's freshness note is applied with
@@ -254,7 +257,7 @@ async fn index_loop(
                 at,
                 what,
                 timely,
-            } in batch.drain(..)
+            } in batch
             {
                 let report = match what {
                     What::Service(e) => {

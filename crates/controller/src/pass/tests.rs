@@ -240,6 +240,9 @@ fn every_reason_a_pass_deletes_for() {
     assert_eq!(report.deferred, 1);
     // The service goes away: its flows are stale by deletion, proven by the Services watch.
     let _ = index.write().unwrap().delete_service(&other_service(), t0);
+    // A bookmark a grace after the flow was first seen proves the Services view newer than it.
+    let later = Instant::now() + Duration::from_secs(6);
+    index.write().unwrap().knowledge_mut().bookmarked(Kind::Services, later);
     let report = plan(&index, &gate, cfg(), &[flows[2]]);
     assert_eq!(report.stale.len(), 1, "{report:?}");
     assert_eq!(report.stale[0].reason, Reason::ServiceDeleted);
