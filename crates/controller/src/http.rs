@@ -26,81 +26,15 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-/// Liveness and readiness, shared between the agent's tasks and the admin server.
-#[derive(Debug)]
-pub struct Health {
-    ready: AtomicBool,
-    /// Why the agent's view is not fresh (nothing is deleted meanwhile), if it is not.
-    stale: std::sync::Mutex<Option<String>>,
-    /// The last beat, in ms since `origin` (monotonic: a clock step neither fakes nor hides a
-    /// stall).
-    heartbeat_ms: AtomicU64,
-    origin: Instant,
-    stall_limit: Duration,
-}
-
-impl Health {
-    /// A new, unready state; the pass loop must beat at least every `stall_limit`.
-    pub fn new(stall_limit: Duration) -> Self {
-        let h = Health {
-            ready: AtomicBool::new(false),
-            stale: std::sync::Mutex::new(None),
-            heartbeat_ms: AtomicU64::new(0),
-            origin: Instant::now(),
-            stall_limit,
-        };
-        h.beat();
-        h
-    }
-
-    /// Marks the agent ready (first complete state and first successful pass).
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
-    }
-
-    /// Records why the agent's view is not fresh (`None`: it is). `/readyz` fails meanwhile.
-    pub fn set_stale(&self, why: Option<String>) {
-        *self
-            .stale
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
-    }
-
-    /// Why the agent's view is not fresh, if it is not.
-    pub fn stale(&self) -> Option<String> {
-        self.stale
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Whether the agent is ready.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-
-    /// Records that the pass loop is making progress.
-    pub fn beat(&self) {
-        self.heartbeat_ms.store(self.now_ms(), Ordering::Relaxed);
-    }
-
-    /// Whether the pass loop made progress recently.
-    pub fn is_alive(&self) -> bool {
-        let last = self.heartbeat_ms.load(Ordering::Relaxed);
-        let limit = u64::try_from(self.stall_limit.as_millis()).unwrap_or(u64::MAX);
-        self.now_ms().saturating_sub(last) <= limit
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-}
+/// Kept here too for callers that name it through the admin server.
+pub use crate::health::Health;
+use crate::health::Readiness;
 
 struct AdminState {
     registry: Registry,
@@ -359,17 +293,13 @@ impl Drop for Slot {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    // Encoding reads the kernel's statistics (a netlink exchange, which a busy kernel can slow
-    // down): it runs on a blocking thread, so `/healthz` and the agent's tasks never wait on it.
-    let encoded = tokio::task::spawn_blocking(move || {
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &state.registry).map(|()| body)
-    })
-    .await;
-    let encoded = match encoded {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("encoder panicked: {e}")),
-    };
+    // Encoding only reads memory: the kernel's statistics come from the last sample of a
+    // thread of their own (see `metrics::kernel_stats`), so a scrape never waits for the
+    // kernel and needs no blocking thread.
+    let mut body = String::new();
+    let encoded = prometheus_client::encoding::text::encode(&mut body, &state.registry)
+        .map(|()| body)
+        .map_err(|e| e.to_string());
     match encoded {
         Ok(body) => (
             StatusCode::OK,
@@ -397,18 +327,16 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    if !state.health.is_ready() {
-        return (
+    match state.health.readiness() {
+        Readiness::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the first complete state and pass\n".to_owned(),
-        );
-    }
-    match state.health.stale() {
-        None => (StatusCode::OK, "ready\n".to_owned()),
-        Some(why) => (
+        ),
+        Readiness::Stale(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("view of the cluster not fresh ({why}): nothing is deleted\n"),
         ),
+        Readiness::Ready => (StatusCode::OK, "ready\n".to_owned()),
     }
 }
 
@@ -460,16 +388,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_stalled_loop_is_not_alive() {
-        let health = Health::new(Duration::from_millis(1));
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(!health.is_alive());
-        health.beat();
-        assert!(health.is_alive());
-        let health = Health::new(Duration::from_secs(60));
-        assert!(health.is_alive());
-    }
     /// Starts the server on an ephemeral loopback port.
     async fn start(app: Router, config: ServeConfig) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -2,8 +2,8 @@
 //!
 //! The library is wiring, grouped by concern: flags ([`cli`]); watches of the API server and
 //! their feed into the index ([`watch`]); when passes run ([`scheduler`]); passes over the table
-//! ([`pass`]); the kernel event path ([`events`]); metrics ([`metrics`]) and the admin server
-//! ([`http`]); the one-shot `check` command ([`check`]). Decisions live in `ctdiff`; the kernel
+//! ([`pass`]); the kernel event path ([`events`]); metrics ([`metrics`]), liveness and readiness
+//! ([`health`]) and the admin server ([`http`]); the one-shot `check` command ([`check`]). Decisions live in `ctdiff`; the kernel
 //! table in `ctnetlink`. The binary (`main.rs`) only parses flags and starts a runtime.
 
 #![warn(missing_docs)]
@@ -11,6 +11,7 @@
 pub mod check;
 pub mod cli;
 pub mod events;
+pub mod health;
 pub mod heap;
 pub mod http;
 pub mod local_addrs;
