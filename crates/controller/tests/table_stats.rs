@@ -125,6 +125,13 @@ fn metrics_match_conntrack_tools_and_the_documented_list() {
         value("conntrack_reconciler_table_stats_read_errors_total"),
         0
     );
+    // Read off the scrape path, a few seconds old at most.
+    let age = samples["conntrack_reconciler_table_stats_age_seconds"];
+    assert!(
+        (0.0..=conntrack_reconciler::metrics::kernel_stats::MAX_SAMPLE_AGE.as_secs_f64())
+            .contains(&age),
+        "{age}"
+    );
     assert_eq!(value("conntrack_reconciler_ready"), 1);
     // The pass's per-frontend figures: flows nobody owns are not counted.
     assert_eq!(
