@@ -124,7 +124,10 @@ impl EventPath {
                             .destroyed(&flow);
                     }
                     Ok(Event::Lost) => {
-                        self.flows.lock().unwrap_or_else(PoisonError::into_inner).lost();
+                        self.flows
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .lost();
                         self.metrics.events_lost.inc();
                         tracing::warn!("conntrack events were lost; scheduling a full pass");
                         let _ = self.signals.send(EventSignal::Lost);
@@ -135,7 +138,10 @@ impl EventPath {
                     }
                 }
             }
-            self.flows.lock().unwrap_or_else(PoisonError::into_inner).lost();
+            self.flows
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unsubscribed();
             let _ = self.signals.send(EventSignal::Lost);
             tokio::time::sleep(Duration::from_secs(1)).await;
             if self.ready.has_changed().is_err() {

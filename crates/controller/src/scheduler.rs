@@ -423,7 +423,11 @@ mod tests {
             }
             now += ms(50);
         }
-        assert_eq!(ran_at, Some(t0 + ms(100)), "due one debounce after the first change");
+        assert_eq!(
+            ran_at,
+            Some(t0 + ms(100)),
+            "due one debounce after the first change"
+        );
     }
 
     #[test]

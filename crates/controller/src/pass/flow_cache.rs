@@ -18,8 +18,10 @@ pub struct FlowCache {
     index: FlowIndex,
     /// Events are being applied: the subscription is up and no loss was reported since.
     following: bool,
-    /// A full walk seeded the index since `following` became true.
+    /// A full walk seeded the index since `following` became true and no event was lost.
     seeded: bool,
+    /// Counts losses: a seed counts only when no loss happened while it ran.
+    losses: u64,
     /// The zone judged; other zones' flows are not indexed.
     zone: u16,
 }
@@ -45,11 +47,17 @@ impl FlowCache {
         self.following = self.zone == 0;
     }
 
-    /// Events were lost (or the subscription ended): the cache may lack flows until a full walk
-    /// seeds it again.
+    /// Events were lost; the subscription goes on. The cache may lack flows until a full walk
+    /// that starts after this seeds it again.
     pub fn lost(&mut self) {
-        self.following = false;
+        self.losses += 1;
         self.seeded = false;
+    }
+
+    /// The subscription ended: nothing keeps the cache current any more.
+    pub fn unsubscribed(&mut self) {
+        self.lost();
+        self.following = false;
     }
 
     /// A NEW event.
@@ -66,11 +74,15 @@ impl FlowCache {
         }
     }
 
-    /// Starts a full walk that seeds the cache (before the dump request is sent). Returns
-    /// whether the seed will count: only a walk started while events are followed does.
-    pub fn begin_seed(&mut self) -> bool {
+    /// Starts a full walk that seeds the cache (before the dump request is sent). Returns a
+    /// token for [`FlowCache::finish_seed`]: the seed counts only when events were followed when
+    /// it began and none was lost until it finished.
+    pub fn begin_seed(&mut self) -> SeedToken {
         self.index.begin_seed();
-        self.following
+        SeedToken {
+            counts: self.following,
+            losses: self.losses,
+        }
     }
 
     /// A flow of the seeding walk; returns whether the cache lacked it.
@@ -85,10 +97,10 @@ impl FlowCache {
         }
     }
 
-    /// Ends a seeding walk that completed; `counts` is what [`FlowCache::begin_seed`] said.
-    pub fn finish_seed(&mut self, counts: bool) {
+    /// Ends a seeding walk that completed.
+    pub fn finish_seed(&mut self, token: SeedToken) {
         let _ = self.index.finish_seed();
-        if counts && self.following {
+        if token.counts && self.following && token.losses == self.losses {
             self.seeded = true;
         }
     }
@@ -149,6 +161,13 @@ impl FlowCache {
     }
 }
 
+/// What a seed needs to know at its end about its start.
+#[derive(Clone, Copy, Debug)]
+pub struct SeedToken {
+    counts: bool,
+    losses: u64,
+}
+
 /// The flow an indexed record stands for, with the same exact key as the kernel's entry
 /// ([`Flow::key`]: reply tuple, id, zone). Status, mark and timeout are not indexed: the
 /// planner does not read them, and a waiting flow's lifetime falls back to UDP's stream timeout.
@@ -161,7 +180,13 @@ fn to_flow(f: IndexedFlow) -> Flow {
     let udp = ctnetlink::proto::UDP;
     Flow {
         family,
-        orig: Tuple::new(f.orig_src.ip(), f.orig_dst.ip(), udp, f.orig_src.port(), f.orig_dst.port()),
+        orig: Tuple::new(
+            f.orig_src.ip(),
+            f.orig_dst.ip(),
+            udp,
+            f.orig_src.port(),
+            f.orig_dst.port(),
+        ),
         reply: Tuple::new(
             f.reply_src.ip(),
             f.reply_dst.ip(),
@@ -175,5 +200,92 @@ fn to_flow(f: IndexedFlow) -> Flow {
         timeout: 0,
         id: f.id,
         zone_dir: ZoneDir::Both,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp(sport: u16, dst: &str, dport: u16, backend: &str) -> Flow {
+        let client = "10.244.2.9".parse().unwrap();
+        let udp = ctnetlink::proto::UDP;
+        Flow {
+            family: Family::V4,
+            orig: Tuple::new(client, dst.parse().unwrap(), udp, sport, dport),
+            reply: Tuple::new(backend.parse().unwrap(), client, udp, 5353, sport),
+            status: Status::CONFIRMED,
+            mark: 0,
+            zone: 0,
+            timeout: 30,
+            id: u32::from(sport),
+            zone_dir: ZoneDir::Both,
+        }
+    }
+
+    fn seeded(flows: &[Flow]) -> FlowCache {
+        let mut cache = FlowCache::new(0);
+        cache.following();
+        let token = cache.begin_seed();
+        for f in flows {
+            cache.seed(f);
+        }
+        cache.finish_seed(token);
+        cache
+    }
+
+    #[test]
+    fn a_loss_during_the_seed_leaves_the_cache_untrusted() {
+        let mut cache = FlowCache::new(0);
+        cache.following();
+        let token = cache.begin_seed();
+        cache.seed(&udp(1, "10.96.0.10", 53, "10.244.0.1"));
+        cache.lost();
+        cache.finish_seed(token);
+        assert!(!cache.is_complete());
+        let token = cache.begin_seed();
+        cache.finish_seed(token);
+        assert!(cache.is_complete(), "a seed begun after the loss counts");
+        cache.unsubscribed();
+        let token = cache.begin_seed();
+        cache.finish_seed(token);
+        assert!(
+            !cache.is_complete(),
+            "no seed counts without the subscription"
+        );
+    }
+
+    #[test]
+    fn scoped_lookups_return_the_exact_keys_of_the_frontends_flows() {
+        let a = udp(1, "10.96.0.10", 53, "10.244.0.1");
+        let b = udp(2, "10.96.0.20", 53, "10.244.0.2");
+        let np = udp(3, "192.168.0.5", 30053, "10.244.0.3");
+        let cache = seeded(&[a, b, np]);
+        let scope = Dirty::of([Frontend::Addr("10.96.0.10:53".parse().unwrap())]);
+        let found = cache.scoped(&scope).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].key(), a.key(), "the same key the kernel entry has");
+        let found = cache
+            .scoped(&Dirty::of([Frontend::NodePort(30053)]))
+            .unwrap();
+        assert_eq!(
+            found.iter().map(Flow::key).collect::<Vec<_>>(),
+            vec![np.key()]
+        );
+        assert!(cache.scoped(&Dirty::all()).is_none(), "a full pass walks");
+    }
+
+    #[test]
+    fn other_zones_are_neither_cached_nor_served() {
+        let mut cache = FlowCache::new(7);
+        cache.following();
+        let token = cache.begin_seed();
+        cache.finish_seed(token);
+        assert!(!cache.is_complete());
+        let mut zoned = udp(1, "10.96.0.10", 53, "10.244.0.1");
+        zoned.zone = 3;
+        let mut cache = seeded(&[zoned]);
+        cache.created(&zoned);
+        assert!(cache.is_empty());
     }
 }

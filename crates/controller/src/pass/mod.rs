@@ -10,7 +10,7 @@ pub mod record;
 pub mod table;
 pub mod tally;
 
-pub use flow_cache::FlowCache;
+pub use flow_cache::{FlowCache, SeedToken};
 pub use planner::{FlowGate, PassReport, PlanConfig, Planner, StaleFlow, flow_ref};
 pub use table::{FakeTable, Table};
 
@@ -69,13 +69,20 @@ pub fn run_pass_with_cache(
     now: Instant,
 ) -> Result<PassReport, ctnetlink::Error> {
     let mut planner = Planner::new(cfg.plan(), scope);
-    let looked_up = cache.and_then(|c| c.lock().unwrap_or_else(PoisonError::into_inner).scoped(scope));
+    let looked_up = cache.and_then(|c| {
+        c.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .scoped(scope)
+    });
     let mut missed: HashSet<FlowKey> = HashSet::new();
     let walked = looked_up.is_none();
     match looked_up {
         Some(flows) => {
             let index = index.read().unwrap_or_else(PoisonError::into_inner);
-            for flow in flows.iter().filter(|f| cfg.family.is_none_or(|fam| fam == f.family)) {
+            for flow in flows
+                .iter()
+                .filter(|f| cfg.family.is_none_or(|fam| fam == f.family))
+            {
                 planner.observe(&index, flow, now);
             }
         }
@@ -94,7 +101,10 @@ pub fn run_pass_with_cache(
             });
             table.walk(&filter, &mut |flow| {
                 if let (Some(cache), Some((was_complete, _))) = (seeding, seed) {
-                    let lacked = cache.lock().unwrap_or_else(PoisonError::into_inner).seed(flow);
+                    let lacked = cache
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .seed(flow);
                     if lacked && was_complete {
                         missed.insert(flow.key());
                     }

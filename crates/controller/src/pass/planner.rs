@@ -209,7 +209,12 @@ impl Planner {
     /// Judges the candidates again against `index` as it is now and fills the report's stale
     /// list with what `gate` (none: a one-shot `check` of a complete snapshot) and the budget
     /// let through.
-    pub fn decide(mut self, index: &Index, mut gate: Option<&mut FlowGate>, now: Instant) -> PassReport {
+    pub fn decide(
+        mut self,
+        index: &Index,
+        mut gate: Option<&mut FlowGate>,
+        now: Instant,
+    ) -> PassReport {
         let budget = match self.cfg.budget {
             0 => u64::MAX,
             b => b,
@@ -253,8 +258,15 @@ impl Planner {
     }
 }
 
-fn count_reason(counts: &mut Vec<(ctnetlink::Family, Reason, u64)>, family: ctnetlink::Family, reason: Reason) {
-    match counts.iter_mut().find(|(f, r, _)| *f == family && *r == reason) {
+fn count_reason(
+    counts: &mut Vec<(ctnetlink::Family, Reason, u64)>,
+    family: ctnetlink::Family,
+    reason: Reason,
+) {
+    match counts
+        .iter_mut()
+        .find(|(f, r, _)| *f == family && *r == reason)
+    {
         Some((_, _, n)) => *n += 1,
         None => counts.push((family, reason, 1)),
     }

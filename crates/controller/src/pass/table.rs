@@ -7,14 +7,22 @@ use ctnetlink::{Conntrack, DeleteReport, DumpFilter, Flow, FlowKey};
 /// What a pass needs of a conntrack table.
 pub trait Table {
     /// Hands every flow matching `filter` to `f`.
-    fn walk(&mut self, filter: &DumpFilter, f: &mut dyn FnMut(&Flow)) -> Result<(), ctnetlink::Error>;
+    fn walk(
+        &mut self,
+        filter: &DumpFilter,
+        f: &mut dyn FnMut(&Flow),
+    ) -> Result<(), ctnetlink::Error>;
 
     /// Deletes the entries with these exact keys.
     fn delete(&mut self, keys: Vec<FlowKey>) -> Result<DeleteReport, ctnetlink::Error>;
 }
 
 impl Table for Conntrack {
-    fn walk(&mut self, filter: &DumpFilter, f: &mut dyn FnMut(&Flow)) -> Result<(), ctnetlink::Error> {
+    fn walk(
+        &mut self,
+        filter: &DumpFilter,
+        f: &mut dyn FnMut(&Flow),
+    ) -> Result<(), ctnetlink::Error> {
         self.dump(filter, f).map(|_| ())
     }
 
@@ -46,7 +54,11 @@ impl FakeTable {
 }
 
 impl Table for FakeTable {
-    fn walk(&mut self, filter: &DumpFilter, f: &mut dyn FnMut(&Flow)) -> Result<(), ctnetlink::Error> {
+    fn walk(
+        &mut self,
+        filter: &DumpFilter,
+        f: &mut dyn FnMut(&Flow),
+    ) -> Result<(), ctnetlink::Error> {
         self.walks += 1;
         for flow in &self.flows {
             if filter.matches(flow) {

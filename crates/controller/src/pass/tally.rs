@@ -6,7 +6,7 @@
 //! and the series are capped (largest first, the rest summed under `other`), so scrapes stay
 //! cheap and the label sets bounded whatever the table size.
 
-use ctdiff::{FlowRef, Index, Reason, Verdict};
+use ctdiff::{Index, Reason};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -89,17 +89,13 @@ impl FlowTally {
     }
 }
 
-/// The owner (`namespace/name`) and frontend of a destination.
-///
-/// The index answers "who owns this frontend" through classification: a probe flow whose
-/// reply source is the frontend itself is, for a live owner, a not-DNATed flow, and for a
-/// tombstone a deleted service's — either way the verdict names the owner and the frontend
-/// (`nodeport/30053` for a NodePort reached on any node address). A destination the index
-/// keeps the probe for (an opted-out service) has no name to give: it is `other`.
+/// The owner (`namespace/name`) and frontend of a destination, as ctdiff resolves it
+/// (`nodeport/30053` for a NodePort reached on a node address; a deleted owner while its
+/// tombstone lasts). A destination without an owner is `other`.
 fn owner_of(index: &Index, dst: SocketAddr, now: Instant) -> (String, String) {
-    match index.classify(&FlowRef::udp(dst, dst), now) {
-        Verdict::Stale(stale) => (stale.service.to_string(), stale.frontend.to_string()),
-        Verdict::Keep | Verdict::Unrelated => (OTHER.to_owned(), dst.to_string()),
+    match index.owner_of(dst, now) {
+        Some(owner) => (owner.service.to_string(), owner.frontend.to_string()),
+        None => (OTHER.to_owned(), dst.to_string()),
     }
 }
 
@@ -159,7 +155,7 @@ impl FrontendFigures {
 mod tests {
     use super::*;
     use ctdiff::IndexConfig;
-    use ctdiff::k8s_openapi::api::core::v1::Service;
+    use ctdiff::k8s_openapi::api::core::v1::{Pod, Service};
     use ctdiff::k8s_openapi::api::discovery::v1::EndpointSlice;
     use serde_json::json;
 
@@ -180,9 +176,9 @@ mod tests {
         .unwrap();
         let mut index = Index::new(IndexConfig::new("node-1"));
         let now = Instant::now();
-        assert!(index.reset_services([&svc], now).is_empty());
-        assert!(index.reset_endpoint_slices([&slice], now).is_empty());
-        assert!(index.reset_pods(std::iter::empty(), now).is_empty());
+        assert!(index.reset([&svc], now).is_empty());
+        assert!(index.reset([&slice], now).is_empty());
+        assert!(index.reset::<Pod>([], now).is_empty());
         index
     }
 
@@ -219,6 +215,29 @@ mod tests {
             }]
         );
         assert_eq!(figures.stale_left_total(), 1);
+    }
+
+    #[test]
+    fn a_deleted_service_is_named_while_its_tombstone_lasts() {
+        let mut index = index();
+        let now = Instant::now();
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "dns", "namespace": "kube-system"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }))
+        .unwrap();
+        let _ = index.delete(&svc, now);
+        let mut tally = FlowTally::default();
+        tally.flow(addr("10.96.0.10:53"));
+        tally.left(addr("10.96.0.10:53"), Reason::ServiceDeleted);
+        let figures = tally.resolve(&index, now, MAX_SERIES);
+        assert_eq!(figures.flows[0].service, "kube-system/dns");
+        assert_eq!(figures.stale_left[0].service, "kube-system/dns");
+        let later = now + index.config().tombstone_ttl;
+        let figures = tally.resolve(&index, later, MAX_SERIES);
+        assert_eq!(figures.flows[0].service, OTHER, "the tombstone lapsed");
+        assert_eq!(figures.flows[0].frontend, "10.96.0.10:53");
     }
 
     #[test]

@@ -96,7 +96,12 @@ fn all() -> Dirty {
     }
 }
 
-fn plan(index: &RwLock<Index>, gate: &Mutex<FlowGate>, cfg: PassConfig, flows: &[Flow]) -> PassReport {
+fn plan(
+    index: &RwLock<Index>,
+    gate: &Mutex<FlowGate>,
+    cfg: PassConfig,
+    flows: &[Flow],
+) -> PassReport {
     let now = Instant::now();
     let mut planner = Planner::new(cfg.plan(), &all());
     for f in flows {
@@ -111,7 +116,15 @@ fn a_removed_backend_is_deleted_by_exact_key_and_a_ready_one_kept() {
     let gate = gate();
     let stale = flow(4000, "10.244.0.2");
     let mut table = FakeTable::new(vec![flow(4001, "10.244.0.1"), stale]);
-    let report = run_pass(&mut table, &index, Some(&gate), &all(), &cfg(), Instant::now()).unwrap();
+    let report = run_pass(
+        &mut table,
+        &index,
+        Some(&gate),
+        &all(),
+        &cfg(),
+        Instant::now(),
+    )
+    .unwrap();
     assert_eq!(report.stale.len(), 1);
     assert_eq!(report.stale[0].reason, Reason::EndpointNotServing);
     assert_eq!((report.deleted, report.scanned), (1, 2));
@@ -143,7 +156,10 @@ fn the_budget_caps_deletions_and_counts_the_rest_by_reason() {
     let flows: Vec<Flow> = (0..5).map(|i| flow(4000 + i, "10.244.0.2")).collect();
     let report = plan(&index, &gate, PassConfig { budget: 3, ..cfg() }, &flows);
     assert_eq!(report.stale.len(), 3);
-    assert_eq!(report.over_budget, vec![(Family::V4, Reason::EndpointNotServing, 2)]);
+    assert_eq!(
+        report.over_budget,
+        vec![(Family::V4, Reason::EndpointNotServing, 2)]
+    );
 }
 
 #[test]
@@ -159,7 +175,10 @@ fn repeated_entries_past_the_budget_are_counted_once() {
     flows.push(flow(5000, "10.244.0.1"));
     let report = plan(&index, &gate, PassConfig { budget: 1, ..cfg() }, &flows);
     assert_eq!(report.stale.len(), 1);
-    assert_eq!(report.over_budget, vec![(Family::V4, Reason::EndpointNotServing, 3)]);
+    assert_eq!(
+        report.over_budget,
+        vec![(Family::V4, Reason::EndpointNotServing, 3)]
+    );
     assert_eq!(report.scanned, 5);
     // The figures for the metrics: 5 flows to the frontend, 3 stale ones left behind.
     let figures = report
@@ -180,17 +199,35 @@ fn stale_flows_out_of_scope_are_left_and_counted() {
         frontends: vec![ctdiff::Frontend::Addr("10.96.0.20:8125".parse().unwrap())],
     };
     let mut table = FakeTable::new(vec![stale]);
-    let report = run_pass(&mut table, &index, Some(&gate), &scope, &cfg(), Instant::now()).unwrap();
+    let report = run_pass(
+        &mut table,
+        &index,
+        Some(&gate),
+        &scope,
+        &cfg(),
+        Instant::now(),
+    )
+    .unwrap();
     assert!(report.stale.is_empty());
     assert!(table.delete_requests.is_empty());
-    let figures = report.tally.resolve(&index.read().unwrap(), Instant::now(), 10);
+    let figures = report
+        .tally
+        .resolve(&index.read().unwrap(), Instant::now(), 10);
     assert_eq!(figures.stale_left.iter().map(|f| f.flows).sum::<u64>(), 1);
     // The same pass scoped to the flow's own frontend deletes it.
     let scope = Dirty {
         all: false,
         frontends: vec![ctdiff::Frontend::Addr("10.96.0.10:53".parse().unwrap())],
     };
-    let report = run_pass(&mut table, &index, Some(&gate), &scope, &cfg(), Instant::now()).unwrap();
+    let report = run_pass(
+        &mut table,
+        &index,
+        Some(&gate),
+        &scope,
+        &cfg(),
+        Instant::now(),
+    )
+    .unwrap();
     assert_eq!(report.deleted, 1);
 }
 
@@ -199,8 +236,19 @@ fn a_dry_run_reports_and_deletes_nothing() {
     let index = index(Instant::now());
     let gate = gate();
     let mut table = FakeTable::new(vec![flow(4000, "10.244.0.2")]);
-    let cfg = PassConfig { dry_run: true, ..cfg() };
-    let report = run_pass(&mut table, &index, Some(&gate), &all(), &cfg, Instant::now()).unwrap();
+    let cfg = PassConfig {
+        dry_run: true,
+        ..cfg()
+    };
+    let report = run_pass(
+        &mut table,
+        &index,
+        Some(&gate),
+        &all(),
+        &cfg,
+        Instant::now(),
+    )
+    .unwrap();
     assert_eq!((report.stale.len(), report.deleted), (1, 0));
     assert!(table.delete_requests.is_empty());
     assert_eq!(table.flows.len(), 1);
@@ -226,9 +274,9 @@ fn every_reason_a_pass_deletes_for() {
     let index = index(t0);
     let gate = gate();
     let flows = [
-        flow(4000, "10.244.0.2"),                               // not serving any more
-        flow_to("10.96.0.10", 53, 4001, "10.96.0.10", 53),       // never DNATed
-        flow_to("10.96.0.20", 8125, 4002, "10.244.0.7", 8125),   // a service without endpoints
+        flow(4000, "10.244.0.2"),                          // not serving any more
+        flow_to("10.96.0.10", 53, 4001, "10.96.0.10", 53), // never DNATed
+        flow_to("10.96.0.20", 8125, 4002, "10.244.0.7", 8125), // a service without endpoints
     ];
     let report = plan(&index, &gate, cfg(), &flows);
     let mut reasons: Vec<Reason> = report.stale.iter().map(|s| s.reason).collect();
@@ -242,7 +290,11 @@ fn every_reason_a_pass_deletes_for() {
     let _ = index.write().unwrap().delete_service(&other_service(), t0);
     // A bookmark a grace after the flow was first seen proves the Services view newer than it.
     let later = Instant::now() + Duration::from_secs(6);
-    index.write().unwrap().knowledge_mut().bookmarked(Kind::Services, later);
+    index
+        .write()
+        .unwrap()
+        .knowledge_mut()
+        .bookmarked(Kind::Services, later);
     let report = plan(&index, &gate, cfg(), &[flows[2]]);
     assert_eq!(report.stale.len(), 1, "{report:?}");
     assert_eq!(report.stale[0].reason, Reason::ServiceDeleted);
@@ -262,7 +314,11 @@ fn the_gate_defers_never_seen_backends_and_holds_on_a_stale_view() {
     let found = recheck_waiting(&index, &gate, later, 0);
     assert!(found.delete.is_empty());
     for kind in Kind::ALL {
-        index.write().unwrap().knowledge_mut().bookmarked(kind, later);
+        index
+            .write()
+            .unwrap()
+            .knowledge_mut()
+            .bookmarked(kind, later);
     }
     let found = recheck_waiting(&index, &gate, later, 0);
     assert_eq!(found.delete.len(), 1);
