@@ -49,6 +49,7 @@
 mod addr;
 mod classify;
 mod dirty;
+mod flow_index;
 mod gate;
 mod index;
 mod kinds;
@@ -60,6 +61,7 @@ mod verdict;
 
 pub use addr::{Cidr, NodePortAddresses, NodePortAddressesError};
 pub use dirty::{Dirty, DirtyMatcher};
+pub use flow_index::{FlowIndex, FlowIndexError, FlowsTo, IndexedFlow};
 pub use gate::{
     Decision, Gate, GateConfig, Kind, KindFreshness, Knowledge, Staleness, Waiting, deciding_kind,
 };
