@@ -5,13 +5,15 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::path::Path;
 
-/// Services kube-proxy programs: not claimed by another proxy. Used by one-shot lists only:
+/// Services kube-proxy programs: not claimed by another proxy (ctdiff's
+/// [`SERVICE_LABEL_SELECTOR`](ctdiff::SERVICE_LABEL_SELECTOR)). Used by one-shot lists only:
 /// the agent's watch must see a relabel as an update, not as a deletion. (No field selector:
 /// `spec.clusterIP!=None` is refused by API servers before 1.31; ctdiff ignores headless
 /// Services itself.)
-pub const SERVICE_LABELS: &str = "!service.kubernetes.io/service-proxy-name";
-/// EndpointSlices of non-headless services.
-pub const SLICE_LABELS: &str = "!service.kubernetes.io/headless";
+pub const SERVICE_LABELS: &str = ctdiff::SERVICE_LABEL_SELECTOR;
+/// EndpointSlices of non-headless services (ctdiff's
+/// [`ENDPOINT_SLICE_LABEL_SELECTOR`](ctdiff::ENDPOINT_SLICE_LABEL_SELECTOR)).
+pub const SLICE_LABELS: &str = ctdiff::ENDPOINT_SLICE_LABEL_SELECTOR;
 
 /// Field selector for this node's Node object.
 pub fn node_fields(node: &str) -> String {

@@ -1,4 +1,5 @@
-//! Feeds watch events into the stale-flow index, kind by kind.
+//! Feeds watch events into the stale-flow index, kind by kind, through ctdiff's
+//! `IndexedKind`.
 //!
 //! A relist (`Init` … `InitApply`* … `InitDone`) is streamed into the index through a
 //! `ctdiff::Relist`: each listed object is applied as it arrives (it is current truth, like a
@@ -8,96 +9,16 @@
 //! 10,000 Services. A kind is *ready* after its first `InitDone`; ctdiff judges nothing stale
 //! before then, and the agent deletes nothing before all four kinds are ready.
 
-use ctdiff::{Index, Relist, Report};
+use ctdiff::{Index, IndexedKind, Relist, Report};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use std::time::Instant;
 
-/// How one kind is applied to the index.
-pub trait IndexedKind: Sized {
-    /// The kind's name, for logs and metrics.
-    const KIND: &'static str;
-    /// An object was added or changed.
-    fn apply(index: &mut Index, obj: &Self, now: Instant) -> Report;
-    /// An object was deleted.
-    fn delete(index: &mut Index, obj: &Self, now: Instant) -> Report;
-    /// One object of a relist in progress.
-    fn relist(index: &mut Index, relist: &mut Relist, obj: &Self, now: Instant) -> Report;
-    /// The end of a relist: what it did not list is gone.
-    fn finish(index: &mut Index, relist: Relist, now: Instant) -> Report;
-}
-
-impl IndexedKind for Service {
-    const KIND: &'static str = "services";
-    fn apply(index: &mut Index, obj: &Self, now: Instant) -> Report {
-        index.apply_service(obj, now)
-    }
-    fn delete(index: &mut Index, obj: &Self, now: Instant) -> Report {
-        index.delete_service(obj, now)
-    }
-    fn relist(index: &mut Index, relist: &mut Relist, obj: &Self, now: Instant) -> Report {
-        index.relist_service(relist, obj, now)
-    }
-    fn finish(index: &mut Index, relist: Relist, now: Instant) -> Report {
-        index.finish_service_relist(relist, now)
-    }
-}
-
-impl IndexedKind for EndpointSlice {
-    const KIND: &'static str = "endpointslices";
-    fn apply(index: &mut Index, obj: &Self, now: Instant) -> Report {
-        index.apply_endpoint_slice(obj, now)
-    }
-    fn delete(index: &mut Index, obj: &Self, now: Instant) -> Report {
-        index.delete_endpoint_slice(obj, now)
-    }
-    fn relist(index: &mut Index, relist: &mut Relist, obj: &Self, now: Instant) -> Report {
-        index.relist_endpoint_slice(relist, obj, now)
-    }
-    fn finish(index: &mut Index, relist: Relist, now: Instant) -> Report {
-        index.finish_endpoint_slice_relist(relist, now)
-    }
-}
-
-impl IndexedKind for Pod {
-    const KIND: &'static str = "pods";
-    fn apply(index: &mut Index, obj: &Self, now: Instant) -> Report {
-        index.apply_pod(obj, now)
-    }
-    fn delete(index: &mut Index, obj: &Self, now: Instant) -> Report {
-        index.delete_pod(obj, now)
-    }
-    fn relist(index: &mut Index, relist: &mut Relist, obj: &Self, now: Instant) -> Report {
-        index.relist_pod(relist, obj, now)
-    }
-    fn finish(index: &mut Index, relist: Relist, now: Instant) -> Report {
-        index.finish_pod_relist(relist, now)
-    }
-}
-
-impl IndexedKind for Node {
-    const KIND: &'static str = "nodes";
-    fn apply(index: &mut Index, obj: &Self, _now: Instant) -> Report {
-        index.apply_node(obj)
-    }
-    fn delete(_index: &mut Index, _obj: &Self, _now: Instant) -> Report {
-        // Our own Node going away means the node is being drained of us too: keep its last
-        // addresses rather than forget which flows were NodePort traffic.
-        Report::default()
-    }
-    fn relist(index: &mut Index, _relist: &mut Relist, obj: &Self, _now: Instant) -> Report {
-        index.apply_node(obj)
-    }
-    fn finish(_index: &mut Index, _relist: Relist, _now: Instant) -> Report {
-        Report::default() // only our own Node is watched, and its absence changes nothing
-    }
-}
-
 /// The relist in progress and the readiness of one kind.
 #[derive(Debug)]
 pub struct KindFeed<K> {
-    relist: Option<Relist>,
+    relist: Option<Relist<K>>,
     ready: bool,
     kind: std::marker::PhantomData<fn(K)>,
 }
@@ -122,15 +43,15 @@ impl<K: IndexedKind> KindFeed<K> {
             }
             Event::InitApply(obj) => {
                 let relist = self.relist.get_or_insert_with(Relist::default);
-                K::relist(index, relist, &obj, now)
+                index.relist(relist, &obj, now)
             }
             Event::InitDone => {
                 let relist = self.relist.take().unwrap_or_default();
                 self.ready = true;
-                K::finish(index, relist, now)
+                index.finish_relist(relist, now)
             }
-            Event::Apply(obj) => K::apply(index, &obj, now),
-            Event::Delete(obj) => K::delete(index, &obj, now),
+            Event::Apply(obj) => index.apply(&obj, now),
+            Event::Delete(obj) => index.delete(&obj, now),
         }
     }
 
@@ -165,10 +86,10 @@ impl Feed {
     /// Readiness per kind, for metrics.
     pub fn readiness(&self) -> [(&'static str, bool); 4] {
         [
-            (Service::KIND, self.services.is_ready()),
-            (EndpointSlice::KIND, self.slices.is_ready()),
-            (Node::KIND, self.nodes.is_ready()),
-            (Pod::KIND, self.pods.is_ready()),
+            (Service::KIND.as_str(), self.services.is_ready()),
+            (EndpointSlice::KIND.as_str(), self.slices.is_ready()),
+            (Node::KIND.as_str(), self.nodes.is_ready()),
+            (Pod::KIND.as_str(), self.pods.is_ready()),
         ]
     }
 }

@@ -1,5 +1,6 @@
-//! The four watches (Services, EndpointSlices, this Node, this node's Pods), merged into one
-//! channel of updates, each stamped with when it arrived.
+//! The four watches (Services, EndpointSlices, this Node, this node's Pods) as streams, merged
+//! with `select_all` and read in batches (`ready_chunks`) by the index loop: no task and no
+//! channel between a watch and the index. Each update is stamped with when it arrived.
 //!
 //! A small list-then-watch loop per kind instead of kube-runtime's `watcher`, because the agent
 //! must *see* how current its view is (ctdiff's `Knowledge`): bookmarks (which `watcher` hides)
@@ -11,16 +12,23 @@
 //! agent how current its view is again. Only a watch the server ended normally (its timeout)
 //! is resumed at once.
 //!
-//! Selectors are ones every supported API server accepts: Services are watched unfiltered (a
-//! `service.kubernetes.io/service-proxy-name` label is handled by ctdiff, so relabelling a
-//! Service is an update, not a deletion; `spec.clusterIP!=None` is refused before 1.31).
-//! Objects are pruned before they travel: the index keeps only what it needs.
+//! A watch is read only while the index loop asks for updates, so what arrived while the loop
+//! was busy waits in the connection: [`Updates`] stamps such updates no later than the last
+//! instant the merged stream was seen empty, and a batch that continues a backlog (the previous
+//! batch was full) is not `timely` (see [`Update::timely`]).
+//!
+//! Selectors are ones every supported API server accepts, from ctdiff's label keys: Services
+//! are watched unfiltered (a `service.kubernetes.io/service-proxy-name` label is handled by
+//! ctdiff, so relabelling a Service is an update, not a deletion; `spec.clusterIP!=None` is
+//! refused before 1.31). Objects are pruned to the fields ctdiff reads
+//! ([`ctdiff::IndexedKind::prune`]) before they are queued.
 
 pub mod client;
 pub mod feed;
 
 use crate::watch::client::{SLICE_LABELS, node_fields, pod_fields};
-use ctdiff::Kind;
+use ctdiff::{IndexedKind, Kind};
+use futures::stream::{self, BoxStream, ReadyChunks, SelectAll};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -28,37 +36,35 @@ use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::runtime::watcher::{DefaultBackoff, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio::sync::mpsc;
-
-/// The annotation the engine reads; every other annotation is pruned.
-pub const SKIP_ANNOTATION: &str = ctdiff::ANNOTATION_SKIP;
 
 /// Objects per list page.
 const PAGE_SIZE: u32 = 500;
+
+/// Most updates in one batch (applied under one write lock of the index).
+pub const UPDATE_BATCH: usize = 256;
 
 /// One item from one of the watches, with the kind and the instant it arrived.
 #[derive(Debug)]
 pub struct Update {
     /// The watched kind.
     pub kind: Kind,
-    /// When the item arrived (list pages: when the list started, for `Init`).
+    /// When the item arrived, or an earlier instant (see [`Updates`]). For `Init` and
+    /// `InitDone`: when the list started.
     pub at: Instant,
     /// What arrived.
     pub what: What,
-    /// Whether `at` can vouch for how current the view is: false while the watch reads a
-    /// backlog that piled up in its socket while it waited for the index (an item read late
-    /// was sent long before `at`).
+    /// Whether `at` can vouch for how current the view is: false while the index loop reads a
+    /// backlog that piled up while it was busy (a batch right after a full one).
     pub timely: bool,
 }
 
 /// What a watch delivered.
 #[derive(Debug)]
-// Updates are moved once through a channel; boxing the large variants would buy nothing.
+// Updates are moved once into a batch; boxing the large variants would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum What {
     /// A Service event.
@@ -89,6 +95,17 @@ impl Update {
                 | What::Pod(Event::InitDone)
         )
     }
+
+    /// Whether `at` is when a list started rather than when the item arrived.
+    fn is_list_boundary(&self) -> bool {
+        matches!(
+            self.what,
+            What::Service(Event::Init | Event::InitDone)
+                | What::Slice(Event::Init | Event::InitDone)
+                | What::Node(Event::Init | Event::InitDone)
+                | What::Pod(Event::Init | Event::InitDone)
+        )
+    }
 }
 
 /// How the watches behave.
@@ -110,14 +127,13 @@ impl Default for WatchTiming {
     }
 }
 
-/// Starts the four watches; they run until `tx` is closed.
-pub fn spawn(
+/// The four watches, merged; nothing runs until the index loop reads [`Updates`].
+pub fn watches(
     client: Client,
     node_name: &str,
     timing: WatchTiming,
     relister: &Relister,
-    tx: mpsc::Sender<Update>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Updates {
     let by_fields = |fields: String| Selectors {
         labels: None,
         fields: Some(fields),
@@ -126,60 +142,136 @@ pub fn spawn(
         labels: Some(SLICE_LABELS.to_owned()),
         fields: None,
     };
-    vec![
-        tokio::spawn(
-            KindWatch {
-                api: Api::<Service>::all(client.clone()),
-                selectors: Selectors::default(),
-                kind: Kind::Services,
-                relist: relister.of(Kind::Services),
-                wrap: What::Service,
+    Updates::new(
+        vec![
+            KindWatch::new(
+                Api::<Service>::all(client.clone()),
+                Selectors::default(),
+                What::Service,
                 timing,
-                tx: tx.clone(),
-                backlog: AtomicBool::new(false),
-            }
-            .run(),
-        ),
-        tokio::spawn(
-            KindWatch {
-                api: Api::<EndpointSlice>::all(client.clone()),
-                selectors: slices,
-                kind: Kind::EndpointSlices,
-                relist: relister.of(Kind::EndpointSlices),
-                wrap: What::Slice,
+                relister,
+            )
+            .into_stream(),
+            KindWatch::new(
+                Api::<EndpointSlice>::all(client.clone()),
+                slices,
+                What::Slice,
                 timing,
-                tx: tx.clone(),
-                backlog: AtomicBool::new(false),
-            }
-            .run(),
-        ),
-        tokio::spawn(
-            KindWatch {
-                api: Api::<Node>::all(client.clone()),
-                selectors: by_fields(node_fields(node_name)),
-                kind: Kind::Nodes,
-                relist: relister.of(Kind::Nodes),
-                wrap: What::Node,
+                relister,
+            )
+            .into_stream(),
+            KindWatch::new(
+                Api::<Node>::all(client.clone()),
+                by_fields(node_fields(node_name)),
+                What::Node,
                 timing,
-                tx: tx.clone(),
-                backlog: AtomicBool::new(false),
-            }
-            .run(),
-        ),
-        tokio::spawn(
-            KindWatch {
-                api: Api::<Pod>::all(client),
-                selectors: by_fields(pod_fields(node_name)),
-                kind: Kind::Pods,
-                relist: relister.of(Kind::Pods),
-                wrap: What::Pod,
+                relister,
+            )
+            .into_stream(),
+            KindWatch::new(
+                Api::<Pod>::all(client),
+                by_fields(pod_fields(node_name)),
+                What::Pod,
                 timing,
-                tx,
-                backlog: AtomicBool::new(false),
+                relister,
+            )
+            .into_stream(),
+        ],
+        UPDATE_BATCH,
+    )
+}
+
+/// One kind's stream: its updates, then (never, unless a bug ends its loop) its end.
+// Like `What`: moved once into a batch.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Update(Update),
+    Ended(Kind),
+}
+
+/// A watch stream ended, which a watch never does on its own: the agent must stop (a restart
+/// is the safe way back to a complete state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchEnded(pub Option<Kind>);
+
+impl fmt::Display for WatchEnded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(kind) => write!(f, "the {kind} watch ended"),
+            None => f.write_str("every watch ended"),
+        }
+    }
+}
+
+impl std::error::Error for WatchEnded {}
+
+/// The watches merged into one stream, read in batches.
+///
+/// Nothing reads a watch while the index loop applies a batch, so what arrives meanwhile waits
+/// in the connection and is read late. A batch read at once (without waiting) was therefore
+/// received after the last instant the merged stream was seen empty, not necessarily when it
+/// was read: its updates' `at` is capped at that instant, so that no update claims the view
+/// more current than it is. A batch that follows a full one may hold items queued for longer;
+/// like any backlog, it is not `timely`.
+pub struct Updates {
+    inner: ReadyChunks<SelectAll<BoxStream<'static, Item>>>,
+    batch: usize,
+    /// The last instant the merged stream was seen empty.
+    drained: Instant,
+    /// The previous batch was full: the stream may still hold a backlog.
+    behind: bool,
+}
+
+impl Updates {
+    /// Merges per-kind streams of updates; a batch holds at most `batch` updates.
+    pub fn new(streams: Vec<(Kind, BoxStream<'static, Update>)>, batch: usize) -> Self {
+        let streams = streams.into_iter().map(|(kind, s)| {
+            // A stream that ends must end the agent, not vanish from the merge.
+            s.map(Item::Update)
+                .chain(stream::once(async move { Item::Ended(kind) }))
+                .boxed()
+        });
+        Updates {
+            inner: stream::select_all(streams).ready_chunks(batch.max(1)),
+            batch: batch.max(1),
+            drained: Instant::now(),
+            behind: false,
+        }
+    }
+
+    /// The next batch: what is queued now, else the first updates to arrive. An error when a
+    /// watch stream ended.
+    pub async fn next_batch(&mut self) -> Result<Vec<Update>, WatchEnded> {
+        let polled = Instant::now();
+        let (chunk, waited) = match self.inner.next().now_or_never() {
+            Some(chunk) => (chunk, false),
+            None => (self.inner.next().await, true),
+        };
+        let items = chunk.ok_or(WatchEnded(None))?;
+        let full = items.len() >= self.batch;
+        let mut batch = Vec::with_capacity(items.len());
+        for item in items {
+            let mut update = match item {
+                Item::Update(update) => update,
+                Item::Ended(kind) => return Err(WatchEnded(Some(kind))),
+            };
+            if !waited {
+                if self.behind {
+                    update.timely = false;
+                }
+                if !update.is_list_boundary() {
+                    update.at = update.at.min(self.drained);
+                }
             }
-            .run(),
-        ),
-    ]
+            batch.push(update);
+        }
+        // Unless the batch is full, the stream was empty at some instant after `polled`.
+        self.behind = full;
+        if !full {
+            self.drained = polled;
+        }
+        Ok(batch)
+    }
 }
 
 /// Label and field selectors of one watch.
@@ -216,31 +308,6 @@ impl Selectors {
     }
 }
 
-/// Why a list or watch round ended.
-enum End {
-    /// The receiver is gone: the agent is stopping.
-    Closed,
-    /// The resource version expired (410 Gone): list again.
-    Relist,
-    /// A failure, already reported: retry after a backoff.
-    Failed,
-}
-
-/// The list-then-watch loop of one kind.
-struct KindWatch<K> {
-    api: Api<K>,
-    selectors: Selectors,
-    kind: Kind,
-    wrap: fn(Event<K>) -> What,
-    timing: WatchTiming,
-    tx: mpsc::Sender<Update>,
-    /// A send had to wait for room: what the stream yields next may have waited in the
-    /// socket, until it is drained (the stream is pending).
-    backlog: AtomicBool,
-    /// Asks for a list now (see [`Relister`]).
-    relist: Arc<Notify>,
-}
-
 /// Asks a kind's watch to list again: a list requested now proves the view current as of now,
 /// which flows waiting for proof need when no event or bookmark comes (a quiet cluster, an API
 /// server without periodic bookmarks).
@@ -261,271 +328,255 @@ impl Relister {
     }
 }
 
+/// Where one kind's list-then-watch loop is.
+enum Step<K> {
+    /// List from the start (first, after an expired resourceVersion, or when asked to).
+    List,
+    /// A list in progress: the rest of the page read last, then the next page if any.
+    Listing {
+        started: Instant,
+        items: std::vec::IntoIter<K>,
+        next: Option<ListParams>,
+        /// The last page's resource version, once it is read.
+        rv: Option<String>,
+    },
+    /// Open a watch from a resource version.
+    Watch { rv: String },
+    /// Read an open watch.
+    Reading {
+        rv: String,
+        events: BoxStream<'static, kube::Result<WatchEvent<K>>>,
+        opened: Instant,
+        delivered: bool,
+    },
+    /// Wait, then list again (after a failure).
+    Pause(Duration),
+}
+
+/// The list-then-watch loop of one kind, as a stream of updates.
+struct KindWatch<K> {
+    api: Api<K>,
+    selectors: Selectors,
+    kind: Kind,
+    wrap: fn(Event<K>) -> What,
+    timing: WatchTiming,
+    /// Asks for a list now (see [`Relister`]).
+    relist: Arc<Notify>,
+    backoff: DefaultBackoff,
+    step: Step<K>,
+}
+
 impl<K> KindWatch<K>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Prune + 'static,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + IndexedKind + 'static,
 {
-    /// Lists, then watches; lists again after an expired resourceVersion or (with backoff) a
-    /// failure. Returns when the receiver is gone.
-    async fn run(self) {
-        let mut backoff = DefaultBackoff::default();
-        loop {
-            let end = match self.list().await {
-                Ok(rv) => {
-                    backoff = DefaultBackoff::default();
-                    self.watch_from(rv).await
-                }
-                Err(end) => end,
-            };
-            match end {
-                End::Closed => return,
-                End::Relist => {}
-                End::Failed => {
-                    let pause = backoff.next().unwrap_or(Duration::from_secs(30));
-                    tokio::time::sleep(pause).await;
-                }
-            }
+    fn new(
+        api: Api<K>,
+        selectors: Selectors,
+        wrap: fn(Event<K>) -> What,
+        timing: WatchTiming,
+        relister: &Relister,
+    ) -> Self {
+        KindWatch {
+            api,
+            selectors,
+            kind: K::KIND,
+            wrap,
+            timing,
+            relist: relister.of(K::KIND),
+            backoff: DefaultBackoff::default(),
+            step: Step::List,
         }
     }
 
-    /// Sends `what`; false once the receiver is gone.
-    async fn send(&self, at: Instant, what: What) -> bool {
-        let update = Update {
+    /// The updates, for ever: lists, then watches; lists again after an expired
+    /// resourceVersion, when asked to, or (with backoff) after a failure.
+    fn into_stream(self) -> (Kind, BoxStream<'static, Update>) {
+        let kind = self.kind;
+        let updates = stream::unfold(self, |mut watch| async move {
+            let update = watch.next_update().await;
+            Some((update, watch))
+        });
+        (kind, updates.boxed())
+    }
+
+    fn update(&self, at: Instant, what: What) -> Update {
+        Update {
             kind: self.kind,
             at,
             what,
-            timely: !self.backlog.load(Ordering::Relaxed),
-        };
-        if self.tx.capacity() == 0 {
-            self.backlog.store(true, Ordering::Relaxed);
+            timely: true,
         }
-        self.tx.send(update).await.is_ok()
     }
 
-    /// Reports a failure; `End::Failed`, or `End::Closed` when the receiver is gone.
-    async fn fail(&self, why: String) -> End {
-        if self.send(Instant::now(), What::Failed(why)).await {
-            End::Failed
-        } else {
-            End::Closed
-        }
+    /// Reports a failure; the loop lists again after a backoff.
+    fn fail(&mut self, why: String) -> Update {
+        let pause = self.backoff.next().unwrap_or(Duration::from_secs(30));
+        self.step = Step::Pause(pause);
+        self.update(Instant::now(), What::Failed(why))
     }
 
     fn idle_secs(&self) -> u64 {
         self.timing.idle_timeout.as_secs()
     }
 
-    /// Lists every object (paginated, streamed as `Init`, `InitApply`…, `InitDone`); returns
-    /// the list's resource version.
-    async fn list(&self) -> Result<String, End> {
-        let started = Instant::now();
-        if !self.send(started, (self.wrap)(Event::Init)).await {
-            return Err(End::Closed);
-        }
+    /// Runs the loop until it has something to tell.
+    async fn next_update(&mut self) -> Update {
         let idle = self.timing.idle_timeout;
-        let mut params = self.selectors.list();
         loop {
-            let page = match tokio::time::timeout(idle, self.api.list(&params)).await {
-                Ok(Ok(page)) => page,
-                Ok(Err(e)) => return Err(self.fail(format!("list: {e}")).await),
-                Err(_) => {
-                    let why = format!("list: no answer in {}s", self.idle_secs());
-                    return Err(self.fail(why).await);
+            match std::mem::replace(&mut self.step, Step::List) {
+                Step::Pause(pause) => {
+                    tokio::time::sleep(pause).await;
+                    self.step = Step::List;
                 }
-            };
-            for mut obj in page.items {
-                obj.prune();
-                let what = (self.wrap)(Event::InitApply(obj));
-                if !self.send(Instant::now(), what).await {
-                    return Err(End::Closed);
-                }
-            }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => {
-                    let Some(rv) = page.metadata.resource_version.filter(|rv| !rv.is_empty())
-                    else {
-                        // A watch from "" would start at "now" and miss what changed since
-                        // the list: not a view to trust.
-                        return Err(self.fail("list: no resourceVersion".to_owned()).await);
+                // A list is paginated, streamed as `Init`, `InitApply`…, `InitDone`.
+                Step::List => {
+                    let started = Instant::now();
+                    self.step = Step::Listing {
+                        started,
+                        items: Vec::new().into_iter(),
+                        next: Some(self.selectors.list()),
+                        rv: None,
                     };
-                    // `at` of InitDone is the list's start: its content is at least that current.
-                    if !self.send(started, (self.wrap)(Event::InitDone)).await {
-                        return Err(End::Closed);
+                    return self.update(started, (self.wrap)(Event::Init));
+                }
+                Step::Listing {
+                    started,
+                    mut items,
+                    next,
+                    rv,
+                } => {
+                    if let Some(mut obj) = items.next() {
+                        obj.prune();
+                        self.step = Step::Listing {
+                            started,
+                            items,
+                            next,
+                            rv,
+                        };
+                        return self.update(Instant::now(), (self.wrap)(Event::InitApply(obj)));
                     }
-                    return Ok(rv);
+                    let Some(params) = next else {
+                        let Some(rv) = rv else {
+                            // A watch from "" would start at "now" and miss what changed since
+                            // the list: not a view to trust.
+                            return self.fail("list: no resourceVersion".to_owned());
+                        };
+                        self.backoff = DefaultBackoff::default();
+                        self.step = Step::Watch { rv };
+                        // `at` of InitDone is the list's start: its content is at least that
+                        // current.
+                        return self.update(started, (self.wrap)(Event::InitDone));
+                    };
+                    let page = match tokio::time::timeout(idle, self.api.list(&params)).await {
+                        Ok(Ok(page)) => page,
+                        Ok(Err(e)) => return self.fail(format!("list: {e}")),
+                        Err(_) => {
+                            let why = format!("list: no answer in {}s", self.idle_secs());
+                            return self.fail(why);
+                        }
+                    };
+                    let next = page
+                        .metadata
+                        .continue_
+                        .filter(|c| !c.is_empty())
+                        .map(|token| params.continue_token(&token));
+                    let rv = match next {
+                        Some(_) => None,
+                        None => page.metadata.resource_version.filter(|rv| !rv.is_empty()),
+                    };
+                    self.step = Step::Listing {
+                        started,
+                        items: page.items.into_iter(),
+                        next,
+                        rv,
+                    };
                 }
-            }
-        }
-    }
-
-    /// Watches from `rv` until the resource version expires or the watch fails.
-    async fn watch_from(&self, mut rv: String) -> End {
-        let params = self.selectors.watch(&self.timing);
-        let idle = self.timing.idle_timeout;
-        loop {
-            let stream = match tokio::time::timeout(idle, self.api.watch(&params, &rv)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(kube::Error::Api(status))) if status.code == 410 => return End::Relist,
-                Ok(Err(e)) => return self.fail(format!("watch: {e}")).await,
-                Err(_) => {
-                    let why = format!("watch: no answer in {}s", self.idle_secs());
-                    return self.fail(why).await;
-                }
-            };
-            if !self.send(Instant::now(), What::Watching).await {
-                return End::Closed;
-            }
-            let mut stream = std::pin::pin!(stream);
-            let opened = Instant::now();
-            let mut delivered = false;
-            loop {
-                // While reading a backlog, an item that is ready at once was probably sent a
-                // while ago; the first time the stream has nothing ready, the backlog is read.
-                let ready_now = if self.backlog.load(Ordering::Relaxed) {
-                    stream.next().now_or_never()
-                } else {
-                    None
-                };
-                let next = match ready_now {
-                    Some(item) => Ok(item),
-                    None => {
-                        self.backlog.store(false, Ordering::Relaxed);
-                        tokio::select! {
-                            next = tokio::time::timeout(idle, stream.next()) => next,
-                            () = self.relist.notified() => return End::Relist,
+                Step::Watch { rv } => {
+                    let params = self.selectors.watch(&self.timing);
+                    match tokio::time::timeout(idle, self.api.watch(&params, &rv)).await {
+                        Ok(Ok(events)) => {
+                            self.step = Step::Reading {
+                                rv,
+                                events: events.boxed(),
+                                opened: Instant::now(),
+                                delivered: false,
+                            };
+                            return self.update(Instant::now(), What::Watching);
+                        }
+                        Ok(Err(kube::Error::Api(status))) if status.code == 410 => {}
+                        Ok(Err(e)) => return self.fail(format!("watch: {e}")),
+                        Err(_) => {
+                            let why = format!("watch: no answer in {}s", self.idle_secs());
+                            return self.fail(why);
                         }
                     }
-                };
-                let item = match next {
-                    Ok(Some(item)) => item,
-                    // The server ended the watch (its timeout): continue from where it left
-                    // off, after a pause if it ended at once (a misbehaving proxy).
-                    Ok(None) => {
-                        if !delivered && opened.elapsed() < Duration::from_secs(1) {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Step::Reading {
+                    mut rv,
+                    mut events,
+                    opened,
+                    delivered,
+                } => {
+                    let next = tokio::select! {
+                        next = tokio::time::timeout(idle, events.next()) => next,
+                        () = self.relist.notified() => continue,
+                    };
+                    let item = match next {
+                        Ok(Some(item)) => item,
+                        // The server ended the watch (its timeout): continue from where it left
+                        // off, after a pause if it ended at once (a misbehaving proxy).
+                        Ok(None) => {
+                            if !delivered && opened.elapsed() < Duration::from_secs(1) {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            self.step = Step::Watch { rv };
+                            continue;
                         }
-                        break;
-                    }
-                    // Silent for too long: a frozen connection, or a server without periodic
-                    // bookmarks. Resuming from `rv` would replay what was missed long after it
-                    // was sent, and the agent could not tell when the replay ends; a list can.
-                    Err(_) => {
-                        let why = format!(
-                            "watch: no event or bookmark for {}s; listing again",
-                            self.idle_secs()
-                        );
-                        return self.fail(why).await;
-                    }
-                };
-                let at = Instant::now();
-                let what = match item {
-                    Ok(WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj)) => {
-                        rv = obj.resource_version().unwrap_or_else(|| rv.clone());
-                        obj.prune();
-                        (self.wrap)(Event::Apply(obj))
-                    }
-                    Ok(WatchEvent::Deleted(mut obj)) => {
-                        rv = obj.resource_version().unwrap_or_else(|| rv.clone());
-                        obj.prune();
-                        (self.wrap)(Event::Delete(obj))
-                    }
-                    Ok(WatchEvent::Bookmark(bookmark)) => {
-                        rv = bookmark.metadata.resource_version;
-                        What::Bookmark
-                    }
-                    Ok(WatchEvent::Error(status)) if status.code == 410 => return End::Relist,
-                    Ok(WatchEvent::Error(status)) => {
-                        let why = format!("watch: error event: {}", status.message);
-                        return self.fail(why).await;
-                    }
-                    Err(e) => return self.fail(format!("watch: {e}")).await,
-                };
-                delivered = true;
-                if !self.send(at, what).await {
-                    return End::Closed;
+                        // Silent for too long: a frozen connection, or a server without
+                        // periodic bookmarks. Resuming from `rv` would replay what was missed
+                        // long after it was sent, and the agent could not tell when the replay
+                        // ends; a list can.
+                        Err(_) => {
+                            let why = format!(
+                                "watch: no event or bookmark for {}s; listing again",
+                                self.idle_secs()
+                            );
+                            return self.fail(why);
+                        }
+                    };
+                    let at = Instant::now();
+                    let what = match item {
+                        Ok(WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj)) => {
+                            rv = obj.resource_version().unwrap_or(rv);
+                            obj.prune();
+                            (self.wrap)(Event::Apply(obj))
+                        }
+                        Ok(WatchEvent::Deleted(mut obj)) => {
+                            rv = obj.resource_version().unwrap_or(rv);
+                            obj.prune();
+                            (self.wrap)(Event::Delete(obj))
+                        }
+                        Ok(WatchEvent::Bookmark(bookmark)) => {
+                            rv = bookmark.metadata.resource_version;
+                            What::Bookmark
+                        }
+                        // Expired: list again (the step is `List` already).
+                        Ok(WatchEvent::Error(status)) if status.code == 410 => continue,
+                        Ok(WatchEvent::Error(status)) => {
+                            return self.fail(format!("watch: error event: {}", status.message));
+                        }
+                        Err(e) => return self.fail(format!("watch: {e}")),
+                    };
+                    self.step = Step::Reading {
+                        rv,
+                        events,
+                        opened,
+                        delivered: true,
+                    };
+                    return self.update(at, what);
                 }
             }
-        }
-    }
-}
-
-/// Drops the parts of an object the engine never reads.
-pub trait Prune {
-    /// Prunes in place.
-    fn prune(&mut self);
-}
-
-fn prune_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|k, _| k == SKIP_ANNOTATION);
-    }
-}
-
-impl Prune for Service {
-    fn prune(&mut self) {
-        prune_meta(&mut self.metadata);
-        if let Some(spec) = &mut self.spec {
-            spec.selector = None;
-        }
-    }
-}
-
-impl Prune for EndpointSlice {
-    fn prune(&mut self) {
-        prune_meta(&mut self.metadata);
-        for ep in &mut self.endpoints {
-            ep.hints = None;
-            ep.target_ref = None;
-            ep.deprecated_topology = None;
-            ep.zone = None;
-        }
-    }
-}
-
-impl Prune for Node {
-    fn prune(&mut self) {
-        prune_meta(&mut self.metadata);
-        self.metadata.labels = None;
-        self.spec = None;
-        if let Some(status) = &mut self.status {
-            let addresses = status.addresses.take();
-            *status = Default::default();
-            status.addresses = addresses;
-        }
-    }
-}
-
-impl Prune for Pod {
-    fn prune(&mut self) {
-        prune_meta(&mut self.metadata);
-        self.metadata.labels = None;
-        if let Some(spec) = &mut self.spec {
-            spec.volumes = None;
-            spec.affinity = None;
-            spec.tolerations = None;
-            spec.init_containers = None;
-            spec.ephemeral_containers = None;
-            for c in &mut spec.containers {
-                c.env = None;
-                c.env_from = None;
-                c.volume_mounts = None;
-                c.command = None;
-                c.args = None;
-                c.liveness_probe = None;
-                c.readiness_probe = None;
-                c.startup_probe = None;
-                c.resources = None;
-            }
-        }
-        if let Some(status) = &mut self.status {
-            status.conditions = None;
-            status.container_statuses = None;
-            status.init_container_statuses = None;
-            status.ephemeral_container_statuses = None;
         }
     }
 }
@@ -533,13 +584,23 @@ impl Prune for Pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use ctdiff::{FlowRef, Index, IndexConfig};
+    use futures::channel::mpsc;
+
+    fn update(kind: Kind, what: What) -> Update {
+        Update {
+            kind,
+            at: Instant::now(),
+            what,
+            timely: true,
+        }
+    }
 
     #[test]
-    fn prune_keeps_what_the_engine_reads() {
+    fn pruned_objects_keep_what_the_engine_reads() {
         let mut svc: Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "a", "namespace": "b",
-                "annotations": {SKIP_ANNOTATION: "true", "kubectl.kubernetes.io/last-applied-configuration": "{…}"},
+                "annotations": {ctdiff::ANNOTATION_SKIP: "true", "kubectl.kubernetes.io/last-applied-configuration": "{…}"},
                 "managedFields": [{"manager": "kubectl"}]},
             "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "x"}, "ports": [{"port": 53, "protocol": "UDP"}]}
         }))
@@ -547,8 +608,8 @@ mod tests {
         svc.prune();
         assert_eq!(
             svc.metadata.annotations,
-            Some(BTreeMap::from([(
-                SKIP_ANNOTATION.to_owned(),
+            Some(std::collections::BTreeMap::from([(
+                ctdiff::ANNOTATION_SKIP.to_owned(),
                 "true".to_owned()
             )]))
         );
@@ -557,10 +618,7 @@ mod tests {
         assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.10"));
         assert!(spec.selector.is_none());
         assert_eq!(spec.ports.unwrap().len(), 1);
-    }
 
-    #[test]
-    fn prune_pod_keeps_ports_and_ips() {
         let mut pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "n", "labels": {"a": "b"}},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "env": [{"name": "X", "value": "1"}],
@@ -577,7 +635,121 @@ mod tests {
         );
         let status = pod.status.as_ref().unwrap();
         assert_eq!(status.pod_ip.as_deref(), Some("10.244.0.9"));
-        assert_eq!(status.host_ip.as_deref(), Some("192.168.1.2"));
         assert!(status.conditions.is_none());
+        assert!(pod.metadata.labels.is_none());
+    }
+
+    #[test]
+    fn pruned_pods_keep_sidecar_host_ports() {
+        // The pruning the controller did before dropped init containers, whose (sidecar) host
+        // ports ctdiff reads: `run` lost flows that `check` judged.
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "n"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "main"}],
+                "initContainers": [{"name": "agent", "restartPolicy": "Always",
+                    "ports": [{"containerPort": 8125, "hostPort": 8125, "protocol": "UDP"}]}]},
+            "status": {"podIP": "10.244.0.9"}
+        }))
+        .unwrap();
+        let mut pruned = pod.clone();
+        pruned.prune();
+        let now = Instant::now();
+        let stale = |pod: &Pod| {
+            let mut index = Index::new(IndexConfig::new("n1"));
+            let _ = index.reset::<Service>([], now);
+            let _ = index.reset::<EndpointSlice>([], now);
+            let _ = index.reset([pod], now);
+            index.set_local_addrs(["192.168.1.2".parse().unwrap()]);
+            let flow = FlowRef::udp(
+                "192.168.1.2:8125".parse().unwrap(),
+                "10.244.0.7:8125".parse().unwrap(),
+            );
+            index.classify(&flow, now).is_stale()
+        };
+        assert!(stale(&pod), "the pod owns the host port");
+        assert!(stale(&pruned), "the pruned pod owns it too");
+    }
+
+    #[tokio::test]
+    async fn updates_are_merged_in_batches() {
+        let (tx_a, rx_a) = mpsc::unbounded();
+        let (tx_b, rx_b) = mpsc::unbounded();
+        let mut updates = Updates::new(
+            vec![(Kind::Services, rx_a.boxed()), (Kind::Pods, rx_b.boxed())],
+            3,
+        );
+        for _ in 0..2 {
+            tx_a.unbounded_send(update(Kind::Services, What::Bookmark))
+                .unwrap();
+            tx_b.unbounded_send(update(Kind::Pods, What::Watching))
+                .unwrap();
+        }
+        let first = updates.next_batch().await.unwrap();
+        assert_eq!(first.len(), 3, "at most a batch");
+        let second = updates.next_batch().await.unwrap();
+        assert_eq!(second.len(), 1);
+        let kinds = |b: &[Update]| b.iter().filter(|u| u.kind == Kind::Pods).count();
+        assert_eq!(kinds(&first) + kinds(&second), 2);
+        assert!(first.iter().all(|u| u.timely));
+        assert!(
+            second.iter().all(|u| !u.timely),
+            "the batch after a full one continues a backlog"
+        );
+        // The stream is drained: the next batch waits for what arrives.
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx_b.unbounded_send(update(Kind::Pods, What::Bookmark))
+                .unwrap();
+            (tx_a, tx_b)
+        });
+        let third = updates.next_batch().await.unwrap();
+        assert_eq!(third.len(), 1);
+        assert!(third[0].timely);
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_update_read_late_is_stamped_no_later_than_the_stream_was_drained() {
+        let (tx, rx) = mpsc::unbounded();
+        let mut updates = Updates::new(vec![(Kind::Services, rx.boxed())], 8);
+        tx.unbounded_send(update(Kind::Services, What::Bookmark))
+            .unwrap();
+        let _ = updates.next_batch().await.unwrap();
+        let drained = Instant::now();
+        // The index loop is busy; a bookmark arrives and waits.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let arrived = Instant::now();
+        tx.unbounded_send(Update {
+            at: arrived,
+            ..update(Kind::Services, What::Bookmark)
+        })
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // A list boundary keeps its stamp: when the list started.
+        tx.unbounded_send(Update {
+            at: arrived,
+            ..update(Kind::Services, What::Service(Event::InitDone))
+        })
+        .unwrap();
+        let batch = updates.next_batch().await.unwrap();
+        assert_eq!(batch.len(), 2);
+        assert!(batch[0].at <= drained, "capped at the last drained instant");
+        assert!(batch[0].timely);
+        assert_eq!(batch[1].at, arrived);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_ends_the_updates() {
+        let (tx, rx) = mpsc::unbounded();
+        let (_keep, quiet) = mpsc::unbounded::<Update>();
+        let mut updates = Updates::new(
+            vec![(Kind::Pods, quiet.boxed()), (Kind::Nodes, rx.boxed())],
+            8,
+        );
+        tx.unbounded_send(update(Kind::Nodes, What::Watching))
+            .unwrap();
+        drop(tx);
+        let result = updates.next_batch().await;
+        assert_eq!(result.unwrap_err(), WatchEnded(Some(Kind::Nodes)));
     }
 }
