@@ -16,13 +16,16 @@
 
 use crate::cli::RunArgs;
 use crate::events::{EventPath, EventSignal};
-use crate::watch::feed::Feed;
-use crate::http::{self, Health};
+use crate::health::Health;
+use crate::http;
 use crate::local_addrs::local_addrs;
-use crate::metrics::{FamilyLabels, KindLabels, Metrics, ReasonLabels, Trigger, TriggerLabels};
-use crate::pass::{FlowCache, FlowGate, PassConfig, PassReport, record, recheck_waiting, run_pass_with_cache};
-use crate::scheduler::{Scheduler, Timing};
 use crate::metrics::kernel_stats::TableMetrics;
+use crate::metrics::{FamilyLabels, KindLabels, Metrics, ReasonLabels, Trigger, TriggerLabels};
+use crate::pass::{
+    FlowCache, FlowGate, PassConfig, PassReport, recheck_waiting, record, run_pass_with_cache,
+};
+use crate::scheduler::{Scheduler, Timing};
+use crate::watch::feed::Feed;
 use crate::watch::{self, Update, WatchTiming, What};
 use anyhow::{Context, Result};
 use ctdiff::{Decision, Dirty, Gate, GateConfig, Index, IndexConfig, Kind, Knowledge};
@@ -80,23 +83,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // flows to backends that left while the agent was down then go with the startup pass
     // instead of waiting for the next event or bookmark.
     let walked_at = Instant::now();
-    let (family, zone) = (pass_family(&args), args.zone);
+    let (family, zone, walk_gate) = (pass_family(&args), args.zone, gate.clone());
     let (ct, walked) = tokio::task::spawn_blocking(move || {
         let mut ct = ct;
-        let walked = walk_udp_flows(&mut ct, family, zone);
+        // Remembering a million fingerprints is work too: it stays on this blocking thread.
+        let walked = walk_udp_flows(&mut ct, family, zone).map(|prints| {
+            let n = prints.len();
+            walk_gate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .seen_before(walked_at, prints);
+            n
+        });
         (ct, walked)
     })
     .await
     .context("walking the conntrack table")?;
     match walked {
-        Ok(prints) => {
+        Ok(udp_flows) => {
             tracing::info!(
-                udp_flows = prints.len(),
+                udp_flows,
                 "walked the conntrack table before the first list"
             );
-            gate.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .seen_before(walked_at, prints);
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot walk the conntrack table before the first list; flows to never-seen backends wait for proof")
@@ -140,7 +148,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         )
     });
 
-    let pass_loop = pass_loop(PassLoop {
+    let (stop_tx, stop_rx) = tokio_watch::channel(false);
+    let mut pass_task = tokio::spawn(pass_loop(PassLoop {
         args: args.clone(),
         ct: Some(ct),
         index,
@@ -157,7 +166,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         signals: signal_rx,
         event_signals: event_rx,
         ready: ready_rx,
-    });
+        stop: stop_rx,
+    }));
     // Any task that ends, or panics, ends the agent: a restart is the safe way back to a
     // complete state, and a silently dead watch or event task must not go unnoticed. (A watch
     // stream that ends ends the index task.)
@@ -168,11 +178,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     };
     tokio::select! {
-        result = pass_loop => result?,
+        result = &mut pass_task => result.context("pass loop task")??,
         result = admin => result.context("admin server task")??,
         result = index_task => task_ended("index", result)?,
         result = events_end => task_ended("conntrack events", result)?,
-        () = shutdown_signal() => tracing::info!("shutdown requested"),
+        () = shutdown_signal() => {
+            // Cooperative: the pass loop finishes the pass (and delete batch) in flight, then
+            // returns; nothing is cut off half-way through a batch.
+            tracing::info!("shutdown requested: finishing the pass in flight");
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(DRAIN_LIMIT, pass_task).await {
+                Ok(result) => result.context("pass loop task")??,
+                Err(_) => tracing::warn!(limit = ?DRAIN_LIMIT, "the pass in flight did not finish in time"),
+            }
+        }
     }
     tracing::info!("stopped");
     Ok(())
@@ -376,7 +395,12 @@ struct PassLoop {
     signals: mpsc::UnboundedReceiver<Signal>,
     event_signals: mpsc::UnboundedReceiver<EventSignal>,
     ready: tokio_watch::Receiver<bool>,
+    /// Becomes true on shutdown: the loop returns once no pass is in flight.
+    stop: tokio_watch::Receiver<bool>,
 }
+
+/// How long a shutdown waits for the pass in flight.
+const DRAIN_LIMIT: Duration = Duration::from_secs(25);
 
 /// How often the pass loop re-checks waiting flows and samples the view's freshness.
 const TICK: Duration = Duration::from_secs(1);
@@ -388,6 +412,7 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         record_freshness(&p);
         tokio::select! {
             changed = p.ready.changed() => changed.context("index task ended")?,
+            _ = p.stop.changed() => return Ok(()),
             _ = tokio::time::sleep(TICK) => {}
         }
     }
@@ -482,6 +507,7 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
                 EventSignal::Waiting => {} // the next tick re-checks
                 EventSignal::Held => p.held.store(true, Ordering::Relaxed),
             },
+            _ = p.stop.changed() => return Ok(()),
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
@@ -698,7 +724,13 @@ async fn run_passes(
     Ok((ct, true))
 }
 
-fn record_pass(metrics: &Metrics, trigger: Trigger, r: &PassReport, elapsed: Duration, dry_run: bool) {
+fn record_pass(
+    metrics: &Metrics,
+    trigger: Trigger,
+    r: &PassReport,
+    elapsed: Duration,
+    dry_run: bool,
+) {
     for (family, scanned) in r.scanned_by_family() {
         metrics
             .flows_scanned
@@ -724,7 +756,10 @@ fn record_pass(metrics: &Metrics, trigger: Trigger, r: &PassReport, elapsed: Dur
     if r.budget_hit() {
         metrics.budget_exhausted.inc();
         let left: u64 = r.over_budget.iter().map(|(_, _, n)| n).sum();
-        tracing::warn!(left, "deletion budget reached; the rest waits for the next pass");
+        tracing::warn!(
+            left,
+            "deletion budget reached; the rest waits for the next pass"
+        );
     }
     if r.missed_by_cache > 0 {
         tracing::warn!(
