@@ -1,7 +1,7 @@
 //! The API double against a real kube `Client` and kube-runtime's watcher.
 
 use e2e::apiserver::ApiServer;
-use e2e::objects::{ServiceDef, node, pod};
+use e2e::emulation::objects::{ServiceDef, node, pod};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::runtime::WatchStreamExt;
@@ -277,7 +277,7 @@ async fn injected_failures_answer_500_then_the_watcher_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_kind_faults_hit_one_kind_only() {
     use e2e::apiserver::Fault;
-    use e2e::kinds::Kind;
+    use e2e::apiserver::kinds::Kind;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     let server = ApiServer::start(&tokio::runtime::Handle::current()).unwrap();
     server.apply(&udp_service("dns", "10.96.0.10")).unwrap();
@@ -341,7 +341,7 @@ async fn per_kind_faults_hit_one_kind_only() {
     assert!(started.elapsed() >= Duration::from_millis(500));
     // The EndpointSlice watch opened during the Service fault still delivers.
     server
-        .apply(&e2e::objects::endpoint_slice(
+        .apply(&e2e::emulation::objects::endpoint_slice(
             &ServiceDef::udp("dns", &[ip("10.96.0.10")], 53, 5353),
             "dns-ipv4",
             false,
@@ -368,7 +368,7 @@ async fn per_kind_faults_hit_one_kind_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_bookmarks_stop_on_a_frozen_watch_which_then_ends() {
     use e2e::apiserver::Fault;
-    use e2e::kinds::Kind;
+    use e2e::apiserver::kinds::Kind;
     let server = ApiServer::start(&tokio::runtime::Handle::current()).unwrap();
     server.set_bookmark_interval(Some(Duration::from_millis(200)));
     server.apply(&udp_service("dns", "10.96.0.10")).unwrap();

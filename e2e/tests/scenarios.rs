@@ -5,9 +5,9 @@
 //! usable, unless `E2E_WITH_AGENT=0`; `E2E_WITH_AGENT=1` makes its absence a failure.
 
 use e2e::agent::agent_for_tests;
+use e2e::emulation::scenarios::lags::{self, LagScenario};
+use e2e::emulation::scenarios::{Outcome, RunConfig, Scenario, run};
 use e2e::process::Binaries;
-use e2e::scenarios::lags::{self, LagScenario};
-use e2e::scenarios::{Outcome, RunConfig, Scenario, run};
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -14,8 +14,8 @@
 
 use anyhow::{Context, Result, bail};
 use e2e::agent::locate;
+use e2e::emulation::scenarios::{Outcome, RunConfig, Scenario, run};
 use e2e::process::Binaries;
-use e2e::scenarios::{Outcome, RunConfig, Scenario, run};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;

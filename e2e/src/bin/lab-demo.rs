@@ -6,8 +6,8 @@
 
 use anyhow::{Result, bail};
 use e2e::agent::locate;
+use e2e::emulation::scenarios::{Outcome, RunConfig, Scenario, run};
 use e2e::process::Binaries;
-use e2e::scenarios::{Outcome, RunConfig, Scenario, run};
 use std::time::Duration;
 
 const WINDOW: Duration = Duration::from_secs(6);

@@ -4,7 +4,7 @@
 //!
 //! Every run starts a fresh [`RealCluster`], a 3-backend UDP Service, a fixed-source-port client
 //! and [`BYSTANDERS`] bystander clients steadily answered through it, watches the node's
-//! conntrack DESTROY events ([`DestroyMonitor`]), makes one change and measures:
+//! conntrack DESTROY events ([`crate::conntrack::DestroyMonitor`]), makes one change and measures:
 //!
 //! - the *recovery*: from the change (`t0`) to the main client's first answer from a backend
 //!   it may now reach (None: not within the window, i.e. still blackholed or stuck);
@@ -15,8 +15,8 @@
 //! - the agent's and kube-proxy's conntrack errors (a race between the two deleting the same
 //!   flow must be neither's error).
 //!
-//! These are the same measures as the emulated lab's ([`crate::scenarios`]), taken against the
-//! real control plane and the real kube-proxy's rules and cleanup.
+//! These are the same measures as the emulated lab's ([`crate::emulation::scenarios`]), taken
+//! against the real control plane and the real kube-proxy's rules and cleanup.
 
 use crate::conntrack::FlowEntry;
 use crate::process::{Binaries, Process};

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use crate::objects::SERVICE_NAME_LABEL;
+use crate::emulation::objects::SERVICE_NAME_LABEL;
 use crate::topology::{POD_CIDR_IPV4, POD_CIDR_IPV6};
 
 /// An IP family's rule set (iptables or ip6tables).
@@ -323,7 +323,7 @@ pub fn render(family: Family, services: &[Service], slices: &[EndpointSlice]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::{EndpointDef, PortDef, ServiceDef, endpoint_slice};
+    use crate::emulation::objects::{EndpointDef, PortDef, ServiceDef, endpoint_slice};
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()

@@ -7,10 +7,12 @@
 use crate::agent::Agent;
 use crate::apiserver::ApiServer;
 use crate::conntrack::{DestroyMonitor, FlowEntry, list_udp};
-use crate::hostport::{HostPortMapping, PortMap};
-use crate::objects::{ContainerPortDef, EndpointDef, PodDef, ServiceDef, endpoint_slice, node};
+use crate::emulation::hostport::{HostPortMapping, PortMap};
+use crate::emulation::objects::{
+    ContainerPortDef, EndpointDef, PodDef, ServiceDef, endpoint_slice, node,
+};
+use crate::emulation::proxy_sync::KubeProxy;
 use crate::process::{Binaries, Process};
-use crate::proxy_sync::KubeProxy;
 use crate::timeline::{Timeline, unix_micros};
 use crate::topology::{NODE_IPV4, NODE_IPV6, Topology};
 use crate::workload::{Client, start_echo};

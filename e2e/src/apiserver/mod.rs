@@ -1,6 +1,7 @@
 //! A loopback Kubernetes API double: list and watch for the kinds the agent reads.
 //!
-//! It speaks enough of kube-apiserver's protocol for kube-runtime's watcher: lists with a
+//! It speaks enough of kube-apiserver's protocol for the agent's list/watch loop (and
+//! kube-runtime's watcher, which speaks the same requests): lists with a
 //! resourceVersion, NDJSON watch streams resumed from a resourceVersion, bookmarks when asked,
 //! `410 Gone` (a Status with reason `Expired`) for a forgotten version, the label and field
 //! selectors kube-proxy uses, `timeoutSeconds`, and `sendInitialEvents` streaming lists. The lab
@@ -17,11 +18,18 @@
 //!
 //! The listening socket can be made inside a network namespace ([`ApiServer::start_in_netns`]),
 //! so an agent started there with `ip netns exec` reaches it on 127.0.0.1.
+//!
+//! [`store`] holds the objects and their history, [`selector`] parses selectors, [`kinds`] names
+//! the kinds served and their REST coordinates.
 
-use crate::kinds::Kind;
+pub mod kinds;
+pub mod selector;
+pub mod store;
+
+use self::kinds::Kind;
+use self::selector::{FieldSelector, LabelSelector};
+use self::store::{Change, Store};
 use crate::netns::in_netns;
-use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{Change, Store};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};

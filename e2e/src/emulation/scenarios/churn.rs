@@ -14,8 +14,8 @@ use super::{
     wait_steady,
 };
 use crate::conntrack::FlowEntry;
-use crate::lab::{ClientPlace, Lab};
-use crate::objects::ServiceDef;
+use crate::emulation::lab::{ClientPlace, Lab};
+use crate::emulation::objects::ServiceDef;
 use crate::timeline::unix_micros;
 use crate::workload::Answer;
 use anyhow::{Context, Result, bail};

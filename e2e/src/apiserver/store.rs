@@ -1,7 +1,7 @@
 //! The API double's object store: objects, a global resourceVersion and the change history that
 //! watches replay from.
 
-use crate::kinds::Kind;
+use super::kinds::Kind;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};

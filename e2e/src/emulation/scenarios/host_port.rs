@@ -9,7 +9,7 @@ use super::{
     conclude, first_allowed_answer, new_lab, service_def, start_bystanders, wait_bystanders,
     wait_steady,
 };
-use crate::lab::ClientPlace;
+use crate::emulation::lab::ClientPlace;
 use crate::topology::NODE_IPV4;
 use crate::workload::Answer;
 use anyhow::Result;

@@ -11,8 +11,8 @@
 //! clients are DNATed to endpoints the agent has not seen.
 
 use crate::apiserver::ApiServer;
-use crate::kinds::Kind;
-use crate::kubeproxy::{Family, render};
+use crate::apiserver::kinds::Kind;
+use crate::emulation::kubeproxy::{Family, render};
 use crate::timeline::Timeline;
 use crate::topology::pipe_into;
 use anyhow::{Context, Result, bail};

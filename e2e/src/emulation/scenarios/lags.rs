@@ -3,7 +3,7 @@
 //! outside server), so every deletion is a false deletion. They measure only that.
 //!
 //! kube-proxy *leads* the agent in the first ones: the emulation follows the API double's store
-//! directly (see [`crate::proxy_sync`]) while the agent's EndpointSlice watch is faulted
+//! directly (see [`crate::emulation::proxy_sync`]) while the agent's EndpointSlice watch is faulted
 //! ([`crate::apiserver::ApiServer::inject`]), so new clients are DNATed to endpoints the agent
 //! has not seen.
 
@@ -12,10 +12,10 @@ use super::{
     wait_bystanders, wait_steady,
 };
 use crate::apiserver::Fault;
+use crate::apiserver::kinds::Kind;
 use crate::conntrack::{DestroyMonitor, FlowEntry};
-use crate::kinds::Kind;
-use crate::lab::{ClientPlace, Lab, LabConfig};
-use crate::objects::ServiceDef;
+use crate::emulation::lab::{ClientPlace, Lab, LabConfig};
+use crate::emulation::objects::ServiceDef;
 use crate::timeline::unix_micros;
 use crate::topology::EXTERNAL_IPV6;
 use crate::workload::{Client, start_echo};

@@ -15,8 +15,8 @@ mod host_port;
 pub mod lags;
 
 use crate::conntrack::{DestroyMonitor, FlowEntry};
-use crate::lab::{ClientPlace, Lab, LabConfig};
-use crate::objects::{PortDef, ServiceDef};
+use crate::emulation::lab::{ClientPlace, Lab, LabConfig};
+use crate::emulation::objects::{PortDef, ServiceDef};
 use crate::process::Binaries;
 use crate::timeline::unix_micros;
 use crate::topology::NODE_IPV4;
