@@ -22,7 +22,8 @@ use crate::local_addrs::local_addrs;
 use crate::metrics::kernel_stats::TableMetrics;
 use crate::metrics::{FamilyLabels, KindLabels, Metrics, ReasonLabels, Trigger, TriggerLabels};
 use crate::pass::{
-    FlowCache, FlowGate, PassConfig, PassReport, recheck_waiting, record, run_pass_with_cache,
+    FlowCache, FlowGate, PassConfig, PassReport, Sources, WalkChooser, recheck_waiting, record,
+    run_pass_with,
 };
 use crate::scheduler::{Scheduler, Timing};
 use crate::watch::feed::Feed;
@@ -155,6 +156,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         index,
         gate,
         flows,
+        walks: Arc::default(),
         held,
         relister,
         last_relist: std::collections::HashMap::new(),
@@ -379,6 +381,8 @@ struct PassLoop {
     gate: Arc<Mutex<FlowGate>>,
     /// The node's UDP flows as events announce them: scoped passes look flows up there.
     flows: Arc<Mutex<FlowCache>>,
+    /// How full walks dump both families (learnt from earlier walks).
+    walks: Arc<Mutex<WalkChooser>>,
     /// Set when a stale flow was held because the view was not fresh.
     held: Arc<AtomicBool>,
     /// Lists a kind again when flows have waited too long for proof.
@@ -540,6 +544,15 @@ fn record_freshness(p: &PassLoop) -> bool {
         (staleness.is_none(), staleness)
     };
     p.health.set_stale(staleness.map(|s| s.to_string()));
+    {
+        let flows = p.flows.lock().unwrap_or_else(PoisonError::into_inner);
+        p.metrics
+            .flow_cache_flows
+            .set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
+        p.metrics
+            .flow_cache_complete
+            .set(i64::from(flows.is_complete()));
+    }
     let waiting = p.gate.lock().unwrap_or_else(PoisonError::into_inner).len();
     p.metrics
         .flows_waiting
@@ -660,15 +673,21 @@ async fn run_passes(
         zone: p.args.zone,
     };
     let (index, gate, flows) = (p.index.clone(), p.gate.clone(), p.flows.clone());
+    let walks = p.walks.clone();
     let full = scope.all;
     let (ct, result, elapsed) = tokio::task::spawn_blocking(move || {
         let mut ct = ct;
         let started = Instant::now();
-        let result = run_pass_with_cache(
+        let mut walks = walks.lock().unwrap_or_else(PoisonError::into_inner);
+        let sources = Sources {
+            cache: Some(&flows),
+            walks: &mut walks,
+        };
+        let result = run_pass_with(
             &mut ct,
             &index,
             Some(&gate),
-            Some(&flows),
+            sources,
             &scope,
             &cfg,
             Instant::now(),
@@ -713,6 +732,15 @@ async fn run_passes(
         p.metrics.last_successful_pass.set(unix);
     }
     if report.walked && full {
+        // Walks the cache's groups: sampled after full passes, not every second.
+        let bytes = p
+            .flows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .memory_bytes();
+        p.metrics
+            .flow_cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         // Every family's table was read whole: the per-frontend figures are complete.
         let tally = std::mem::take(&mut report.tally);
         let figures = {
@@ -761,6 +789,10 @@ fn record_pass(
             "deletion budget reached; the rest waits for the next pass"
         );
     }
+    if !r.walked {
+        metrics.passes_from_cache.inc();
+    }
+    metrics.flows_missed_by_cache.inc_by(r.missed_by_cache);
     if r.missed_by_cache > 0 {
         tracing::warn!(
             missed = r.missed_by_cache,

@@ -4,7 +4,9 @@
 mod common;
 
 use common::{flow, service, slice};
-use conntrack_reconciler::pass::{FlowCache, FlowGate, PassConfig, run_pass_with_cache};
+use conntrack_reconciler::pass::{
+    FlowCache, FlowGate, PassConfig, PassReport, Sources, WalkChooser, run_pass_with,
+};
 use ctdiff::{Dirty, Frontend, GateConfig, Index, IndexConfig, Kind};
 use ctnetlink::testing::{TestNetns, root_or_skip};
 use ctnetlink::{Capabilities, Conntrack, DumpFilter, Event, EventKinds, EventOptions, NewFlow};
@@ -51,6 +53,23 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// One pass of the agent's kind: with the cache, a fresh walk chooser.
+fn pass(
+    ct: &mut Conntrack,
+    index: &RwLock<Index>,
+    gate: Option<&Mutex<FlowGate>>,
+    cache: Option<&Mutex<FlowCache>>,
+    scope: &Dirty,
+    cfg: &PassConfig,
+    now: Instant,
+) -> Result<PassReport, ctnetlink::Error> {
+    let sources = Sources {
+        cache,
+        walks: &mut WalkChooser::default(),
+    };
+    run_pass_with(ct, index, gate, sources, scope, cfg, now)
 }
 
 #[test]
@@ -117,7 +136,7 @@ fn seed_events_change_delete_lost_events_reseed() {
         zone: 0,
     };
     // 1. A full pass seeds the cache: nothing is stale yet.
-    let report = run_pass_with_cache(
+    let report = pass(
         &mut ct,
         &index,
         Some(&gate),
@@ -160,7 +179,7 @@ fn seed_events_change_delete_lost_events_reseed() {
     let scope = Dirty::of([Frontend::Addr(
         format!("{}:{}", VIP.0, VIP.1).parse().unwrap(),
     )]);
-    let report = run_pass_with_cache(
+    let report = pass(
         &mut ct,
         &index,
         Some(&gate),
@@ -192,7 +211,7 @@ fn seed_events_change_delete_lost_events_reseed() {
     ct.create(&flows(10_000, 5_000, GONE)).unwrap();
     *paused.lock().unwrap() = false;
     wait_until("the loss report", || !cache.lock().unwrap().is_complete());
-    let report = run_pass_with_cache(
+    let report = pass(
         &mut ct,
         &index,
         Some(&gate),
@@ -207,7 +226,7 @@ fn seed_events_change_delete_lost_events_reseed() {
     assert_eq!(udp_count(&mut ct), 49);
 
     // 5. The subscription goes on after a loss; a full pass re-seeds the cache.
-    let report = run_pass_with_cache(
+    let report = pass(
         &mut ct,
         &index,
         Some(&gate),

@@ -304,9 +304,13 @@ fn event_path_deletes_a_stale_new_flow_at_once() {
     );
     let removed_after = created.elapsed();
     eprintln!("stale NEW flow to a removed backend deleted within {removed_after:?}");
-    assert!(
-        removed_after < Duration::from_secs(1),
-        "a backend seen removed needs no grace: {removed_after:?}"
+    // A backend seen removed needs no grace: the flow was never postponed. (Counted, not
+    // timed: a loaded CI machine may take longer than the grace to deliver the event.)
+    assert_eq!(
+        agent.metric("conntrack_reconciler_flows_postponed_total", &[]),
+        0.0,
+        "{}",
+        agent.logs()
     );
     assert!(lab.ports().contains(&4002), "the healthy new flow stays");
     assert!(agent.metric("conntrack_reconciler_events_total", &["new"]) >= 2.0);

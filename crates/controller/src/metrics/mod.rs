@@ -127,6 +127,16 @@ pub struct Metrics {
     pub flows_postponed: Family<DecisionLabels, Counter>,
     /// Stale flows waiting for proof that their never-seen backend is gone.
     pub flows_waiting: Gauge,
+    /// UDP flows in the flow cache (kept by conntrack events; serves scoped passes).
+    pub flow_cache_flows: Gauge,
+    /// Heap bytes the flow cache holds.
+    pub flow_cache_bytes: Gauge,
+    /// 1 while the flow cache is trusted to serve scoped passes (seeded, no event lost since).
+    pub flow_cache_complete: Gauge,
+    /// Stale flows a full pass found that the trusted flow cache lacked (expected 0).
+    pub flows_missed_by_cache: Counter,
+    /// Passes served by the flow cache, without a table walk.
+    pub passes_from_cache: Counter,
 }
 
 /// Label of a gate decision.
@@ -166,6 +176,11 @@ impl Metrics {
             watch_fresh: Family::default(),
             flows_postponed: Family::default(),
             flows_waiting: Gauge::default(),
+            flow_cache_flows: Gauge::default(),
+            flow_cache_bytes: Gauge::default(),
+            flow_cache_complete: Gauge::default(),
+            flows_missed_by_cache: Counter::default(),
+            passes_from_cache: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("conntrack_reconciler");
         r.register(
@@ -272,6 +287,31 @@ impl Metrics {
             "flows_waiting",
             "Stale flows waiting for proof that their never-seen backend is gone",
             m.flows_waiting.clone(),
+        );
+        r.register(
+            "flow_cache_flows",
+            "UDP flows in the flow cache kept by conntrack events",
+            m.flow_cache_flows.clone(),
+        );
+        r.register(
+            "flow_cache_bytes",
+            "Heap bytes the flow cache holds",
+            m.flow_cache_bytes.clone(),
+        );
+        r.register(
+            "flow_cache_complete",
+            "1 while the flow cache serves scoped passes (seeded, no event lost since)",
+            m.flow_cache_complete.clone(),
+        );
+        r.register(
+            "flows_missed_by_cache",
+            "Stale flows a full pass found that the trusted flow cache lacked (expected 0)",
+            m.flows_missed_by_cache.clone(),
+        );
+        r.register(
+            "passes_from_cache",
+            "Passes served by the flow cache without a table walk",
+            m.passes_from_cache.clone(),
         );
         m.preinit();
         m

@@ -9,13 +9,15 @@ pub mod planner;
 pub mod record;
 pub mod table;
 pub mod tally;
+pub mod walk;
 
 pub use flow_cache::{FlowCache, SeedToken};
 pub use planner::{FlowGate, PassReport, PlanConfig, Planner, StaleFlow, flow_ref};
 pub use table::{FakeTable, Table};
+pub use walk::WalkChooser;
 
 use ctdiff::{Decision, Dirty, Index, Verdict};
-use ctnetlink::{DumpFilter, Family, Flow, FlowKey};
+use ctnetlink::{Family, Flow, FlowKey};
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -54,20 +56,33 @@ pub fn run_pass(
     cfg: &PassConfig,
     now: Instant,
 ) -> Result<PassReport, ctnetlink::Error> {
-    run_pass_with_cache(table, index, gate, None, scope, cfg, now)
+    let sources = Sources {
+        cache: None,
+        walks: &mut WalkChooser::default(),
+    };
+    run_pass_with(table, index, gate, sources, scope, cfg, now)
 }
 
-/// Runs one pass. A scoped pass is served from `cache` when it is complete (no table walk);
-/// otherwise the table is walked, and a full walk seeds `cache`.
-pub fn run_pass_with_cache(
+/// Where a pass's flows come from besides a walk, and how it walks.
+pub struct Sources<'a> {
+    /// The flow cache: serves scoped passes while complete; full walks seed it.
+    pub cache: Option<&'a Mutex<FlowCache>>,
+    /// Chooses one dump of both families or one per family.
+    pub walks: &'a mut WalkChooser,
+}
+
+/// Runs one pass. A scoped pass is served from the cache when it is complete (no table walk);
+/// otherwise the table is walked, and a full walk seeds the cache.
+pub fn run_pass_with(
     table: &mut impl Table,
     index: &RwLock<Index>,
     gate: Option<&Mutex<FlowGate>>,
-    cache: Option<&Mutex<FlowCache>>,
+    sources: Sources<'_>,
     scope: &Dirty,
     cfg: &PassConfig,
     now: Instant,
 ) -> Result<PassReport, ctnetlink::Error> {
+    let Sources { cache, walks } = sources;
     let mut planner = Planner::new(cfg.plan(), scope);
     let looked_up = cache.and_then(|c| {
         c.lock()
@@ -87,36 +102,34 @@ pub fn run_pass_with_cache(
             }
         }
         None => {
-            let filter = DumpFilter {
-                family: cfg.family,
-                proto: Some(ctnetlink::proto::UDP),
-                ..Default::default()
-            };
-            // A full walk of every family re-seeds the cache; it also tells which flows the
-            // cache had missed (expected none while it was complete).
-            let seeding = cache.filter(|_| scope.all && cfg.family.is_none());
+            // A full walk re-seeds the cache (the cache holds the reconciled families only);
+            // it also tells which flows the cache had missed (expected none while complete).
+            let seeding = cache.filter(|_| scope.all);
             let seed = seeding.map(|c| {
                 let mut c = c.lock().unwrap_or_else(PoisonError::into_inner);
                 (c.is_complete(), c.begin_seed())
             });
-            table.walk(&filter, &mut |flow| {
-                if let (Some(cache), Some((was_complete, _))) = (seeding, seed) {
-                    let lacked = cache
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .seed(flow);
-                    if lacked && was_complete {
-                        missed.insert(flow.key());
+            for filter in walks.filters(cfg.family) {
+                let stats = table.walk(&filter, &mut |flow| {
+                    if let (Some(cache), Some((was_complete, _))) = (seeding, seed) {
+                        let lacked = cache
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .seed(flow);
+                        if lacked && was_complete {
+                            missed.insert(flow.key());
+                        }
                     }
-                }
-                let index = index.read().unwrap_or_else(PoisonError::into_inner);
-                planner.observe(&index, flow, now);
-            })?;
-            if let (Some(cache), Some((_, counts))) = (seeding, seed) {
+                    let index = index.read().unwrap_or_else(PoisonError::into_inner);
+                    planner.observe(&index, flow, now);
+                })?;
+                walks.observe(&filter, &stats);
+            }
+            if let (Some(cache), Some((_, token))) = (seeding, seed) {
                 cache
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .finish_seed(counts);
+                    .finish_seed(token);
             }
         }
     }

@@ -2,16 +2,16 @@
 //! tested against an in-memory [`FakeTable`] without root; [`ctnetlink::Conntrack`] is the real
 //! one.
 
-use ctnetlink::{Conntrack, DeleteReport, DumpFilter, Flow, FlowKey};
+use ctnetlink::{Conntrack, DeleteReport, DumpFilter, DumpStats, Flow, FlowKey};
 
 /// What a pass needs of a conntrack table.
 pub trait Table {
-    /// Hands every flow matching `filter` to `f`.
+    /// Hands every flow matching `filter` to `f`; returns what the dump saw.
     fn walk(
         &mut self,
         filter: &DumpFilter,
         f: &mut dyn FnMut(&Flow),
-    ) -> Result<(), ctnetlink::Error>;
+    ) -> Result<DumpStats, ctnetlink::Error>;
 
     /// Deletes the entries with these exact keys.
     fn delete(&mut self, keys: Vec<FlowKey>) -> Result<DeleteReport, ctnetlink::Error>;
@@ -22,8 +22,8 @@ impl Table for Conntrack {
         &mut self,
         filter: &DumpFilter,
         f: &mut dyn FnMut(&Flow),
-    ) -> Result<(), ctnetlink::Error> {
-        self.dump(filter, f).map(|_| ())
+    ) -> Result<DumpStats, ctnetlink::Error> {
+        self.dump(filter, f)
     }
 
     fn delete(&mut self, keys: Vec<FlowKey>) -> Result<DeleteReport, ctnetlink::Error> {
@@ -58,14 +58,19 @@ impl Table for FakeTable {
         &mut self,
         filter: &DumpFilter,
         f: &mut dyn FnMut(&Flow),
-    ) -> Result<(), ctnetlink::Error> {
+    ) -> Result<DumpStats, ctnetlink::Error> {
         self.walks += 1;
+        let mut stats = DumpStats::default();
         for flow in &self.flows {
+            if filter.family.is_none_or(|fam| fam == flow.family) {
+                stats.messages += 1;
+            }
             if filter.matches(flow) {
+                stats.matched += 1;
                 f(flow);
             }
         }
-        Ok(())
+        Ok(stats)
     }
 
     fn delete(&mut self, keys: Vec<FlowKey>) -> Result<DeleteReport, ctnetlink::Error> {
