@@ -28,4 +28,5 @@ pub mod workload;
 
 // The paths these modules had before they were grouped, kept for existing callers.
 pub use apiserver::{kinds, selector, store};
-pub use emulation::{hostport, kubeproxy, lab, objects, proxy_sync, scenarios};
+pub use emulation::host_port as hostport;
+pub use emulation::{kubeproxy, lab, objects, proxy_sync, scenarios};

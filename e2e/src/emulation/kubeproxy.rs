@@ -15,20 +15,25 @@ use std::net::IpAddr;
 
 use crate::emulation::objects::SERVICE_NAME_LABEL;
 use crate::topology::{POD_CIDR_IPV4, POD_CIDR_IPV6};
+use ctnetlink::Family;
 
-/// An IP family's rule set (iptables or ip6tables).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// IPv4, programmed with `iptables-restore`.
-    V4,
-    /// IPv6, programmed with `ip6tables-restore`.
-    V6,
+/// What kube-proxy's rule sets of the two IP families (iptables, ip6tables) differ in.
+pub trait FamilyRules: Copy {
+    /// Whether `ip` is of this family.
+    fn matches(self, ip: &IpAddr) -> bool;
+    /// The prefix length of one host address.
+    fn host_mask(self) -> u8;
+    /// The lab's pod CIDR of this family.
+    fn pod_cidr(self) -> &'static str;
+    /// The REJECT type for a service port without endpoints.
+    fn reject_with(self) -> &'static str;
+    /// The EndpointSlice `addressType` of this family.
+    fn address_type(self) -> &'static str;
+    /// The restore command for this family.
+    fn restore_command(self) -> &'static str;
 }
 
-impl Family {
-    /// Both families.
-    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
-
+impl FamilyRules for Family {
     fn matches(self, ip: &IpAddr) -> bool {
         ip.is_ipv6() == (self == Family::V6)
     }
@@ -61,8 +66,7 @@ impl Family {
         }
     }
 
-    /// The restore command for this family.
-    pub fn restore_command(self) -> &'static str {
+    fn restore_command(self) -> &'static str {
         match self {
             Family::V4 => "iptables-restore",
             Family::V6 => "ip6tables-restore",

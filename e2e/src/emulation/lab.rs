@@ -7,7 +7,7 @@
 use crate::agent::Agent;
 use crate::apiserver::ApiServer;
 use crate::conntrack::{DestroyMonitor, FlowEntry, list_udp};
-use crate::emulation::hostport::{HostPortMapping, PortMap};
+use crate::emulation::host_port::{HostPortMapping, PortMap};
 use crate::emulation::objects::{
     ContainerPortDef, EndpointDef, PodDef, ServiceDef, endpoint_slice, node,
 };

@@ -3,13 +3,13 @@
 //!
 //! - [`objects`]: the lab's compact model of services, endpoints and pods, as Kubernetes objects;
 //! - [`kubeproxy`] / [`proxy_sync`]: kube-proxy's iptables mode, emulated, with a rules lag;
-//! - [`hostport`]: the CNI portmap plugin's hostPort DNAT, emulated, with the same lag;
+//! - [`host_port`]: the CNI portmap plugin's hostPort DNAT, emulated, with the same lag;
 //! - [`lab`]: all of it together with the node, the API double and the agent;
 //! - [`scenarios`]: the measured scenarios.
 //!
 //! The real components (kubelet, kube-proxy, a real apiserver) are in [`crate::real`].
 
-pub mod hostport;
+pub mod host_port;
 pub mod kubeproxy;
 pub mod lab;
 pub mod objects;

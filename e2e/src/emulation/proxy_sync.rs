@@ -12,10 +12,11 @@
 
 use crate::apiserver::ApiServer;
 use crate::apiserver::kinds::Kind;
-use crate::emulation::kubeproxy::{Family, render};
+use crate::emulation::kubeproxy::{FamilyRules, render};
 use crate::timeline::Timeline;
 use crate::topology::pipe_into;
 use anyhow::{Context, Result, bail};
+use ctnetlink::Family;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::sync::Arc;
@@ -54,7 +55,7 @@ fn snapshot(api: &ApiServer) -> Snapshot {
 }
 
 fn apply(netns: &str, snapshot: &Snapshot) -> Result<()> {
-    for family in Family::BOTH {
+    for family in Family::ALL {
         let rules = render(family, &snapshot.services, &snapshot.slices);
         pipe_into(netns, &[family.restore_command()], &rules)
             .with_context(|| format!("{} at rv {}", family.restore_command(), snapshot.rv))?;
