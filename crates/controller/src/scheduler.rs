@@ -191,19 +191,17 @@ impl Scheduler {
             add(Trigger::periodic, Dirty::all());
             self.next_periodic = now + self.timing.resync;
         }
-        if self
+        let burst_due = self.burst.as_ref().map(|b| self.burst_due(b));
+        if let Some(burst) = self
             .burst
-            .as_ref()
-            .is_some_and(|b| now >= self.burst_due(b))
+            .take_if(|_| burst_due.is_some_and(|at| now >= at))
         {
-            let burst = self.burst.take().expect("checked above");
             for delay in &self.timing.follow_ups {
                 self.follow_ups.push((now + *delay, burst.scope.clone()));
             }
             add(Trigger::change, burst.scope);
         }
-        if self.retry.as_ref().is_some_and(|(at, _)| now >= *at) {
-            let (_, scope) = self.retry.take().expect("checked above");
+        if let Some((_, scope)) = self.retry.take_if(|(at, _)| now >= *at) {
             add(Trigger::rate_limited, scope);
         }
         let (ready, waiting): (Vec<_>, Vec<_>) =

@@ -6,6 +6,7 @@
 //! queue behind the kernel), not about speed: a request that waits for a netlink exchange, a
 //! lock held across a pass or a blocked tokio worker takes as long as that work, far past it.
 //! Each request is timed from `connect` to the end of the response, on a fresh connection.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

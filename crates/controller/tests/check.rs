@@ -3,6 +3,7 @@
 //! The table is filled with hand-made entries covering every verdict a static state can give;
 //! `check` must report exactly the stale ones, with the right reasons, and `--delete` must remove
 //! exactly those and nothing else.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The flow cache on a real kernel table (root): seed → events → change → delete without a
 //! walk → lost events → the next scoped pass walks → a full pass re-seeds.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! entries (healthy and stale) and checks what the agent deletes — and, above all, what it does
 //! not — across the situations the safety rules are about: incomplete lists, relists (410 Gone),
 //! API outages, services deleted while the watch was down, dry run, the deletion budget.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! agent exports must be the ones `conntrack -C` / `conntrack -S` print for that namespace,
 //! and every metric the agent exports must be the list `docs/metrics.md` documents (which the
 //! manifests' offline checks hold the alerts and the dashboard to).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Criterion benchmark of `Index::classify` against 10,000 services × 10 endpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 #[path = "../examples/support/workload.rs"]
 mod workload;

@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo run --release -p ctdiff --example classify-bench [-- --json] [--services N]
 //! [--endpoints M] [--flows F]`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 #[path = "support/workload.rs"]
 mod workload;
@@ -19,6 +20,8 @@ struct Counting;
 
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 
+// SAFETY: every method forwards to the system allocator unchanged; the counting touches no
+// allocation.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);

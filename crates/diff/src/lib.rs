@@ -44,6 +44,7 @@
 //!   the frontend replaces the tombstone at once.
 //! - **Completeness**: until services and slices (pods, for host ports) have been fully listed
 //!   once (a finished relist), flows to known frontends are kept.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod addr;

@@ -1,5 +1,6 @@
 //! One named test per upstream bug and per edge case of the kube-proxy reconciler notes, plus
 //! the extra cases of the ctdiff issue.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Evidence: which stale verdicts rest on a backend the index saw leave (positive evidence) and
 //! which on a backend it never saw (maybe one kube-proxy knows and the agent does not yet).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The per-kind trait (`IndexedKind`), the owner lookup, pruning and the exported selectors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -12,6 +12,7 @@
 //! agent confirms a kind only when it applies a message of that kind, at the message's receipt
 //! time. At random times the agent asks the gate about every flow, as its pass and its event
 //! path do, and deletes the flows the gate says `Delete` to.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 
@@ -468,12 +469,8 @@ impl Sim {
         match msg {
             Msg::ApplyService(svc, v) => drop(index.apply(&service_obj(svc, v), at)),
             Msg::DeleteService(svc, v) => drop(index.delete(&service_obj(svc, v), at)),
-            Msg::ApplySlice(svc, slice) => {
-                drop(index.apply(&slice_obj(svc, &slice), at))
-            }
-            Msg::DeleteSlice(svc) => {
-                drop(index.delete(&slice_obj(svc, &TSlice::default()), at))
-            }
+            Msg::ApplySlice(svc, slice) => drop(index.apply(&slice_obj(svc, &slice), at)),
+            Msg::DeleteSlice(svc) => drop(index.delete(&slice_obj(svc, &TSlice::default()), at)),
             Msg::Bookmark => {
                 self.index.knowledge_mut().bookmarked(kind, at);
                 return;
@@ -481,10 +478,10 @@ impl Sim {
             Msg::List { started, snapshot } => {
                 match kind {
                     Kind::Services => drop(index.reset(&snapshot.service_objs(), at)),
-                    Kind::EndpointSlices => {
-                        drop(index.reset(&snapshot.slice_objs(), at))
+                    Kind::EndpointSlices => drop(index.reset(&snapshot.slice_objs(), at)),
+                    Kind::Pods => {
+                        drop(index.reset::<ctdiff::k8s_openapi::api::core::v1::Pod>(&[], at))
                     }
-                    Kind::Pods => drop(index.reset::<ctdiff::k8s_openapi::api::core::v1::Pod>(&[], at)),
                     Kind::Nodes => drop(index.apply_node(&mk_node(NODE, &["192.168.0.1"]))),
                 }
                 let started = self.at(started);

@@ -1,5 +1,6 @@
 //! Property tests: ctdiff against a deliberately simple reference model (plain loops over plain
 //! data), and incremental updates against an index built from the final state.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

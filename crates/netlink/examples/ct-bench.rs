@@ -15,6 +15,7 @@
 //! the table also shows each side's CPU time (user/system) and an in-memory replay of captured
 //! datagrams that isolates the parser's cost per entry. With `--json`, the table goes to
 //! stderr and one JSON line to stdout.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};

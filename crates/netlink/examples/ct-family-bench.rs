@@ -13,6 +13,7 @@
 //! in user space, which `--tcp` measures. Prints each side's median wall time
 //! and the median of the rounds' own (a)/(b) ratios; absolute times drift between runs and
 //! machines, so compare the ratio.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;

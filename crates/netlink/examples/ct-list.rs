@@ -1,6 +1,7 @@
 //! Lists UDP conntrack entries like `conntrack -L -p udp`.
 //!
 //! Usage: `ct-list [--netns PATH] [--family ipv4|ipv6] [--proto N]` (root, or CAP_NET_ADMIN).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 use std::path::PathBuf;
 use std::process::ExitCode;

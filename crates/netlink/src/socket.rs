@@ -109,6 +109,7 @@ fn open_in(fd: BorrowedFd<'_>, label: PathBuf) -> Result<Socket, Error> {
 /// Runs `f` on a short-lived thread inside a brand-new, private network namespace.
 ///
 /// The namespace disappears once the thread has exited and every socket made in it is closed.
+#[cfg(any(test, feature = "testing"))]
 pub fn in_private_netns<T: Send>(f: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
     std::thread::scope(|scope| {
         scope

@@ -1,5 +1,6 @@
 //! Differential test: the parsed dump equals what `conntrack -L -o extended,id` prints for the
 //! same table, field by field (root).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! A real UDP packet through an nftables DNAT rule: the conntrack entry, as dumped and as
 //! announced by the NEW event, carries the chosen backend in its reply tuple (root).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Event stream tests against the real kernel (root), each in its own namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Tests against the real kernel, each in its own throwaway network namespace (root only).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Fuzz-like robustness of the message parser: whatever the bytes, it returns flows or
 //! errors and never panics (cargo-fuzz needs nightly; proptest runs on stable).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

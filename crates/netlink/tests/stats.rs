@@ -1,4 +1,5 @@
 //! Statistics against the real kernel and `conntrack -S` / `conntrack -C` (root only).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 
 mod common;
 

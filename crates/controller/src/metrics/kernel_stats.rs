@@ -521,8 +521,14 @@ mod tests {
         let started = Instant::now();
         let out = encoded(&registry);
         let took = started.elapsed();
-        assert!(took < Duration::from_millis(500), "the scrape waited {took:?}");
-        assert!(out.contains("conntrack_reconciler_table_entries 1\n"), "{out}");
+        assert!(
+            took < Duration::from_millis(500),
+            "the scrape waited {took:?}"
+        );
+        assert!(
+            out.contains("conntrack_reconciler_table_entries 1\n"),
+            "{out}"
+        );
         drop(table);
     }
 }

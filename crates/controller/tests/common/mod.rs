@@ -1,6 +1,6 @@
 //! Shared by the agent's integration tests: hand-made conntrack entries, Kubernetes objects for
 //! the lab's API double, and the agent binary started against both.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 #![allow(dead_code)] // each test file uses its own subset
 
 use ctnetlink::testing::TestNetns;

@@ -1,5 +1,6 @@
 //! Small builders for Kubernetes objects and flows, shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! Helpers shared by the real-kernel tests.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests, benches and examples may panic
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::BTreeSet;
