@@ -14,6 +14,7 @@ pub mod events;
 pub mod health;
 pub mod heap;
 pub mod http;
+pub mod index_task;
 pub mod local_addrs;
 pub mod logging;
 pub mod metrics;

@@ -18,31 +18,24 @@ use crate::cli::RunArgs;
 use crate::events::{EventPath, EventSignal};
 use crate::health::Health;
 use crate::http;
+use crate::index_task::Signal;
 use crate::local_addrs::local_addrs;
 use crate::metrics::kernel_stats::TableMetrics;
-use crate::metrics::{FamilyLabels, KindLabels, Metrics, ReasonLabels, Trigger, TriggerLabels};
+use crate::metrics::{FamilyLabels, Metrics, ReasonLabels, Trigger, TriggerLabels};
 use crate::pass::{
     FlowCache, FlowGate, PassConfig, PassReport, Sources, WalkChooser, recheck_waiting, record,
     run_pass_with,
 };
 use crate::scheduler::{Scheduler, Timing};
-use crate::watch::feed::Feed;
-use crate::watch::{self, Update, WatchTiming, What};
+use crate::watch::{self, WatchTiming};
 use anyhow::{Context, Result};
 use ctdiff::{Decision, Dirty, Gate, GateConfig, Index, IndexConfig, Kind, Knowledge};
 use ctnetlink::Conntrack;
-use kube::runtime::watcher::Event;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch as tokio_watch};
-
-/// What the index task tells the pass loop.
-enum Signal {
-    /// The index changed; these frontends are affected.
-    Changed(Dirty),
-}
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -123,7 +116,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (ready_tx, ready_rx) = tokio_watch::channel(false);
     let (event_tx, event_rx) = mpsc::unbounded_channel::<EventSignal>();
 
-    let index_task = tokio::spawn(index_loop(
+    let index_task = tokio::spawn(crate::index_task::index_loop(
         updates,
         index.clone(),
         metrics.clone(),
@@ -243,134 +236,6 @@ fn refresh_local_addrs(index: &RwLock<Index>, args: &RunArgs) {
         Err(e) => {
             tracing::warn!(error = %e, "cannot list local addresses; keeping the previous ones")
         }
-    }
-}
-
-/// Applies watch updates to the index (and its knowledge of how fresh each kind is) and tells
-/// the pass loop what changed. Returns when a watch stream ends (which ends the agent).
-async fn index_loop(
-    mut updates: watch::Updates,
-    index: Arc<RwLock<Index>>,
-    metrics: Arc<Metrics>,
-    signals: mpsc::UnboundedSender<Signal>,
-    ready: tokio_watch::Sender<bool>,
-) {
-    let mut feed = Feed::default();
-    loop {
-        let batch = match updates.next_batch().await {
-            Ok(batch) => batch,
-            Err(ended) => {
-                tracing::error!(%ended, "a watch stream ended; exiting");
-                return;
-            }
-        };
-        // Everything queued is applied under one write lock, and the dirty set and the index's
-        // sizes (a walk of the index) are taken once per batch, not once per object: a relist
-        // of 10,000 objects arrives as a burst. Each update's freshness note is applied with
-        // it, in order, so a reader never sees a view claimed fresher than its objects.
-        let now = Instant::now();
-        let relist_done = batch.iter().any(Update::is_relist_done);
-        let (skipped, dirty, stats) = {
-            let mut index = index.write().unwrap_or_else(PoisonError::into_inner);
-            let mut skipped = Vec::new();
-            for Update {
-                kind,
-                at,
-                what,
-                timely,
-            } in batch
-            {
-                let report = match what {
-                    What::Service(e) => {
-                        note(&mut index, kind, at, timely, &e);
-                        feed.services.handle(&mut index, e, now)
-                    }
-                    What::Slice(e) => {
-                        note(&mut index, kind, at, timely, &e);
-                        feed.slices.handle(&mut index, e, now)
-                    }
-                    What::Node(e) => {
-                        note(&mut index, kind, at, timely, &e);
-                        feed.nodes.handle(&mut index, e, now)
-                    }
-                    What::Pod(e) => {
-                        note(&mut index, kind, at, timely, &e);
-                        feed.pods.handle(&mut index, e, now)
-                    }
-                    What::Watching => {
-                        index.knowledge_mut().alive(kind, at);
-                        continue;
-                    }
-                    What::Bookmark => {
-                        if timely {
-                            index.knowledge_mut().bookmarked(kind, at);
-                        } else {
-                            index.knowledge_mut().alive(kind, at);
-                        }
-                        continue;
-                    }
-                    What::Failed(error) => {
-                        index.knowledge_mut().failed(kind, at);
-                        metrics
-                            .watch_errors
-                            .get_or_create(&KindLabels {
-                                kind: kind.as_str(),
-                            })
-                            .inc();
-                        tracing::warn!(kind = kind.as_str(), %error, "watch failed; retrying; nothing is deleted until it is fresh again");
-                        continue;
-                    }
-                };
-                if !report.is_empty() {
-                    skipped.push((kind.as_str(), report));
-                }
-            }
-            (skipped, index.take_dirty(), index.stats())
-        };
-        for (kind, report) in &skipped {
-            for skip in report.iter() {
-                metrics
-                    .objects_skipped
-                    .get_or_create(&KindLabels { kind })
-                    .inc();
-                tracing::warn!("{skip}");
-            }
-        }
-        metrics.record_index(&stats);
-        if relist_done {
-            // A (re)list parses whole pages of objects that are dropped once indexed; hand that
-            // memory back so the agent's footprint is the index, not its largest list.
-            crate::heap::trim();
-        }
-        for (kind, is_ready) in feed.readiness() {
-            metrics
-                .store_ready
-                .get_or_create(&KindLabels { kind })
-                .set(i64::from(is_ready));
-        }
-        // Changes before readiness are covered by the startup pass; the pass loop drains them
-        // when it sees `ready`, so they are sent first.
-        if !dirty.is_empty() && signals.send(Signal::Changed(dirty)).is_err() {
-            return;
-        }
-        if feed.all_ready() && !*ready.borrow() {
-            tracing::info!(?stats, "every watch has listed: the state is complete");
-            let _ = ready.send(true);
-        }
-    }
-}
-
-/// Records what a watch event says about the freshness of its kind. `at` of `Init` and
-/// `InitDone` is the list's start (see `watch`); an event read from a backlog (`timely`
-/// false) only shows the watch alive.
-fn note<K>(index: &mut Index, kind: Kind, at: Instant, timely: bool, event: &Event<K>) {
-    let knowledge = index.knowledge_mut();
-    match event {
-        Event::Init => knowledge.relist_started(kind, at),
-        Event::InitApply(_) => knowledge.alive(kind, Instant::now()),
-        Event::InitDone => knowledge.listed(kind, at, Instant::now()),
-        Event::Apply(_) | Event::Delete(_) if timely => knowledge.confirmed(kind, at),
-        Event::Apply(_) | Event::Delete(_) => knowledge.alive(kind, at),
     }
 }
 
