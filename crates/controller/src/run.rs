@@ -72,6 +72,27 @@ pub async fn run(args: RunArgs) -> Result<()> {
     })));
     let held = Arc::new(AtomicBool::new(false));
     let flows = Arc::new(Mutex::new(FlowCache::new(args.zone)));
+    match ctnetlink::events_sysctl(args.target.netns.as_deref()) {
+        Ok(0) => {
+            tracing::warn!(
+                "net.netfilter.nf_conntrack_events is 0: the kernel sends no conntrack events, so new stale flows wait for a pass and every pass walks the table"
+            );
+            flows
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .disable();
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read net.netfilter.nf_conntrack_events; assuming events are on")
+        }
+    }
+    if args.no_events {
+        flows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .disable();
+    }
     // Walk the table before the first list: a flow found now existed before that list was
     // requested, so the list alone proves a never-seen backend of it gone. After a restart,
     // flows to backends that left while the agent was down then go with the startup pass

@@ -106,6 +106,22 @@ impl EventOptions {
     }
 }
 
+/// The namespace's `net.netfilter.nf_conntrack_events` setting (read inside `netns` when
+/// given): 0 means the kernel sends no conntrack events at all, 1 that it always does, 2 (the
+/// default since Linux 6.x) that it does once a listener has subscribed.
+pub fn events_sysctl(netns: Option<&Path>) -> std::io::Result<u8> {
+    fn read() -> std::io::Result<u8> {
+        let text = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_events")?;
+        text.trim()
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+    match netns {
+        Some(path) => crate::netns::in_netns(path, read)?,
+        None => read(),
+    }
+}
+
 /// Counters of an [`EventStream`] since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventStats {

@@ -128,7 +128,7 @@ pub use conntrack::{
 pub use error::Error;
 pub use events::{
     DEFAULT_EVENT_BUFFER, Event, EventKinds, EventOptions, EventStats, EventStream, events,
-    events_with, events_with_buffer,
+    events_sysctl, events_with, events_with_buffer,
 };
 pub use model::{DumpFilter, Family, Flow, FlowKey, NewFlow, Status, Tuple, ZoneDir, proto};
 pub use stats::{

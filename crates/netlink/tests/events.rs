@@ -230,3 +230,17 @@ async fn empty_filter_lists_are_refused() {
         assert!(matches!(err, ctnetlink::Error::Invalid(_)), "{err}");
     }
 }
+
+#[test]
+fn the_events_sysctl_is_read_inside_the_namespace() {
+    if !ctnetlink::testing::root_or_skip("the_events_sysctl_is_read_inside_the_namespace") {
+        return;
+    }
+    let ns = ctnetlink::testing::TestNetns::new("ct-evsysctl").unwrap();
+    ns.exec_checked(["sysctl", "-qw", "net.netfilter.nf_conntrack_events=0"])
+        .unwrap();
+    assert_eq!(ctnetlink::events_sysctl(Some(&ns.path())).unwrap(), 0);
+    ns.exec_checked(["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"])
+        .unwrap();
+    assert_eq!(ctnetlink::events_sysctl(Some(&ns.path())).unwrap(), 1);
+}

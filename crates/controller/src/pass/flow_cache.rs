@@ -24,6 +24,8 @@ pub struct FlowCache {
     losses: u64,
     /// The zone judged; other zones' flows are not indexed.
     zone: u16,
+    /// The kernel sends no events (or the event path is off): never trusted.
+    disabled: bool,
 }
 
 impl FlowCache {
@@ -49,7 +51,14 @@ impl FlowCache {
     /// an index record does not keep which direction a zone applies to, which a key of a zoned
     /// entry needs; with another zone every pass walks the table.
     pub fn following(&mut self) {
-        self.following = self.zone == 0;
+        self.following = self.zone == 0 && !self.disabled;
+    }
+
+    /// Never trust the cache: no events will keep it current (the event path is off, or the
+    /// namespace's `net.netfilter.nf_conntrack_events` is 0). Every pass walks the table.
+    pub fn disable(&mut self) {
+        self.disabled = true;
+        self.unsubscribed();
     }
 
     /// Events were lost; the subscription goes on. The cache may lack flows until a full walk
@@ -278,6 +287,17 @@ mod tests {
             vec![np.key()]
         );
         assert!(cache.scoped(&Dirty::all()).is_none(), "a full pass walks");
+    }
+
+    #[test]
+    fn a_disabled_cache_is_never_trusted() {
+        let mut cache = FlowCache::new(0);
+        cache.disable();
+        cache.following();
+        let token = cache.begin_seed();
+        cache.finish_seed(token);
+        assert!(!cache.is_complete());
+        assert!(cache.scoped(&Dirty::of([Frontend::NodePort(1)])).is_none());
     }
 
     #[test]
