@@ -90,6 +90,8 @@ pub struct ClusterState {
     pub(crate) judged: Vec<JudgedService>,
     /// (namespace, Service name, `IPv4`/`IPv6`) of every labelled EndpointSlice read.
     pub(crate) covered: HashSet<(String, String, &'static str)>,
+    /// Reused for each object's canonical JSON (see `content_hash`).
+    pub(crate) scratch: Vec<u8>,
 }
 
 /// What [`ClusterState::incompleteness`] needs of a judged Service.
@@ -146,11 +148,12 @@ impl ClusterState {
     }
 
     fn read_text(&mut self, text: &str, each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
-        // Before any parser sees it: see MAX_FLOW_DEPTH.
-        check_flow_depth(text)?;
         if text.trim_start().starts_with(['{', '[']) {
+            // serde_json is not slowed by nesting; the depth is bounded while checking it.
             return self.read_json(text.as_bytes(), each);
         }
+        // Before the YAML parser sees it: see MAX_FLOW_DEPTH.
+        check_flow_depth(text)?;
         for (n, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let mut value = Value::deserialize(document).map_err(|e| {
                 anyhow!(
@@ -173,13 +176,17 @@ impl ClusterState {
         Ok(())
     }
 
-    /// JSON (`-o json`): checked whole first (syntax, keys given twice, trailing documents)
-    /// without building anything, then each object is decoded from its own bytes.
+    /// JSON (`-o json`): checked whole first (syntax, keys given twice, nesting, trailing
+    /// documents) without building anything, then each object is decoded from its own bytes.
     fn read_json(&mut self, text: &[u8], each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
         let mut de = serde_json::Deserializer::from_slice(text);
-        StrictJson
-            .deserialize(&mut de)
-            .map_err(|e| anyhow!("not valid JSON: {}", nesting_hint(e.to_string())))?;
+        let mut keys = Vec::new();
+        StrictJson {
+            keys: &mut keys,
+            depth: 0,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| anyhow!("not valid JSON: {}", nesting_hint(e.to_string())))?;
         // `kubectl get -o json` prints one document; a second one would be dropped.
         de.end().map_err(|e| {
             anyhow!(
@@ -188,15 +195,16 @@ impl ClusterState {
             )
         })?;
         self.add_json(text, json_text::skip_ws(text, 0), each)
+            .map(drop)
     }
 
-    /// Adds the JSON value starting at `at` of `text` (valid JSON).
+    /// Adds the JSON value starting at `at` of `text` (valid JSON); returns where it ends.
     fn add_json(
         &mut self,
         text: &[u8],
         at: usize,
         each: &mut dyn FnMut(StateObject<'_>),
-    ) -> Result<()> {
+    ) -> Result<usize> {
         if text[at] != b'{' {
             bail!(
                 "expected a Kubernetes object (a mapping), found {}",
@@ -213,21 +221,29 @@ impl ClusterState {
         let (api_version, kind) = (string(api_version), string(kind));
         if kind.ends_with("List") {
             let Some(items) = items else {
-                return Ok(());
+                return Ok(end);
             };
             match text[items.start] {
                 b'[' => {}
-                b'n' => return Ok(()),
+                b'n' => return Ok(end),
                 other => bail!(
                     "{kind}: items is {}, not a list",
                     json_text::type_name(other)
                 ),
             }
-            for (i, item) in json_text::elements(text, items.start).enumerate() {
-                self.add_json(text, item, each)
-                    .with_context(|| format!("{kind} item {i}"))?;
+            // Each item is walked once: reading it tells where the next one starts.
+            let (mut i, mut n) = (json_text::skip_ws(text, items.start + 1), 0);
+            while text[i] != b']' {
+                let item_end = self
+                    .add_json(text, i, each)
+                    .with_context(|| format!("{kind} item {n}"))?;
+                i = json_text::skip_ws(text, item_end);
+                if text[i] == b',' {
+                    i = json_text::skip_ws(text, i + 1);
+                }
+                n += 1;
             }
-            return Ok(());
+            return Ok(end);
         }
         let name = metadata
             .filter(|m| text[m.start] == b'{')
@@ -239,7 +255,8 @@ impl ClusterState {
             })
             .unwrap_or_else(|| object_name(None, None));
         let raw = Raw::Json { text, at: at..end };
-        self.add_object(&api_version, &kind, &name, raw, each)
+        self.add_object(&api_version, &kind, &name, raw, each)?;
+        Ok(end)
     }
 
     fn add_value(&mut self, mut value: Value, each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
@@ -344,7 +361,7 @@ impl ClusterState {
     /// True the first time `kind name` is read; an identical later copy is false, a different
     /// one an error.
     fn first_copy(&mut self, kind: &str, name: &str, object: &impl Serialize) -> Result<bool> {
-        let hash = content_hash(object)?;
+        let hash = self.content_hash(object)?;
         match self.seen.entry(format!("{kind} {name}")) {
             std::collections::hash_map::Entry::Occupied(at) => {
                 if *at.get() != hash {
@@ -360,6 +377,17 @@ impl ClusterState {
                 Ok(true)
             }
         }
+    }
+
+    /// A hash of `object`'s JSON form, which is canonical for the typed objects (fields in a
+    /// fixed order, maps sorted), so two copies of an object hash alike whatever file format
+    /// and key order they were read from.
+    fn content_hash(&mut self, object: &impl Serialize) -> Result<u64> {
+        self.scratch.clear();
+        serde_json::to_writer(&mut self.scratch, object).context("hashing an object")?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        hasher.write(&self.scratch);
+        Ok(hasher.finish())
     }
 
     fn note_service(&mut self, svc: &Service) {
@@ -472,26 +500,6 @@ impl Raw<'_> {
     }
 }
 
-/// A hash of `object`'s JSON form, which is canonical for the typed objects (fields in a fixed
-/// order, maps sorted), so two copies of an object hash alike whatever file format and key
-/// order they were read from.
-fn content_hash(object: &impl Serialize) -> Result<u64> {
-    struct HashWriter(std::collections::hash_map::DefaultHasher);
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            // `Hasher::write` is streaming: the chunks the serializer writes in do not matter.
-            self.0.write(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut w = HashWriter(Default::default());
-    serde_json::to_writer(&mut w, object).context("hashing an object")?;
-    Ok(w.0.finish())
-}
-
 /// What the engine reads of a Node (ctdiff's `parse_node`): its name and addresses.
 fn slim_node(node: Node) -> Node {
     Node {
@@ -519,18 +527,39 @@ fn has_host_port(pod: &Pod) -> bool {
 }
 
 /// Parses any JSON value without keeping it, and fails, as the YAML value type does, on a
-/// mapping that gives a key twice (which copy counts is a guess).
-struct StrictJson;
+/// mapping that gives a key twice (which copy counts is a guess), and on brackets nested deeper
+/// than [`MAX_FLOW_DEPTH`].
+struct StrictJson<'k, 'de> {
+    /// The keys of the mappings being read, innermost last: one buffer for the whole text.
+    keys: &'k mut Vec<Cow<'de, str>>,
+    depth: usize,
+}
 
-impl<'de> DeserializeSeed<'de> for StrictJson {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(StrictJson)
+impl<'de> StrictJson<'_, 'de> {
+    /// One level deeper, or the error for nesting too deep.
+    fn nested<E: serde::de::Error>(&mut self) -> Result<StrictJson<'_, 'de>, E> {
+        if self.depth >= MAX_FLOW_DEPTH {
+            return Err(E::custom(format_args!(
+                "brackets nested deeper than {MAX_FLOW_DEPTH} levels, far deeper than any \
+                 Kubernetes object"
+            )));
+        }
+        Ok(StrictJson {
+            keys: &mut *self.keys,
+            depth: self.depth + 1,
+        })
     }
 }
 
-impl<'de> Visitor<'de> for StrictJson {
+impl<'de> DeserializeSeed<'de> for StrictJson<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictJson<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -561,25 +590,29 @@ impl<'de> Visitor<'de> for StrictJson {
         Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(StrictJson)?.is_some() {}
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        let _ = self.nested::<A::Error>()?;
+        while seq.next_element_seed(self.nested()?)?.is_some() {}
         Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        // Objects have a few keys: a list is faster than a set until they have many.
-        let mut keys: Vec<Cow<'de, str>> = Vec::new();
-        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        let _ = self.nested::<A::Error>()?;
+        // Objects have a few keys: a scan of this mapping's part of the buffer is faster than
+        // a set until they have many.
+        let start = self.keys.len();
+        let mut many: Option<HashSet<Cow<'de, str>>> = None;
         while let Some(key) = map.next_key_seed(JsonKey)? {
-            let twice = if many.is_empty() && keys.len() < 32 {
-                let twice = keys.contains(&key);
-                keys.push(key.clone());
-                if keys.len() == 32 {
-                    many.extend(keys.drain(..));
+            let twice = match &mut many {
+                Some(set) => !set.insert(key.clone()),
+                None => {
+                    let twice = self.keys[start..].contains(&key);
+                    self.keys.push(key.clone());
+                    if self.keys.len() - start >= 32 {
+                        many = Some(self.keys.drain(start..).collect());
+                    }
+                    twice
                 }
-                twice
-            } else {
-                !many.insert(key.clone())
             };
             if twice {
                 // The YAML value type's words, which this reading replaced.
@@ -587,8 +620,9 @@ impl<'de> Visitor<'de> for StrictJson {
                     "duplicate entry with key {key:?}"
                 )));
             }
-            map.next_value_seed(StrictJson)?;
+            map.next_value_seed(self.nested()?)?;
         }
+        self.keys.truncate(start);
         Ok(())
     }
 }
@@ -681,22 +715,6 @@ mod json_text {
                 j
             }
         }
-    }
-
-    /// The start of each element of the array whose `[` is at `at`.
-    pub(super) fn elements(text: &[u8], at: usize) -> impl Iterator<Item = usize> + '_ {
-        let mut i = skip_ws(text, at + 1);
-        std::iter::from_fn(move || {
-            if text[i] == b']' {
-                return None;
-            }
-            let start = i;
-            i = skip_ws(text, value_end(text, i));
-            if text[i] == b',' {
-                i = skip_ws(text, i + 1);
-            }
-            Some(start)
-        })
     }
 
     /// The end of the object whose `{` is at `at`, and where the values of `keys` are.
@@ -829,13 +847,18 @@ fn read_capped(path: &Path) -> Result<String> {
         )
     };
     let file = std::fs::File::open(path)?;
+    let mut size = 0;
     if let Ok(meta) = file.metadata()
         && meta.is_file()
-        && meta.len() > MAX_STATE_FILE_BYTES
     {
-        return Err(too_big());
+        if meta.len() > MAX_STATE_FILE_BYTES {
+            return Err(too_big());
+        }
+        size = meta.len() as usize;
     }
-    let mut bytes = Vec::new();
+    // Sized up front: growing by doubling would hold two copies of most of the text at once
+    // (`take` hides the file's size from `read_to_end`).
+    let mut bytes = Vec::with_capacity(size + 1);
     file.take(MAX_STATE_FILE_BYTES + 1)
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_STATE_FILE_BYTES {
@@ -1695,6 +1718,28 @@ spec:
             s.warnings[0].contains(r#"ConfigMap y/x]}"[{"#),
             "{:?}",
             s.warnings
+        );
+    }
+
+    #[test]
+    fn json_nesting_is_bounded_where_yaml_nesting_is() {
+        let text = |n: usize| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"x","namespace":"y"}},"data":{}1{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        // The object is one level, its `data` n more: 100 levels are accepted, 101 are not,
+        // as by the YAML reader's bound.
+        check_flow_depth(&text(99)).unwrap();
+        check_flow_depth(&text(100)).unwrap_err();
+        ClusterState::default().add_text(&text(99)).unwrap();
+        let err = ClusterState::default().add_text(&text(100)).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("nested deeper than 100 levels") && msg.contains("not valid JSON"),
+            "{msg}"
         );
     }
 
