@@ -4,6 +4,11 @@
 //! `cargo run --release -p e2e --bin agent-bench -- [--entries N] [--services S] [--rounds R]
 //! [--events E] [--run-services S] [--agent PATH] [--json]`
 //!
+//! `agent-bench check-state [--services S] [--endpoints E] [--rounds R] [--agent PATH] [--yaml]`
+//! measures what reading a big `--state` file costs `check` on an empty table: its peak RSS,
+//! and how long after its `execve` it sends its first conntrack dump request (seen by
+//! `strace`, in a separate run from the RSS one).
+//!
 //! Every figure is reported against something measured in the same run: `check`'s wall time
 //! against the raw dump floor (`ctnetlink::testing::RawDumper`), event latency as measured from
 //! the create call to the kernel's DESTROY event. With `--json` the table goes to stderr and one
@@ -295,6 +300,9 @@ fn apply_cluster(api: &ApiServer, services: u32) -> Result<()> {
 }
 
 fn run() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("check-state") {
+        return check_state_bench();
+    }
     let o = options()?;
     if !ctnetlink::testing::is_root() {
         bail!("needs root (network namespaces, CAP_NET_ADMIN, sysctl)");
@@ -482,4 +490,135 @@ async fn event_latencies(
     }
     out.sort();
     Ok(out)
+}
+
+/// `agent-bench check-state`: `check --state` with a big state file on an empty table, so the
+/// figures are the cost of reading the state (see the module docs).
+fn check_state_bench() -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let (mut services, mut endpoints, mut rounds) = (10_000u32, 3u32, 5usize);
+    let (mut agent, mut yaml) = (exe.with_file_name("conntrack-reconciler"), false);
+    let mut args = std::env::args().skip(2);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--services" => services = value()?.parse()?,
+            "--endpoints" => endpoints = value()?.parse()?,
+            "--rounds" => rounds = value()?.parse()?,
+            "--agent" => agent = value()?.into(),
+            "--yaml" => yaml = true,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    if services == 0 || services > 60_000 || !(1..=250).contains(&endpoints) || rounds == 0 {
+        bail!("--services 1..=60000, --endpoints 1..=250, --rounds >= 1");
+    }
+    if !agent.is_file() {
+        bail!("agent binary {} not found: pass --agent", agent.display());
+    }
+    if !ctnetlink::testing::is_root() {
+        bail!("needs root (a network namespace)");
+    }
+    let ns = TestNetns::new("ckstate")?;
+    let dir = tempfile::tempdir()?;
+    // As `kubectl get services,endpointslices -A -o json|yaml` prints it: a v1 List, indented.
+    let items: Vec<Value> = (0..services)
+        .flat_map(|i| [service(i), slice(i, endpoints)])
+        .collect();
+    let list = json!({"apiVersion": "v1", "items": items, "kind": "List",
+                      "metadata": {"resourceVersion": ""}});
+    let state = dir
+        .path()
+        .join(if yaml { "state.yaml" } else { "state.json" });
+    let text = if yaml {
+        serde_yaml::to_string(&list)?.into_bytes()
+    } else {
+        serde_json::to_vec_pretty(&list)?
+    };
+    std::fs::write(&state, &text)?;
+    drop((items, list));
+    let check = |cmd: &mut Command| {
+        cmd.args(["check", "-o", "json", "--node-name", NODE, "--state"])
+            .arg(&state)
+            .arg("--netns")
+            .arg(ns.path())
+            .env("RUST_LOG", "error");
+    };
+    let trace = dir.path().join("strace.log");
+    let usage = dir.path().join("time.txt");
+    let (mut rss, mut walls, mut firsts) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        // Through GNU time: a process forked from this one starts its peak RSS at this
+        // process's (the kernel keeps the high-water mark across exec), so `timed`'s own
+        // figure would be this bench's size; time's child is forked from a small process.
+        let mut cmd = Command::new("/usr/bin/time");
+        cmd.args(["-f", "%M", "-o"]).arg(&usage).arg(&agent);
+        check(&mut cmd);
+        let (wall, _) = timed(&mut cmd).context("/usr/bin/time (apt-get install time)")?;
+        walls.push(wall);
+        let kib = std::fs::read_to_string(&usage)?;
+        rss.push(kib.trim().parse::<u64>().context("time's %M")?);
+        // --seccomp-bpf: only the traced calls stop the process, not its reading.
+        let mut cmd = Command::new("strace");
+        cmd.args([
+            "--seccomp-bpf",
+            "-f",
+            "-ttt",
+            "-e",
+            "trace=execve,sendto,sendmsg",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg("--")
+        .arg(&agent);
+        check(&mut cmd);
+        timed(&mut cmd).context("strace (apt-get install strace)")?;
+        firsts.push(first_dump_after_exec(&std::fs::read_to_string(&trace)?)?);
+    }
+    rss.sort_unstable();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (first_min, first_med) = (*firsts.iter().min().context("no rounds")?, median(firsts));
+    println!(
+        "agent-bench check-state: {services} services x {endpoints} endpoints, {format} state \
+         file of {size:.1} MiB, empty table, {rounds} rounds\n\
+         | what | median | min / max | target |\n|---|---|---|---|\n\
+         | peak RSS | {rss_med:.1} MiB | {rss_min:.1} / {rss_max:.1} MiB | <= 48 MiB |\n\
+         | execve to the first conntrack dump request (strace) | {first_med:.0} ms | {first_min:.0} ms | <= 100 ms |\n\
+         | wall time, process start to exit | {wall:.0} ms | | |",
+        format = if yaml { "YAML" } else { "JSON" },
+        size = text.len() as f64 / (1 << 20) as f64,
+        rss_med = mib(rss[rss.len() / 2]),
+        rss_min = mib(rss[0]),
+        rss_max = mib(rss[rss.len() - 1]),
+        first_med = ms(first_med),
+        first_min = ms(first_min),
+        wall = ms(median(walls)),
+    );
+    Ok(())
+}
+
+/// From `strace -f -ttt` output: the time from the first `execve` to the first ctnetlink dump
+/// request (IPCTNL_MSG_CT_GET with NLM_F_DUMP).
+fn first_dump_after_exec(trace: &str) -> Result<Duration> {
+    let stamp = |line: &str| -> Option<f64> {
+        // `PID SECONDS.MICROS call(...)`
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let exec = trace
+        .lines()
+        .find(|l| l.contains("execve("))
+        .and_then(stamp)
+        .context("no execve in the strace output")?;
+    let dump = trace
+        .lines()
+        .find(|l| {
+            // strace does not always decode netfilter messages: ctnetlink's GET is 0x101
+            // (NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET), NLM_F_DUMP is 0x300.
+            (l.contains("IPCTNL_MSG_CT_GET") || l.contains("nlmsg_type=0x101 "))
+                && (l.contains("NLM_F_DUMP") || l.contains("|0x300"))
+        })
+        .and_then(stamp)
+        .context("no conntrack dump request in the strace output")?;
+    Ok(Duration::from_secs_f64((dump - exec).max(0.0)))
 }
