@@ -365,7 +365,7 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
             }
             let handle = p.ct.take().context("the conntrack handle is missing")?;
             let full = due.scope.all;
-            let (handle, ok) = run_passes(handle, due.trigger, due.scope, &p).await?;
+            let (handle, ok) = run_one_pass(handle, due.trigger, due.scope, &p).await?;
             p.ct = Some(handle);
             if full && ok {
                 // Every flow of the walk before the first list has now been judged.
@@ -390,7 +390,7 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
                 EventSignal::Subscribed => {
                     // A full walk seeds the flow cache, unless one already did since.
                     if !p.flows.lock().unwrap_or_else(PoisonError::into_inner).is_complete() {
-                        scheduler.on_events_lost(Instant::now());
+                        scheduler.on_cache_unseeded();
                     }
                 }
                 EventSignal::RateLimited(frontend) => scheduler.on_rate_limited(frontend, Instant::now()),
@@ -542,7 +542,7 @@ fn pass_family(args: &RunArgs) -> Option<ctnetlink::Family> {
 }
 
 /// Runs one pass on a blocking thread; returns the handle and whether it succeeded.
-async fn run_passes(
+async fn run_one_pass(
     ct: Conntrack,
     trigger: Trigger,
     scope: Dirty,

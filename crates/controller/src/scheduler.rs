@@ -143,6 +143,12 @@ impl Scheduler {
         self.full_now.get_or_insert(Trigger::view_fresh);
     }
 
+    /// Records that the flow cache needs a seeding walk (the event subscription is up): a
+    /// full pass is due at once.
+    pub fn on_cache_unseeded(&mut self) {
+        self.full_now.get_or_insert(Trigger::cache_seed);
+    }
+
     /// When the next pass is due (possibly in the past).
     pub fn next_deadline(&self) -> Instant {
         let mut next = self.next_periodic;
@@ -224,6 +230,7 @@ impl Trigger {
                 Trigger::change => 1,
                 Trigger::periodic => 2,
                 Trigger::view_fresh => 3,
+                Trigger::cache_seed => 3,
                 Trigger::events_lost => 3,
                 Trigger::startup => 4,
             }

@@ -321,7 +321,7 @@ impl Collector for TableMetrics {
         }
         let mut family = encoder.encode_descriptor(
             "stale_flows_left",
-            "Stale UDP flows the last pass found and left in the table (dry run, deletion budget, outside its scope), by owner and reason",
+            "Stale UDP flows the last full pass found and left in the table (dry run, deletion budget, waiting for proof), by owner and reason",
             None,
             probe.metric_type(),
         )?;

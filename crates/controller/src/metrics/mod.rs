@@ -73,6 +73,8 @@ pub enum Trigger {
     periodic,
     /// The agent's view turned fresh again after stale flows were held.
     view_fresh,
+    /// The event subscription is up and the flow cache needs its seeding walk.
+    cache_seed,
 }
 
 /// Labels `{kind}`.
@@ -100,7 +102,7 @@ pub struct Metrics {
     pub delete_errors: Family<FamilyLabels, Counter>,
     /// Passes that hit the deletion budget.
     pub budget_exhausted: Counter,
-    /// Conntrack events received, by kind (`new`; DESTROY is not subscribed).
+    /// Conntrack events received, by kind (`new`, `destroy`).
     pub events: Family<KindLabels, Counter>,
     /// Times the kernel reported lost conntrack events.
     pub events_lost: Counter,
@@ -367,7 +369,9 @@ impl Metrics {
                 let _ = self.flows_not_deleted.get_or_create(&labels);
             }
         }
-        let _ = self.events.get_or_create(&KindLabels { kind: "new" });
+        for kind in ["new", "destroy"] {
+            let _ = self.events.get_or_create(&KindLabels { kind });
+        }
         for kind in ctdiff::Kind::ALL.map(ctdiff::Kind::as_str) {
             let _ = self.watch_errors.get_or_create(&KindLabels { kind });
             let _ = self.objects_skipped.get_or_create(&KindLabels { kind });
