@@ -96,6 +96,13 @@ impl EventPath {
                     if let Some(e) = stream.last_malformed() {
                         tracing::warn!(error = %e, "skipped an unparseable conntrack event");
                     }
+                    // The skipped event may have been a NEW: the cache may lack that flow, as
+                    // after a loss, until a full walk seeds it again.
+                    self.flows
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .lost();
+                    let _ = self.signals.send(EventSignal::Lost);
                 }
                 match item {
                     Ok(event) => {
@@ -169,6 +176,12 @@ impl EventPath {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .destroyed(&flow);
+                // A waiting entry goes with its flow: a later entry with the same key (the
+                // kernel reuses ids) must be judged from its own first sighting.
+                self.gate
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget(&flow.key());
                 None
             }
             Event::Lost => {
@@ -554,6 +567,21 @@ mod tests {
             .get_or_create(&crate::metrics::DecisionLabels { decision: "defer" })
             .get();
         assert_eq!(postponed, 1);
+    }
+
+    #[test]
+    fn a_destroyed_flow_stops_waiting() {
+        let mut h = Harness::new(100, false);
+        let now = h.at(1000);
+        let unseen = flow(4000, 53, UNSEEN);
+        assert!(h.new_flow(unseen, now).is_none());
+        assert_eq!(h.waiting(), 1);
+        let _ = h.path.on_event(Event::Destroy(unseen), &mut h.limiter, now);
+        assert_eq!(
+            h.waiting(),
+            0,
+            "a re-created entry is judged from its own first sighting"
+        );
     }
 
     #[test]
