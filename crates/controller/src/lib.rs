@@ -1,10 +1,12 @@
 //! `conntrack-reconciler`: the node agent that deletes stale UDP conntrack entries.
 //!
-//! The library is wiring, grouped by concern: flags ([`cli`]); watches of the API server and
-//! their feed into the index ([`watch`]); when passes run ([`scheduler`]); passes over the table
-//! ([`pass`]); the kernel event path ([`events`]); metrics ([`metrics`]), liveness and readiness
-//! ([`health`]) and the admin server ([`http`]); the one-shot `check` command ([`check`]). Decisions live in `ctdiff`; the kernel
-//! table in `ctnetlink`. The binary (`main.rs`) only parses flags and starts a runtime.
+//! The library is wiring, grouped by concern: flags ([`cli`]); watches of the API server
+//! ([`watch`]) and the task feeding them into the index ([`index_task`]); when passes run
+//! ([`scheduler`]); passes over the table, their pure planner and the flow cache ([`pass`]); the
+//! kernel event path ([`events`]); metrics ([`metrics`]), liveness and readiness ([`health`]) and
+//! the admin server ([`http`]); the one-shot `check` command ([`check`]). Decisions live in
+//! `ctdiff`; the kernel table in `ctnetlink`. The binary (`main.rs`) only parses flags and
+//! starts a runtime.
 
 #![warn(missing_docs)]
 

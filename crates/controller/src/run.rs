@@ -1,18 +1,21 @@
 //! `conntrack-reconciler run`: the wiring of watches, index, triggers, passes and metrics.
 //!
 //! Tasks:
-//! - *watches*: one list-then-watch loop per kind (see `watch`);
-//! - *index*: watch updates → `Feed` → `Index` and its `Knowledge` (how fresh each kind is),
+//! - *index* (see `index_task`): the per-kind list-then-watch streams (see `watch`), merged and
+//!   read in batches → `Feed` → `Index` and its `Knowledge` (how fresh each kind is),
 //!   write-locked per batch; dirty frontends → pass loop;
-//! - *pass loop*: the `Scheduler` decides when; passes run on a blocking thread, one at a time;
-//!   every second it also re-checks the flows the gate keeps waiting (from memory, no dump);
-//! - *events*: conntrack NEW events → immediate deletes (see `events`);
-//! - *admin*: `/metrics`, `/healthz`, `/readyz`.
+//! - *pass loop*: the `Scheduler` decides when; passes run on a blocking thread, one at a time,
+//!   served by the flow cache when it is trusted (no table walk) and walking the table
+//!   otherwise; every second it also re-checks the flows the gate keeps waiting (from memory);
+//! - *events*: conntrack NEW and DESTROY events keep the flow cache current, and a stale NEW
+//!   flow is deleted at once (see `events`);
+//! - *admin*: `/metrics`, `/healthz`, `/readyz`, served from the start.
 //!
 //! Every deletion goes through one `FlowGate`: nothing is deleted unless every watch is fresh,
 //! and a flow to a backend the agent never saw waits for proof (see `ctdiff::Gate`). If any
 //! task ends or panics, the process exits non-zero (a restart is the safe way back). On
-//! SIGTERM/SIGINT a pass in flight (and its delete batch) finishes, and the process exits 0.
+//! SIGTERM/SIGINT the pass loop finishes the pass in flight (and its delete batch), then the
+//! process exits 0.
 
 use crate::cli::RunArgs;
 use crate::events::{EventPath, EventSignal};
