@@ -37,6 +37,11 @@ use crate::wire::*;
 
 /// Receive buffer of one event datagram (one event is well under 1 KiB; several may share one).
 const RECV_BUF: usize = 64 * 1024;
+/// Datagrams received per system call (one event each).
+const EVENT_BATCH: usize = 64;
+/// Room per datagram: a conntrack event message is well under a page.
+const EVENT_SLOT: usize = 4096;
+
 /// Default socket receive buffer: about 25,000 events of backlog before loss.
 pub const DEFAULT_EVENT_BUFFER: usize = 16 * 1024 * 1024;
 
@@ -237,6 +242,7 @@ pub fn events_with(netns: Option<&Path>, options: &EventOptions) -> Result<Event
     Ok(EventStream {
         fd,
         pending: Pending::new(criteria),
+        batch: socket::DatagramBatch::new(EVENT_BATCH, EVENT_SLOT),
     })
 }
 
@@ -248,6 +254,8 @@ pub fn events_with(netns: Option<&Path>, options: &EventOptions) -> Result<Event
 pub struct EventStream {
     fd: AsyncFd<Socket>,
     pending: Pending,
+    /// Datagrams received together, handed to `pending` one at a time.
+    batch: socket::DatagramBatch,
 }
 
 impl EventStream {
@@ -358,13 +366,33 @@ impl Stream for EventStream {
             if let Some(event) = this.pending.next_event() {
                 return Poll::Ready(Some(Ok(event)));
             }
+            match this.batch.next_datagram() {
+                Some(Ok(datagram)) => {
+                    this.pending.buf.clear();
+                    this.pending.buf.extend_from_slice(datagram);
+                    this.pending.received();
+                    continue;
+                }
+                Some(Err(slot)) => {
+                    this.pending.received();
+                    this.pending.malformed(Error::io(
+                        "receive events",
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("event datagram longer than {slot} bytes, truncated"),
+                        ),
+                    ));
+                    continue;
+                }
+                None => {}
+            }
             let mut guard = match ready!(this.fd.poll_read_ready(cx)) {
                 Ok(guard) => guard,
                 Err(err) => return Poll::Ready(Some(Err(Error::io("wait for events", err)))),
             };
-            let buf = &mut this.pending.buf;
-            match guard.try_io(|fd| socket::recv_datagram(fd.get_ref(), buf, 0)) {
-                Ok(Ok(_len)) => this.pending.received(),
+            let batch = &mut this.batch;
+            match guard.try_io(|fd| batch.recv(fd.get_ref())) {
+                Ok(Ok(_received)) => {}
                 Ok(Err(err)) if err.raw_os_error() == Some(libc::ENOBUFS) => {
                     this.pending.clear();
                     this.pending.stats.lost += 1;

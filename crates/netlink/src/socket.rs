@@ -259,3 +259,91 @@ pub fn send_all(socket: &Socket, bytes: &[u8], op: &'static str) -> Result<(), E
         }
     }
 }
+
+/// Several datagrams received with one `recvmmsg(2)`: event sockets get one datagram per
+/// event, and on a busy node one system call per event would cost more than the event itself.
+#[derive(Debug)]
+pub struct DatagramBatch {
+    /// `slots` datagram buffers of `slot` bytes each, back to back.
+    data: Vec<u8>,
+    slot: usize,
+    /// Length of each received datagram; `None` when it was truncated.
+    lens: Vec<Option<usize>>,
+    /// The next datagram to hand out.
+    next: usize,
+}
+
+impl DatagramBatch {
+    /// Room for `slots` datagrams of at most `slot` bytes.
+    pub fn new(slots: usize, slot: usize) -> Self {
+        DatagramBatch {
+            data: vec![0; slots.max(1) * slot],
+            slot,
+            lens: Vec::with_capacity(slots.max(1)),
+            next: 0,
+        }
+    }
+
+    /// The next received datagram not handed out yet: `Some(Ok(bytes))`, `Some(Err(size))`
+    /// for one longer than a slot (truncated), or `None` when the batch is used up.
+    pub fn next_datagram(&mut self) -> Option<Result<&[u8], usize>> {
+        let len = *self.lens.get(self.next)?;
+        let start = self.next * self.slot;
+        self.next += 1;
+        Some(match len {
+            Some(len) => Ok(&self.data[start..start + len]),
+            None => Err(self.slot),
+        })
+    }
+
+    /// Receives up to a batch of datagrams without waiting (the socket is non-blocking):
+    /// the number received, or the error of the first receive (`WouldBlock`, `ENOBUFS`…).
+    pub fn recv(&mut self, socket: &Socket) -> Result<usize, io::Error> {
+        self.lens.clear();
+        self.next = 0;
+        let slots = self.data.len() / self.slot;
+        let mut iovecs: Vec<libc::iovec> = self
+            .data
+            .chunks_exact_mut(self.slot)
+            .map(|chunk| libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: chunk.len(),
+            })
+            .collect();
+        // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name, no control data).
+        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; slots];
+        for (header, iov) in headers.iter_mut().zip(iovecs.iter_mut()) {
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        let vlen = u32::try_from(slots).unwrap_or(u32::MAX);
+        let received = loop {
+            // SAFETY: `headers` holds `vlen` entries, each pointing at one iovec of `iovecs`,
+            // which points into `self.data`; all three outlive the call, and the kernel writes
+            // at most `iov_len` bytes per slot.
+            let n = unsafe {
+                libc::recvmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    vlen,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n >= 0 {
+                break usize::try_from(n).unwrap_or(0);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        };
+        for header in &headers[..received] {
+            let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let len = header.msg_len as usize;
+            self.lens
+                .push((!truncated && len <= self.slot).then_some(len));
+        }
+        Ok(received)
+    }
+}
