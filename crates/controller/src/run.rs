@@ -140,6 +140,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (ready_tx, ready_rx) = tokio_watch::channel(false);
     let (event_tx, event_rx) = mpsc::unbounded_channel::<EventSignal>();
 
+    let addrs_task = tokio::spawn(local_addrs_loop(index.clone(), args.target.netns.clone()));
     let index_task = tokio::spawn(crate::index_task::index_loop(
         updates,
         index.clone(),
@@ -200,6 +201,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         result = &mut pass_task => result.context("pass loop task")??,
         result = admin => result.context("admin server task")??,
         result = index_task => task_ended("index", result)?,
+        result = addrs_task => task_ended("local addresses", result)?,
         result = events_end => task_ended("conntrack events", result)?,
         () = shutdown_signal() => {
             // Cooperative: the pass loop finishes the pass (and delete batch) in flight, then
@@ -332,9 +334,6 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         let now = Instant::now();
         if now >= next_tick {
             next_tick = now + TICK;
-            // A node address that moves away (keepalived, kube-vip) stops being a NodePort
-            // frontend here at once, not at the next periodic pass.
-            refresh_local_addrs_off_worker(&p).await;
             let fresh = record_freshness(&p);
             if fresh && p.held.swap(false, Ordering::Relaxed) {
                 tracing::info!(
@@ -408,18 +407,32 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
 
 /// Re-reads this node's addresses (getifaddrs, inside another namespace with `--netns`) on a
 /// blocking thread.
-async fn refresh_local_addrs_off_worker(p: &PassLoop) {
-    let netns = p.args.target.netns.clone();
-    match tokio::task::spawn_blocking(move || local_addrs(netns.as_deref())).await {
-        Ok(Ok(addrs)) => p
-            .index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .set_local_addrs(addrs),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot list local addresses; keeping the previous ones")
+/// Re-reads this node's addresses every second (getifaddrs, inside another namespace with
+/// `--netns`) on a blocking thread, and updates the index when they changed: a node address
+/// that moves away (keepalived, kube-vip) stops being a NodePort frontend at once, not at the
+/// next periodic pass. Its own task, so that a slow read never delays a pass.
+async fn local_addrs_loop(index: Arc<RwLock<Index>>, netns: Option<std::path::PathBuf>) {
+    let mut last: Option<Vec<std::net::IpAddr>> = None;
+    loop {
+        tokio::time::sleep(TICK).await;
+        let netns = netns.clone();
+        match tokio::task::spawn_blocking(move || local_addrs(netns.as_deref())).await {
+            Ok(Ok(mut addrs)) => {
+                addrs.sort_unstable();
+                addrs.dedup();
+                if last.as_ref() != Some(&addrs) {
+                    index
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .set_local_addrs(addrs.iter().copied());
+                    last = Some(addrs);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot list local addresses; keeping the previous ones")
+            }
+            Err(e) => tracing::warn!(error = %e, "listing local addresses panicked"),
         }
-        Err(e) => tracing::warn!(error = %e, "listing local addresses panicked"),
     }
 }
 
