@@ -294,6 +294,12 @@ impl Run<'_> {
             CLIENT_PORT + 2000,
         )?;
         std::thread::sleep(EXPOSURE);
+        // On a loaded machine the clients may start late: give each one time to be answered
+        // (while the fault lasts), or the scenario would put nothing at risk by accident.
+        let answered_by = Instant::now() + Duration::from_secs(10);
+        while clients.iter().any(|c| c.answers().is_empty()) && Instant::now() < answered_by {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.readiness_note("during the fault");
         self.at_risk = clients
             .iter()
