@@ -260,6 +260,9 @@ pub fn send_all(socket: &Socket, bytes: &[u8], op: &'static str) -> Result<(), E
     }
 }
 
+/// The most datagrams one [`DatagramBatch::recv`] takes.
+pub const MAX_BATCH: usize = 64;
+
 /// Several datagrams received with one `recvmmsg(2)`: event sockets get one datagram per
 /// event, and on a busy node one system call per event would cost more than the event itself.
 #[derive(Debug)]
@@ -274,12 +277,13 @@ pub struct DatagramBatch {
 }
 
 impl DatagramBatch {
-    /// Room for `slots` datagrams of at most `slot` bytes.
+    /// Room for `slots` (at most [`MAX_BATCH`]) datagrams of at most `slot` bytes.
     pub fn new(slots: usize, slot: usize) -> Self {
+        let slots = slots.clamp(1, MAX_BATCH);
         DatagramBatch {
-            data: vec![0; slots.max(1) * slot],
+            data: vec![0; slots * slot],
             slot,
-            lens: Vec::with_capacity(slots.max(1)),
+            lens: Vec::with_capacity(slots),
             next: 0,
         }
     }
@@ -301,18 +305,22 @@ impl DatagramBatch {
     pub fn recv(&mut self, socket: &Socket) -> Result<usize, io::Error> {
         self.lens.clear();
         self.next = 0;
-        let slots = self.data.len() / self.slot;
-        let mut iovecs: Vec<libc::iovec> = self
+        // The headers live on the stack: this runs once per batch of events, on the event
+        // path's hot loop.
+        // SAFETY: iovec and mmsghdr are plain data; all-zero is a valid value of each (null
+        // buffers, no name, no control data).
+        let mut iovecs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+        let slots = (self.data.len() / self.slot).min(MAX_BATCH);
+        for ((chunk, iov), header) in self
             .data
             .chunks_exact_mut(self.slot)
-            .map(|chunk| libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: chunk.len(),
-            })
-            .collect();
-        // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name, no control data).
-        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; slots];
-        for (header, iov) in headers.iter_mut().zip(iovecs.iter_mut()) {
+            .zip(iovecs.iter_mut())
+            .zip(headers.iter_mut())
+        {
+            iov.iov_base = chunk.as_mut_ptr().cast();
+            iov.iov_len = chunk.len();
             header.msg_hdr.msg_iov = iov;
             header.msg_hdr.msg_iovlen = 1;
         }
