@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bench;
 pub mod conntrack;
 pub mod emulation;
 pub mod netns;

@@ -18,14 +18,15 @@ use anyhow::{Context, Result, bail};
 use ctnetlink::testing::{KnobGuard, RawDumper, TestNetns};
 use ctnetlink::{Conntrack, DumpFilter, Event, EventKinds, Family, NewFlow, Status, Tuple, proto};
 use e2e::apiserver::ApiServer;
+use e2e::bench::{BenchAgent, endpoint, node, percentile, service, vip};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NODE: &str = "bench-node";
@@ -87,24 +88,6 @@ fn options() -> Result<Options> {
     Ok(o)
 }
 
-/// Service i: ClusterIP 10.96.x.y:53 → 10 endpoints 10.(100+i/256).(i%256).(1..=10):5353.
-fn vip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)
-}
-
-fn endpoint(i: u32, k: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, (100 + i / 256) as u8, (i % 256) as u8, (k + 1) as u8)
-}
-
-fn service(i: u32) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
-        "spec": {"clusterIP": vip(i).to_string(), "clusterIPs": [vip(i).to_string()],
-                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]}
-    })
-}
-
 fn slice(i: u32, endpoints: u32) -> Value {
     let eps: Vec<Value> = (0..endpoints)
         .map(|k| json!({"addresses": [endpoint(i, k).to_string()], "conditions": {"ready": true}}))
@@ -116,11 +99,6 @@ fn slice(i: u32, endpoints: u32) -> Value {
         "addressType": "IPv4", "endpoints": eps,
         "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}]
     })
-}
-
-fn node() -> Value {
-    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
-           "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.1"}]}})
 }
 
 /// Entry j: a client of service j % services; every 100th answered by a gone backend.
@@ -185,113 +163,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-struct Agent {
-    child: Child,
-    metrics: SocketAddr,
-}
-
-impl Agent {
-    fn start(bin: &Path, api: &ApiServer, netns: &Path, extra: &[&str]) -> Result<Agent> {
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = Command::new(bin)
-            .args([
-                "--log-format",
-                "json",
-                "run",
-                "--node-name",
-                NODE,
-                "--family",
-                "ipv4",
-            ])
-            .arg("--kubeconfig")
-            .arg(api.kubeconfig())
-            .arg("--netns")
-            .arg(netns)
-            .args(["--metrics-addr", &metrics.to_string()])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Agent { child, metrics })
-    }
-
-    fn ready(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = write!(s, "GET /readyz HTTP/1.0\r\n\r\n");
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp);
-        resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200")
-    }
-
-    fn wait_ready(&mut self, limit: Duration) -> Result<Duration> {
-        let started = Instant::now();
-        while !self.ready() {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("agent exited: {status}");
-            }
-            if started.elapsed() > limit {
-                bail!("agent not ready after {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(started.elapsed())
-    }
-
-    fn status_kib(&self, field: &str) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(field)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .with_context(|| format!("{field} of the agent"))
-    }
-
-    /// User + system CPU seconds so far.
-    fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let after = stat.rsplit_once(')').context("malformed stat")?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok(ticks / hz)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SIGTERM first: the agent's own shutdown path, and profilers get to write out.
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn apply_cluster(api: &ApiServer, services: u32) -> Result<()> {
-    api.apply(&serde_json::from_value::<Node>(node())?)?;
+    api.apply(&serde_json::from_value::<Node>(node(NODE))?)?;
     for i in 0..services {
         api.apply(&serde_json::from_value::<Service>(service(i))?)?;
         api.apply(&serde_json::from_value::<EndpointSlice>(slice(i, 10))?)?;
@@ -314,7 +187,7 @@ fn run() -> Result<()> {
     let fill_time = fill(&mut ct, o.entries, o.services)?;
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state.json");
-    let items: Vec<Value> = std::iter::once(node())
+    let items: Vec<Value> = std::iter::once(node(NODE))
         .chain((0..o.services).flat_map(|i| [service(i), slice(i, 10)]))
         .collect();
     std::fs::write(
@@ -373,10 +246,11 @@ fn run() -> Result<()> {
         .build()?;
     let api = ApiServer::start(rt.handle())?;
     apply_cluster(&api, o.services)?;
-    let mut agent = Agent::start(
+    let mut agent = BenchAgent::start(
         &o.agent,
         &api,
         &ns.path(),
+        NODE,
         &["--resync-interval", "1h", "--follow-ups", "1h"],
     )?;
     let startup = agent.wait_ready(Duration::from_secs(120))?;
@@ -387,7 +261,7 @@ fn run() -> Result<()> {
     let api_big = ApiServer::start(rt.handle())?;
     apply_cluster(&api_big, o.run_services)?;
     let small = TestNetns::new("agentidle")?;
-    let mut agent = Agent::start(&o.agent, &api_big, &small.path(), &[])?;
+    let mut agent = BenchAgent::start(&o.agent, &api_big, &small.path(), NODE, &[])?;
     let ready_big = agent.wait_ready(Duration::from_secs(300))?;
     std::thread::sleep(Duration::from_secs(2));
     let rss_big = agent.status_kib("VmRSS:")?;

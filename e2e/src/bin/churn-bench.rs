@@ -45,15 +45,16 @@ use anyhow::{Context, Result, bail};
 use ctnetlink::testing::{KnobGuard, TestNetns};
 use ctnetlink::{Conntrack, Event, EventKinds, Family, FlowKey, NewFlow, Status, Tuple, proto};
 use e2e::apiserver::ApiServer;
+use e2e::bench::{BenchAgent, endpoint, ms, node, percentile, service, thread_cpu_between, vip};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -178,24 +179,6 @@ fn options() -> Result<Options> {
 // ---------------------------------------------------------------------------------------------
 // The cluster and the table.
 
-/// Service i: ClusterIP 10.96.x.y:53/UDP, endpoints 10.(100+i/256).(i%256).(k+1):5353.
-fn vip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)
-}
-
-fn endpoint(i: u32, k: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, (100 + i / 256) as u8, (i % 256) as u8, (k + 1) as u8)
-}
-
-fn service(i: u32) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
-        "spec": {"clusterIP": vip(i).to_string(), "clusterIPs": [vip(i).to_string()],
-                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]}
-    })
-}
-
 /// Service i's slice: endpoints 0..10 but `without`, and when `spare` is set an eleventh
 /// endpoint (k = 10) that no flow uses, ready or not as given.
 fn slice(i: u32, without: Option<u32>, spare: Option<bool>) -> Value {
@@ -216,18 +199,13 @@ fn slice(i: u32, without: Option<u32>, spare: Option<bool>) -> Value {
     })
 }
 
-fn node() -> Value {
-    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
-           "status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.1"}]}})
-}
-
 fn apply_slice(api: &ApiServer, slice: Value) -> Result<()> {
     api.apply(&serde_json::from_value::<EndpointSlice>(slice)?)?;
     Ok(())
 }
 
 fn apply_cluster(api: &ApiServer, services: u32, spare: bool) -> Result<()> {
-    api.apply(&serde_json::from_value::<Node>(node())?)?;
+    api.apply(&serde_json::from_value::<Node>(node(NODE))?)?;
     for i in 0..services {
         api.apply(&serde_json::from_value::<Service>(service(i))?)?;
         apply_slice(api, slice(i, None, spare.then_some(true)))?;
@@ -237,7 +215,7 @@ fn apply_cluster(api: &ApiServer, services: u32, spare: bool) -> Result<()> {
 
 /// The same cluster as a `v1 List` for `check --state`.
 fn state_file(path: &Path, services: u32, spare: bool) -> Result<()> {
-    let items: Vec<Value> = std::iter::once(node())
+    let items: Vec<Value> = std::iter::once(node(NODE))
         .chain((0..services).flat_map(|i| [service(i), slice(i, None, spare.then_some(true))]))
         .collect();
     std::fs::write(
@@ -298,116 +276,25 @@ fn fill(ct: &mut Conntrack, entries: u32, services: u32) -> Result<Duration> {
 // ---------------------------------------------------------------------------------------------
 // The agent process.
 
-struct Agent {
-    child: Child,
-    metrics: SocketAddr,
+/// The agent under test.
+type Agent = BenchAgent;
+
+/// Starts the agent with the benchmark's debounce.
+fn start_agent(bin: &Path, api: &ApiServer, netns: &Path, extra: &[&str]) -> Result<Agent> {
+    let debounce = format!("{}ms", DEBOUNCE.as_millis());
+    let mut args = vec!["--debounce", debounce.as_str()];
+    args.extend_from_slice(extra);
+    BenchAgent::start(bin, api, netns, NODE, &args)
 }
 
-impl Agent {
-    fn start(bin: &Path, api: &ApiServer, netns: &Path, extra: &[&str]) -> Result<Agent> {
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = Command::new(bin)
-            .args(["--log-format", "json", "run", "--node-name", NODE])
-            .args(["--family", "ipv4"])
-            .arg("--kubeconfig")
-            .arg(api.kubeconfig())
-            .arg("--netns")
-            .arg(netns)
-            .args(["--metrics-addr", &metrics.to_string()])
-            .arg("--debounce")
-            .arg(format!("{}ms", DEBOUNCE.as_millis()))
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Agent { child, metrics })
-    }
-
-    fn get(&self, path: &str) -> Option<String> {
-        let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1)).ok()?;
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let (head, body) = resp.split_once("\r\n\r\n")?;
-        (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"))
-            .then(|| body.to_owned())
-    }
-
-    fn wait_ready(&mut self, limit: Duration) -> Result<Duration> {
-        let started = Instant::now();
-        while self.get("/readyz").is_none() {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("agent exited: {status}");
-            }
-            if started.elapsed() > limit {
-                bail!("agent not ready after {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(started.elapsed())
-    }
-
-    /// Every sample of /metrics, by series (`name{labels}`).
-    fn metrics(&self) -> Result<BTreeMap<String, f64>> {
-        let body = self.get("/metrics").context("GET /metrics")?;
-        Ok(body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                Some((series.to_owned(), value.parse().ok()?))
-            })
-            .collect())
-    }
-
-    fn status_kib(&self, field: &str) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(field)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .with_context(|| format!("{field} of the agent"))
-    }
-
-    /// User + system CPU seconds so far (its kernel time includes the table walks).
-    fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let after = stat.rsplit_once(')').context("malformed stat")?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        Ok(ticks / clock_ticks())
-    }
-
-    /// On-CPU nanoseconds of each live thread (`/proc/PID/task/*/schedstat`): finer than the
-    /// 10 ms ticks of [`Agent::cpu_seconds`], but a thread's time goes with it when it exits.
-    fn thread_cpu(&self) -> Result<ThreadCpu> {
-        let mut out = ThreadCpu::new();
-        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
-            let task = task?;
-            let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            // A thread may exit between the listing and the read.
-            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
-                continue;
-            };
-            if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse().ok()) {
-                out.insert(tid, ns);
-            }
-        }
-        Ok(out)
-    }
-
+/// Waiting for the agent to go quiet between measurements.
+trait WaitQuiet {
     /// Waits at least `min`, then until the agent has started no pass and used under 2% of a
     /// core for one second: the follow-ups of the last change are over.
+    fn wait_quiet(&self, min: Duration, limit: Duration) -> Result<()>;
+}
+
+impl WaitQuiet for Agent {
     fn wait_quiet(&self, min: Duration, limit: Duration) -> Result<()> {
         let started = Instant::now();
         std::thread::sleep(min);
@@ -423,41 +310,6 @@ impl Agent {
             }
         }
     }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// On-CPU nanoseconds by thread id.
-type ThreadCpu = std::collections::HashMap<u32, u64>;
-
-/// CPU seconds between two [`Agent::thread_cpu`] readings: threads alive at both ends count
-/// their difference, threads started since count all of theirs; threads that exited in
-/// between are missed (the runtime's idle blocking threads, which exit after idling).
-fn thread_cpu_between(before: &ThreadCpu, after: &ThreadCpu) -> f64 {
-    after
-        .iter()
-        .map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
-        .sum::<u64>() as f64
-        / 1e9
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// The sum of every series of a metric; `name{label="v"}` sums the series that carry that
@@ -627,18 +479,9 @@ impl Drop for DestroyLog {
 // ---------------------------------------------------------------------------------------------
 // Scenarios.
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 fn median_f(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// The big namespace: its table, the API double with its cluster, and the agent on both.
@@ -679,7 +522,7 @@ fn setup_main(o: &Options, rt: &tokio::runtime::Runtime) -> Result<Main> {
     walls.sort();
     let api = ApiServer::start(rt.handle())?;
     apply_cluster(&api, o.services, true)?;
-    let mut agent = Agent::start(&o.agent, &api, &ns.path(), &["--resync-interval", "1h"])?;
+    let mut agent = start_agent(&o.agent, &api, &ns.path(), &["--resync-interval", "1h"])?;
     let ready = agent.wait_ready(Duration::from_secs(300))?;
     agent.wait_quiet(Duration::from_secs(2), Duration::from_secs(120))?;
     Ok(Main {
@@ -1009,7 +852,7 @@ fn memory(o: &Options, rt: &tokio::runtime::Runtime) -> Result<Memory> {
     let api = ApiServer::start(rt.handle())?;
     apply_cluster(&api, o.mem_services, false)?;
     let resync = 20u64;
-    let mut agent = Agent::start(
+    let mut agent = start_agent(
         &o.agent,
         &api,
         &ns.path(),
