@@ -364,12 +364,12 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::test_fixtures::{udp_flow, udp_service, udp_slice};
     use ctdiff::{Evidence, GateConfig, IndexConfig, Kind};
-    use ctnetlink::{Flow, Status, Tuple, ZoneDir};
+    use ctnetlink::Flow;
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use prometheus_client::registry::Registry;
-    use serde_json::json;
 
     const VIP: &str = "10.96.0.10";
     /// Seen ready, then seen leaving.
@@ -380,45 +380,16 @@ mod tests {
     const UNSEEN: &str = "10.244.0.9";
 
     fn service() -> Service {
-        serde_json::from_value(json!({
-            "metadata": {"name": "dns", "namespace": "d"},
-            "spec": {"clusterIP": VIP, "clusterIPs": [VIP],
-                     "ports": [{"port": 53, "protocol": "UDP"}, {"port": 54, "protocol": "UDP"}]}
-        }))
-        .unwrap()
+        udp_service("dns", VIP, &[53, 54])
     }
 
     fn slice(ready: &[(&str, bool)]) -> EndpointSlice {
-        let endpoints: Vec<_> = ready
-            .iter()
-            .map(|(ip, r)| json!({"addresses": [ip], "conditions": {"ready": r, "serving": r}}))
-            .collect();
-        serde_json::from_value(json!({
-            "metadata": {"name": "dns-1", "namespace": "d",
-                         "labels": {"kubernetes.io/service-name": "dns"}},
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{"port": 5353, "protocol": "UDP"}]
-        }))
-        .unwrap()
+        udp_slice("dns", ready)
     }
 
     /// A UDP flow from a client port to the VIP's `dport`, DNATed to `backend`.
     fn flow(sport: u16, dport: u16, backend: &str) -> Flow {
-        let client = "10.244.2.9".parse().unwrap();
-        let vip = VIP.parse().unwrap();
-        let backend = backend.parse().unwrap();
-        Flow {
-            family: Family::V4,
-            orig: Tuple::new(client, vip, ctnetlink::proto::UDP, sport, dport),
-            reply: Tuple::new(backend, client, ctnetlink::proto::UDP, 5353, sport),
-            status: Status::CONFIRMED,
-            mark: 0,
-            zone: 0,
-            timeout: 30,
-            id: u32::from(sport),
-            zone_dir: ZoneDir::Both,
-        }
+        udp_flow(sport, VIP, dport, backend, 5353)
     }
 
     /// An event path over an index listed at `t0` (every kind fresh), where `REMOVED` was seen

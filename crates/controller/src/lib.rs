@@ -24,6 +24,8 @@ pub mod pass;
 pub mod ratelimit;
 pub mod run;
 pub mod scheduler;
+#[cfg(test)]
+mod test_fixtures;
 pub mod watch;
 
 /// Runs one parsed command line to completion on a two-worker runtime.

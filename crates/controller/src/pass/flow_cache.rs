@@ -220,21 +220,10 @@ fn to_flow(f: IndexedFlow) -> Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_fixtures::udp_flow;
 
     fn udp(sport: u16, dst: &str, dport: u16, backend: &str) -> Flow {
-        let client = "10.244.2.9".parse().unwrap();
-        let udp = ctnetlink::proto::UDP;
-        Flow {
-            family: Family::V4,
-            orig: Tuple::new(client, dst.parse().unwrap(), udp, sport, dport),
-            reply: Tuple::new(backend.parse().unwrap(), client, udp, 5353, sport),
-            status: Status::CONFIRMED,
-            mark: 0,
-            zone: 0,
-            timeout: 30,
-            id: u32::from(sport),
-            zone_dir: ZoneDir::Both,
-        }
+        udp_flow(sport, dst, dport, backend, 5353)
     }
 
     fn seeded(flows: &[Flow]) -> FlowCache {

@@ -1,60 +1,25 @@
 //! The pass's rules, without root: the planner over an in-memory table.
 
 use super::*;
+use crate::test_fixtures::{udp_flow, udp_service, udp_slice};
 use ctdiff::{GateConfig, IndexConfig, Kind, Reason};
-use ctnetlink::{Status, Tuple};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::json;
 
 fn service() -> Service {
-    serde_json::from_value(json!({
-        "metadata": {"name": "dns", "namespace": "d"},
-        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                 "ports": [{"port": 53, "protocol": "UDP"}]}
-    }))
-    .unwrap()
+    udp_service("dns", "10.96.0.10", &[53])
 }
 
 fn other_service() -> Service {
-    serde_json::from_value(json!({
-        "metadata": {"name": "stats", "namespace": "d"},
-        "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
-                 "ports": [{"port": 8125, "protocol": "UDP"}]}
-    }))
-    .unwrap()
+    udp_service("stats", "10.96.0.20", &[8125])
 }
 
 fn slice(ready: &[(&str, bool)]) -> EndpointSlice {
-    let endpoints: Vec<_> = ready
-        .iter()
-        .map(|(ip, r)| json!({"addresses": [ip], "conditions": {"ready": r, "serving": r}}))
-        .collect();
-    serde_json::from_value(json!({
-        "metadata": {"name": "dns-1", "namespace": "d",
-                     "labels": {"kubernetes.io/service-name": "dns"}},
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": [{"port": 5353, "protocol": "UDP"}]
-    }))
-    .unwrap()
+    udp_slice("dns", ready)
 }
 
 fn flow_to(vip: &str, dport: u16, sport: u16, backend: &str, bport: u16) -> Flow {
-    let client = "10.244.2.9".parse().unwrap();
-    let vip = vip.parse().unwrap();
-    let backend = backend.parse().unwrap();
-    Flow {
-        family: Family::V4,
-        orig: Tuple::new(client, vip, ctnetlink::proto::UDP, sport, dport),
-        reply: Tuple::new(backend, client, ctnetlink::proto::UDP, bport, sport),
-        status: Status::CONFIRMED,
-        mark: 0,
-        zone: 0,
-        timeout: 30,
-        id: u32::from(sport),
-        zone_dir: ctnetlink::ZoneDir::Both,
-    }
+    udp_flow(sport, vip, dport, backend, bport)
 }
 
 fn flow(sport: u16, backend: &str) -> Flow {
