@@ -101,14 +101,9 @@ impl FlowCache {
 
     /// A flow of the seeding walk; returns whether the cache lacked it.
     pub fn seed(&mut self, flow: &Flow) -> bool {
-        match self.indexable(flow) {
-            Some(f) => {
-                let missing = !self.index.contains(&f);
-                let _ = self.index.seed(f);
-                missing
-            }
-            None => false,
-        }
+        // `seed` says whether it added the flow, i.e. whether the cache lacked it: one lookup.
+        self.indexable(flow)
+            .is_some_and(|f| self.index.seed(f) == Ok(true))
     }
 
     /// Ends a seeding walk that completed.
