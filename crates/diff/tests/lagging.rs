@@ -245,6 +245,22 @@ impl Truth {
         self.services.values().any(|v| vip(*v) == frontend_ip)
     }
 
+    /// Every (service, allowed backend) pair of the slices right now, Service or not: a lagging
+    /// agent may join an old slice to a new Service, so a backend that comes back to a
+    /// service's slice is a flap even if the Service did not exist while it was away.
+    fn endpoint_pairs(&self) -> BTreeSet<(u8, SocketAddr)> {
+        self.slices
+            .iter()
+            .flat_map(|(svc, slice)| {
+                slice
+                    .eps
+                    .iter()
+                    .filter(|(_, cond)| cond.allowed())
+                    .map(move |(ep, _)| (*svc, SocketAddr::new(ep_ip(*ep), slice.target)))
+            })
+            .collect()
+    }
+
     /// Every (frontend IP, allowed backend) pair right now.
     fn pairs(&self) -> BTreeSet<(IpAddr, SocketAddr)> {
         (0..VIPS)
@@ -363,6 +379,8 @@ struct Sim {
     since: BTreeMap<(IpAddr, SocketAddr), u64>,
     /// Pairs that were allowed once and stopped being allowed.
     left: BTreeSet<(IpAddr, SocketAddr)>,
+    /// Likewise per service's slice (see [`Truth::endpoint_pairs`]).
+    left_eps: BTreeSet<(u8, SocketAddr)>,
     /// Bound of the delivery delays of healthy watches.
     max_delay: u64,
     /// Deletions of truly allowed flows the promise tolerates (flapped within two graces).
@@ -430,6 +448,7 @@ impl Sim {
             promise,
             since: BTreeMap::new(),
             left: BTreeSet::new(),
+            left_eps: BTreeSet::new(),
             max_delay: GRACE_MS,
             tolerated: 0,
         };
@@ -537,14 +556,21 @@ impl Sim {
                 };
                 let before = self.truth.pairs();
                 let after = next.pairs();
-                if self.promise == Promise::Strict && after.iter().any(|p| self.left.contains(p)) {
-                    // A backend would come back to a frontend it left: not this history.
+                let (eps_before, eps_after) = (self.truth.endpoint_pairs(), next.endpoint_pairs());
+                if self.promise == Promise::Strict
+                    && (after.iter().any(|p| self.left.contains(p))
+                        || eps_after.iter().any(|p| self.left_eps.contains(p)))
+                {
+                    // A backend would come back to a frontend (or a service's slice) it left:
+                    // not this history.
                     return Ok(());
                 }
                 for pair in before.difference(&after) {
                     self.since.remove(pair);
                     self.left.insert(*pair);
                 }
+                self.left_eps
+                    .extend(eps_before.difference(&eps_after).copied());
                 for pair in after.difference(&before) {
                     self.since.insert(*pair, now);
                 }
