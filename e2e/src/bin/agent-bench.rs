@@ -9,6 +9,13 @@
 //! and how long after its `execve` it sends its first conntrack dump request (seen by
 //! `strace`, in a separate run from the RSS one).
 //!
+//! `agent-bench callgrind [--entries N] [--services S] [--agent PATH] [--keep DIR]` counts the user-space
+//! instructions `check` spends per flow: it runs `check` under `valgrind --tool=callgrind` on N
+//! and then 2N entries and divides the difference by N (the fixed cost — start-up, state file,
+//! output — cancels out), in total and for the walk's parts. Instruction counts do not depend
+//! on the machine's load or syscall cost, unlike wall time. `--keep` leaves the two profiles
+//! in DIR for `callgrind_annotate`.
+//!
 //! Every figure is reported against something measured in the same run: `check`'s wall time
 //! against the raw dump floor (`ctnetlink::testing::RawDumper`), event latency as measured from
 //! the create call to the kernel's DESTROY event. With `--json` the table goes to stderr and one
@@ -122,11 +129,16 @@ fn entry(j: u32, services: u32) -> NewFlow {
 }
 
 fn fill(ct: &mut Conntrack, entries: u32, services: u32) -> Result<Duration> {
+    fill_range(ct, 0..entries, services)
+}
+
+/// Creates entries `range` (see [`entry`]).
+fn fill_range(ct: &mut Conntrack, range: std::ops::Range<u32>, services: u32) -> Result<Duration> {
     let started = Instant::now();
     let mut chunk = Vec::with_capacity(65_536);
-    for start in (0..entries).step_by(65_536) {
+    for start in range.clone().step_by(65_536) {
         chunk.clear();
-        chunk.extend((start..entries.min(start + 65_536)).map(|j| entry(j, services)));
+        chunk.extend((start..range.end.min(start + 65_536)).map(|j| entry(j, services)));
         let report = ct.create(&chunk)?;
         if let Some((_, e)) = report.failed.first() {
             bail!("create failed: {e}");
@@ -173,8 +185,10 @@ fn apply_cluster(api: &ApiServer, services: u32) -> Result<()> {
 }
 
 fn run() -> Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("check-state") {
-        return check_state_bench();
+    match std::env::args().nth(1).as_deref() {
+        Some("check-state") => return check_state_bench(),
+        Some("callgrind") => return callgrind_bench(),
+        _ => {}
     }
     let o = options()?;
     if !ctnetlink::testing::is_root() {
@@ -506,4 +520,169 @@ fn first_dump_after_exec(trace: &str) -> Result<Duration> {
         .and_then(stamp)
         .context("no conntrack dump request in the strace output")?;
     Ok(Duration::from_secs_f64((dump - exec).max(0.0)))
+}
+
+/// The parts of a walk whose per-flow cost `agent-bench callgrind` reports: a label and the
+/// function-name prefixes whose inclusive cost it sums (callgrind_annotate's names).
+const CALLGRIND_PARTS: &[(&str, &[&str])] = &[
+    (
+        "receive and parse (ctnetlink)",
+        &["ctnetlink::socket::", "ctnetlink::parse::"],
+    ),
+    (
+        "plan: classify, tally (pass::Planner::observe)",
+        &["conntrack_reconciler::pass::planner::Planner::observe"],
+    ),
+    (
+        "  of which classify (ctdiff)",
+        &["ctdiff::classify::<impl ctdiff::index::Index>::classify"],
+    ),
+    (
+        "print the report (JSON; 1% of the flows are stale)",
+        &["conntrack_reconciler::check::print_json"],
+    ),
+];
+
+/// `agent-bench callgrind`: user-space instructions per flow of `check` (module docs).
+fn callgrind_bench() -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let (mut entries, mut services) = (100_000u32, 1_000u32);
+    let mut agent = exe.with_file_name("conntrack-reconciler");
+    let mut keep: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(2);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--entries" => entries = value()?.parse()?,
+            "--services" => services = value()?.parse()?,
+            "--agent" => agent = value()?.into(),
+            "--keep" => keep = Some(value()?.into()),
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    if !(1_000..=1_000_000).contains(&entries) || services == 0 || services > 60_000 {
+        bail!("--entries 1000..=1000000, --services 1..=60000");
+    }
+    if !agent.is_file() {
+        bail!("agent binary {} not found: pass --agent", agent.display());
+    }
+    if !ctnetlink::testing::is_root() {
+        bail!("needs root (a network namespace)");
+    }
+    let _max = KnobGuard::conntrack_max_at_least(2 * u64::from(entries) + 65_536)?;
+    let ns = TestNetns::new("cgbench")?;
+    let caps = ctnetlink::Capabilities::from_running_kernel();
+    let mut ct = Conntrack::open(Some(&ns.path()), caps)?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state.json");
+    let items: Vec<Value> = std::iter::once(node(NODE))
+        .chain((0..services).flat_map(|i| [service(i), slice(i, 10)]))
+        .collect();
+    std::fs::write(
+        &state,
+        serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "List", "items": items}))?,
+    )?;
+    let mut profiles = Vec::new();
+    for (round, range) in [(1, 0..entries), (2, entries..2 * entries)] {
+        fill_range(&mut ct, range, services)?;
+        let out = keep
+            .as_deref()
+            .unwrap_or(dir.path())
+            .join(format!("callgrind.{round}"));
+        let mut cmd = Command::new("valgrind");
+        cmd.arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(&agent)
+            .args(["check", "-o", "json", "--node-name", NODE, "--state"])
+            .arg(&state)
+            .arg("--netns")
+            .arg(ns.path())
+            .env("RUST_LOG", "error");
+        timed(&mut cmd).context("valgrind (apt-get install valgrind)")?;
+        profiles.push(callgrind_costs(&out)?);
+    }
+    let per_flow = |part: Option<&[&str]>| -> f64 {
+        let cost = |p: &CallgrindCosts| match part {
+            None => p.total,
+            Some(prefixes) => p.inclusive(prefixes),
+        };
+        (cost(&profiles[1]) as f64 - cost(&profiles[0]) as f64) / f64::from(entries)
+    };
+    let mut table = format!(
+        "agent-bench callgrind: `check` over {entries} then {} UDPv4 entries, {services} services; \
+         user-space instructions per added flow\n| part | instructions per flow |\n|---|---|\n\
+         | total | {:.0} (target <= 1,000) |\n",
+        2 * entries,
+        per_flow(None)
+    );
+    for (label, prefixes) in CALLGRIND_PARTS {
+        table.push_str(&format!("| {label} | {:.0} |\n", per_flow(Some(prefixes))));
+    }
+    print!("{table}");
+    Ok(())
+}
+
+/// One callgrind profile: its total and each function's inclusive cost.
+struct CallgrindCosts {
+    total: u64,
+    inclusive: Vec<(String, u64)>,
+}
+
+impl CallgrindCosts {
+    /// The summed inclusive cost of the functions named by `prefixes`, outermost only (a
+    /// function called by another counted one is already inside that one's inclusive cost).
+    fn inclusive(&self, prefixes: &[&str]) -> u64 {
+        // callgrind_annotate's inclusive list counts a recursive or nested call within its
+        // caller; the outermost matching function of each prefix is the largest.
+        prefixes
+            .iter()
+            .filter_map(|prefix| {
+                self.inclusive
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(prefix))
+                    .map(|(_, cost)| *cost)
+                    .max()
+            })
+            .sum()
+    }
+}
+
+/// Reads a callgrind output file through `callgrind_annotate --inclusive=yes`.
+fn callgrind_costs(file: &Path) -> Result<CallgrindCosts> {
+    let out = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--auto=no", "--threshold=100"])
+        .arg(file)
+        .output()
+        .context("callgrind_annotate")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_annotate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let number = |s: &str| s.replace(',', "").parse::<u64>().ok();
+    let mut total = None;
+    let mut inclusive = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_suffix("PROGRAM TOTALS") {
+            total = rest.split_whitespace().next().and_then(number);
+            continue;
+        }
+        // `1,234,567 (12.34%)  file:function [binary]`
+        let Some((cost, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some(cost) = number(cost) else { continue };
+        let Some(name) = rest.split_once(':').map(|(_, f)| f) else {
+            continue;
+        };
+        let name = name.split(" [").next().unwrap_or(name).trim();
+        inclusive.push((name.to_string(), cost));
+    }
+    Ok(CallgrindCosts {
+        total: total.context("no PROGRAM TOTALS in callgrind_annotate's output")?,
+        inclusive,
+    })
 }

@@ -348,10 +348,12 @@ where
     }
 }
 
+/// A tuple as printed: the addresses as strings (serde writes an address through a stack
+/// buffer, no allocation per flow).
 #[derive(Serialize)]
 struct JsonTuple {
-    src: String,
-    dst: String,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
     sport: u16,
     dport: u16,
 }
@@ -359,29 +361,30 @@ struct JsonTuple {
 impl From<&Tuple> for JsonTuple {
     fn from(t: &Tuple) -> Self {
         JsonTuple {
-            src: t.src.to_string(),
-            dst: t.dst.to_string(),
+            src: t.src,
+            dst: t.dst,
             sport: t.sport,
             dport: t.dport,
         }
     }
 }
 
+/// A stale flow as printed, borrowing from the report.
 #[derive(Serialize)]
-struct JsonStale {
+struct JsonStale<'a> {
     family: &'static str,
-    service: String,
-    port: String,
-    reason: String,
+    service: &'a str,
+    port: &'a str,
+    reason: &'static str,
     orig: JsonTuple,
     reply: JsonTuple,
     timeout: u32,
 }
 
 #[derive(Serialize)]
-struct JsonReport {
+struct JsonReport<'a> {
     scanned: u64,
-    stale: Vec<JsonStale>,
+    stale: Vec<JsonStale<'a>>,
     deleted: u64,
     /// With `--stats` only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -409,9 +412,9 @@ fn print_json(
             .iter()
             .map(|s| JsonStale {
                 family: family_name(s.flow.family),
-                service: s.service.clone(),
-                port: s.port.clone(),
-                reason: s.reason.to_string(),
+                service: &s.service,
+                port: &s.port,
+                reason: s.reason.as_str(),
                 orig: (&s.flow.orig).into(),
                 reply: (&s.flow.reply).into(),
                 timeout: s.flow.timeout,

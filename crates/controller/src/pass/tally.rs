@@ -7,6 +7,7 @@
 //! cheap and the label sets bounded whatever the table size.
 
 use ctdiff::{Index, Reason};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -21,10 +22,11 @@ pub const MAX_SERIES: usize = 200;
 #[derive(Debug, Default, Clone)]
 pub struct FlowTally {
     /// UDP flows to a known frontend (kept or stale), by original destination.
-    flows: HashMap<SocketAddr, u64>,
+    /// (Only known frontends are keys, never a peer's choice: a fast hash is safe.)
+    flows: FxHashMap<SocketAddr, u64>,
     /// Stale flows the pass left in the table (dry run, over budget, out of the pass's scope),
     /// by original destination and reason.
-    left: HashMap<(SocketAddr, Reason), u64>,
+    left: FxHashMap<(SocketAddr, Reason), u64>,
 }
 
 impl FlowTally {
