@@ -311,7 +311,11 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
             _ = tokio::time::sleep(TICK) => {}
         }
     }
-    while p.signals.try_recv().is_ok() {} // the startup pass covers everything listed so far
+    // The startup pass covers every change so far; their follow-ups are still due after it.
+    let mut before_startup = Dirty::default();
+    while let Ok(Signal::Changed(scope)) = p.signals.try_recv() {
+        before_startup.merge(scope);
+    }
     let timing = Timing {
         debounce: p.args.debounce,
         max_delay: p.args.max_delay,
@@ -322,6 +326,7 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         retry: Duration::from_millis(500),
     };
     let mut scheduler = Scheduler::new(timing, Instant::now());
+    scheduler.on_changes_before_startup(before_startup, Instant::now());
     let mut next_tick = Instant::now() + TICK;
     loop {
         p.health.beat();

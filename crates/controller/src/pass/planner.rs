@@ -10,6 +10,7 @@
 use super::tally::FlowTally;
 use ctdiff::{Decision, Dirty, DirtyMatcher, Frontend, Gate, Index, Reason, Verdict};
 use ctnetlink::{Flow, FlowKey};
+use foldhash::fast::FixedState;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -144,7 +145,7 @@ pub fn flow_ref(flow: &Flow) -> ctdiff::FlowRef {
 pub struct Planner {
     cfg: PlanConfig,
     scope: DirtyMatcher,
-    seen: HashSet<FlowKey>,
+    seen: HashSet<FlowKey, FixedState>,
     candidates: Vec<Flow>,
     /// Candidates beyond this cannot be deleted by this pass anyway (twice the budget: the gate
     /// may defer some); they are counted without being kept.
@@ -162,7 +163,7 @@ impl Planner {
         Planner {
             cfg,
             scope: scope.matcher(),
-            seen: HashSet::new(),
+            seen: HashSet::with_hasher(random_state()),
             candidates: Vec::new(),
             keep_at_most,
             report: PassReport::default(),
@@ -256,6 +257,16 @@ impl Planner {
         }
         self.report
     }
+}
+
+/// A hash state with a per-process random seed: stale keys hold addresses and ports that
+/// remote peers choose.
+fn random_state() -> FixedState {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64)
+    });
+    FixedState::with_seed(seed)
 }
 
 fn count_reason(
