@@ -28,16 +28,20 @@ use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
+use slim::{SlimService, SlimSlice};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::hash::Hasher;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::path::Path;
+
+// A sibling file (`check/slim.rs`), private to this reader.
+#[path = "slim.rs"]
+mod slim;
 
 /// The largest state file read: a full `kubectl get` of a very large cluster fits many times
 /// over, and a bigger file is far more likely a mistake (a log, a device) than state.
@@ -83,15 +87,13 @@ pub struct ClusterState {
     /// slices, unlabelled slices…), with why. [`ClusterState::incompleteness`] adds the
     /// Services left without slices.
     pub incomplete_objects: Vec<String>,
-    /// A hash of each object read so far (its canonical JSON), by `Kind namespace/name`: a
-    /// second copy must be identical, and the first one is not kept to compare with.
+    /// A hash of each object read so far (its [`structural_hash`]), by `Kind namespace/name`:
+    /// a second copy must be identical, and the first one is not kept to compare with.
     pub(crate) seen: HashMap<String, u64>,
     /// The Services read that the engine judges, with the families it judges them in.
     pub(crate) judged: Vec<JudgedService>,
     /// (namespace, Service name, `IPv4`/`IPv6`) of every labelled EndpointSlice read.
     pub(crate) covered: HashSet<(String, String, &'static str)>,
-    /// Reused for each object's canonical JSON (see `content_hash`).
-    pub(crate) scratch: Vec<u8>,
 }
 
 /// What [`ClusterState::incompleteness`] needs of a judged Service.
@@ -150,7 +152,7 @@ impl ClusterState {
     fn read_text(&mut self, text: &str, each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
         if text.trim_start().starts_with(['{', '[']) {
             // serde_json is not slowed by nesting; the depth is bounded while checking it.
-            return self.read_json(text.as_bytes(), each);
+            return self.read_json(text, each);
         }
         // Before the YAML parser sees it: see MAX_FLOW_DEPTH.
         check_flow_depth(text)?;
@@ -177,13 +179,20 @@ impl ClusterState {
     }
 
     /// JSON (`-o json`): checked whole first (syntax, keys given twice, nesting, trailing
-    /// documents) without building anything, then each object is decoded from its own bytes.
-    fn read_json(&mut self, text: &[u8], each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
-        let mut de = serde_json::Deserializer::from_slice(text);
-        let mut keys = Vec::new();
+    /// documents) without building anything but each object's kind and hash, then each object
+    /// is decoded from its own bytes.
+    fn read_json(&mut self, text: &str, each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
+        // From the `str`: its UTF-8 was checked once when it was read, not again per string.
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut ctx = StrictCtx {
+            keys: Vec::new(),
+            candidates: Vec::new(),
+            base: text.as_ptr() as usize,
+        };
         StrictJson {
-            keys: &mut keys,
+            ctx: &mut ctx,
             depth: 0,
+            role: Role::Object,
         }
         .deserialize(&mut de)
         .map_err(|e| anyhow!("not valid JSON: {}", nesting_hint(e.to_string())))?;
@@ -194,69 +203,74 @@ impl ClusterState {
                  document (a List for several objects); pass more files with more --state"
             )
         })?;
-        self.add_json(text, json_text::skip_ws(text, 0), each)
-            .map(drop)
+        let mut objects = ctx.candidates.iter();
+        self.add_json(
+            text,
+            json_text::skip_ws(text.as_bytes(), 0),
+            &mut objects,
+            each,
+        )
+        .map(drop)
     }
 
     /// Adds the JSON value starting at `at` of `text` (valid JSON); returns where it ends.
+    /// `objects`: what the validating pass recorded of this object and of those after it.
     fn add_json(
         &mut self,
-        text: &[u8],
+        text: &str,
         at: usize,
+        objects: &mut std::slice::Iter<'_, Candidate<'_>>,
         each: &mut dyn FnMut(StateObject<'_>),
     ) -> Result<usize> {
-        if text[at] != b'{' {
+        let bytes = text.as_bytes();
+        if bytes[at] != b'{' {
             bail!(
                 "expected a Kubernetes object (a mapping), found {}",
-                json_text::type_name(text[at])
+                json_text::type_name(bytes[at])
             );
         }
-        let (end, [api_version, kind, metadata, items]) =
-            json_text::fields(text, at, ["apiVersion", "kind", "metadata", "items"]);
-        let string = |field: Option<Range<usize>>| {
-            field
-                .and_then(|r| json_text::string(&text[r]))
-                .unwrap_or_default()
-        };
-        let (api_version, kind) = (string(api_version), string(kind));
+        // Every mapping the decoding reaches as an object was recorded as one.
+        let object = objects
+            .next()
+            .context("the validating pass missed an object (a bug)")?;
+        let kind = object.kind.as_ref();
         if kind.ends_with("List") {
-            let Some(items) = items else {
-                return Ok(end);
+            let items = match object.items {
+                ItemsAt::Absent => return Ok(json_text::value_end(bytes, at)),
+                ItemsAt::After(key_end) => {
+                    let colon = json_text::skip_ws(bytes, key_end);
+                    json_text::skip_ws(bytes, colon + 1)
+                }
+                ItemsAt::Unknown => {
+                    let (_, [items]) = json_text::fields(bytes, at, ["items"]);
+                    items.context("a List's items vanished (a bug)")?.start
+                }
             };
-            match text[items.start] {
+            match bytes[items] {
                 b'[' => {}
-                b'n' => return Ok(end),
+                b'n' => return Ok(json_text::value_end(bytes, at)),
                 other => bail!(
                     "{kind}: items is {}, not a list",
                     json_text::type_name(other)
                 ),
             }
             // Each item is walked once: reading it tells where the next one starts.
-            let (mut i, mut n) = (json_text::skip_ws(text, items.start + 1), 0);
-            while text[i] != b']' {
+            let (mut i, mut n) = (json_text::skip_ws(bytes, items + 1), 0);
+            while bytes[i] != b']' {
                 let item_end = self
-                    .add_json(text, i, each)
+                    .add_json(text, i, objects, each)
                     .with_context(|| format!("{kind} item {n}"))?;
-                i = json_text::skip_ws(text, item_end);
-                if text[i] == b',' {
-                    i = json_text::skip_ws(text, i + 1);
+                i = json_text::skip_ws(bytes, item_end);
+                if bytes[i] == b',' {
+                    i = json_text::skip_ws(bytes, i + 1);
                 }
                 n += 1;
             }
-            return Ok(end);
+            // The keys after `items` (kubectl prints `kind` and `metadata` there).
+            return Ok(json_text::object_end_after(bytes, i + 1));
         }
-        let name = metadata
-            .filter(|m| text[m.start] == b'{')
-            .map(|m| {
-                let (_, [namespace, name]) =
-                    json_text::fields(text, m.start, ["namespace", "name"]);
-                let get = |f: Option<Range<usize>>| f.and_then(|r| json_text::string(&text[r]));
-                object_name(get(namespace).as_deref(), get(name).as_deref())
-            })
-            .unwrap_or_else(|| object_name(None, None));
-        let raw = Raw::Json { text, at: at..end };
-        self.add_object(&api_version, &kind, &name, raw, each)?;
-        Ok(end)
+        let raw = Raw::Json { text, at };
+        self.add_object(&object.api_version, kind, object.hash, raw, each)
     }
 
     fn add_value(&mut self, mut value: Value, each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
@@ -290,29 +304,37 @@ impl ClusterState {
         let meta = map.get("metadata");
         let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
         let name = object_name(get("namespace"), get("name"));
-        self.add_object(&api_version, &kind, &name, Raw::Yaml(value), each)
+        let hash = structural_hash(&value);
+        self.add_object(&api_version, &kind, hash, Raw::Yaml { value, name }, each)
+            .map(drop)
     }
 
-    /// Decodes, checks and records one object that is not a list.
+    /// Decodes, checks and records one object that is not a list; returns where its text ends
+    /// (JSON).
     fn add_object(
         &mut self,
         api_version: &str,
         kind: &str,
-        name: &str,
+        hash: u64,
         raw: Raw<'_>,
         each: &mut dyn FnMut(StateObject<'_>),
-    ) -> Result<()> {
-        match (api_version, kind) {
+    ) -> Result<usize> {
+        let end = match (api_version, kind) {
             ("v1", "Service") => {
-                let svc: Service = raw.typed(kind, name)?;
+                let (svc, end) = raw.typed::<SlimService>(kind)?;
+                let svc = svc.into_service();
+                let name = meta_name(&svc.metadata);
                 check_service(&svc).with_context(|| format!("Service {name}"))?;
-                if self.first_copy("Service", name, &svc)? {
+                if self.first_copy("Service", &name, hash)? {
                     self.note_service(&svc);
                     each(StateObject::Service(&svc));
                 }
+                end
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
-                let slice: EndpointSlice = raw.typed(kind, name)?;
+                let (slice, end) = raw.typed::<SlimSlice>(kind)?;
+                let slice = slice.into_slice();
+                let name = meta_name(&slice.metadata);
                 let incomplete =
                     check_slice(&slice).with_context(|| format!("EndpointSlice {name}"))?;
                 self.incomplete_objects.extend(
@@ -320,48 +342,67 @@ impl ClusterState {
                         .into_iter()
                         .map(|why| format!("EndpointSlice {name} {why}")),
                 );
-                if self.first_copy("EndpointSlice", name, &slice)? {
+                if self.first_copy("EndpointSlice", &name, hash)? {
                     self.note_slice(&slice);
                     each(StateObject::EndpointSlice(&slice));
                 }
+                end
             }
             ("v1", "Node") => {
-                let node: Node = raw.typed(kind, name)?;
+                let (node, end) = raw.typed::<Node>(kind)?;
+                let name = meta_name(&node.metadata);
                 check_node(&node).with_context(|| format!("Node {name}"))?;
-                if self.first_copy("Node", name, &node)? {
+                if self.first_copy("Node", &name, hash)? {
                     self.nodes.push(slim_node(node));
                 }
+                end
             }
             ("v1", "Pod") => {
-                let pod: Pod = raw.typed(kind, name)?;
+                let (pod, end) = raw.typed::<Pod>(kind)?;
+                let name = meta_name(&pod.metadata);
                 check_pod(&pod).with_context(|| format!("Pod {name}"))?;
-                if self.first_copy("Pod", name, &pod)? && has_host_port(&pod) {
+                if self.first_copy("Pod", &name, hash)? && has_host_port(&pod) {
                     self.pods.push(pod);
                 }
+                end
             }
-            ("", _) | (_, "") => bail!("object {name} has no apiVersion or kind"),
-            ("v1", "Endpoints") => self.incomplete_objects.push(format!(
-                "v1 Endpoints {name} is not read (the reconciler reads discovery.k8s.io/v1 \
-                 EndpointSlices, as kube-proxy does)"
-            )),
-            (_, "EndpointSlice") => self.incomplete_objects.push(format!(
-                "{api_version} EndpointSlice {name} is not read (only discovery.k8s.io/v1 \
-                 EndpointSlices are: Kubernetes 1.21 or later)"
-            )),
+            ("", _) | (_, "") => bail!("object {} has no apiVersion or kind", raw.name()),
+            ("v1", "Endpoints") => {
+                self.incomplete_objects.push(format!(
+                    "v1 Endpoints {} is not read (the reconciler reads discovery.k8s.io/v1 \
+                     EndpointSlices, as kube-proxy does)",
+                    raw.name()
+                ));
+                raw.end()
+            }
+            (_, "EndpointSlice") => {
+                self.incomplete_objects.push(format!(
+                    "{api_version} EndpointSlice {} is not read (only discovery.k8s.io/v1 \
+                     EndpointSlices are: Kubernetes 1.21 or later)",
+                    raw.name()
+                ));
+                raw.end()
+            }
             (_, "Service" | "Node" | "Pod") => {
-                bail!("{api_version} {kind} {name}: unknown apiVersion for a {kind} (v1)")
+                bail!(
+                    "{api_version} {kind} {}: unknown apiVersion for a {kind} (v1)",
+                    raw.name()
+                )
             }
-            _ => self.warnings.push(format!(
-                "skipped {api_version} {kind} {name}: not used by the reconciler"
-            )),
-        }
-        Ok(())
+            _ => {
+                self.warnings.push(format!(
+                    "skipped {api_version} {kind} {}: not used by the reconciler",
+                    raw.name()
+                ));
+                raw.end()
+            }
+        };
+        Ok(end)
     }
 
-    /// True the first time `kind name` is read; an identical later copy is false, a different
-    /// one an error.
-    fn first_copy(&mut self, kind: &str, name: &str, object: &impl Serialize) -> Result<bool> {
-        let hash = self.content_hash(object)?;
+    /// True the first time `kind name` is read; a later copy with the same content (its
+    /// [`structural_hash`]) is false, a different one an error.
+    fn first_copy(&mut self, kind: &str, name: &str, hash: u64) -> Result<bool> {
         match self.seen.entry(format!("{kind} {name}")) {
             std::collections::hash_map::Entry::Occupied(at) => {
                 if *at.get() != hash {
@@ -377,17 +418,6 @@ impl ClusterState {
                 Ok(true)
             }
         }
-    }
-
-    /// A hash of `object`'s JSON form, which is canonical for the typed objects (fields in a
-    /// fixed order, maps sorted), so two copies of an object hash alike whatever file format
-    /// and key order they were read from.
-    fn content_hash(&mut self, object: &impl Serialize) -> Result<u64> {
-        self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, object).context("hashing an object")?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        hasher.write(&self.scratch);
-        Ok(hasher.finish())
     }
 
     fn note_service(&mut self, svc: &Service) {
@@ -480,24 +510,71 @@ impl ClusterState {
 
 /// One object's text, decoded into its typed form once its kind is known.
 enum Raw<'a> {
-    Yaml(Value),
-    /// `at`: the object's bytes within `text`, a whole file of valid JSON.
-    Json {
-        text: &'a [u8],
-        at: Range<usize>,
-    },
+    /// `name`: as [`object_name`] names it.
+    Yaml { value: Value, name: String },
+    /// `at`: where the object starts within `text`, a whole file of valid JSON.
+    Json { text: &'a str, at: usize },
 }
 
 impl Raw<'_> {
-    fn typed<T: serde::de::DeserializeOwned>(self, kind: &str, name: &str) -> Result<T> {
+    /// The object decoded, and where its text ends (JSON).
+    fn typed<T: serde::de::DeserializeOwned>(self, kind: &str) -> Result<(T, usize)> {
         match self {
-            Raw::Yaml(value) => {
-                serde_yaml::from_value(value).map_err(|e| anyhow!("{kind} {name}: {e}"))
+            Raw::Yaml { value, name } => serde_yaml::from_value(value)
+                .map(|t| (t, 0))
+                .map_err(|e| anyhow!("{kind} {name}: {e}")),
+            Raw::Json { text, at } => {
+                // A stream stops at the end of the object's value: the text after it is the
+                // rest of the file.
+                let mut stream = serde_json::Deserializer::from_str(&text[at..]).into_iter::<T>();
+                match stream.next() {
+                    Some(Ok(t)) => Ok((t, at + stream.byte_offset())),
+                    Some(Err(e)) => {
+                        let name = Raw::Json { text, at }.name();
+                        bail!(
+                            "{kind} {name}: {}",
+                            json_text::in_file(&e, text.as_bytes(), at)
+                        )
+                    }
+                    None => bail!("{kind}: no object (a bug)"),
+                }
             }
-            Raw::Json { text, at } => serde_json::from_slice(&text[at.clone()])
-                .map_err(|e| anyhow!("{kind} {name}: {}", json_text::in_file(&e, text, at.start))),
         }
     }
+
+    /// The object's name, as [`object_name`] writes it.
+    fn name(&self) -> String {
+        match self {
+            Raw::Yaml { name, .. } => name.clone(),
+            Raw::Json { text, at } => {
+                let text = text.as_bytes();
+                let (_, [metadata]) = json_text::fields(text, *at, ["metadata"]);
+                metadata
+                    .filter(|m| text[m.start] == b'{')
+                    .map(|m| {
+                        let (_, [namespace, name]) =
+                            json_text::fields(text, m.start, ["namespace", "name"]);
+                        let get =
+                            |f: Option<Range<usize>>| f.and_then(|r| json_text::string(&text[r]));
+                        object_name(get(namespace).as_deref(), get(name).as_deref())
+                    })
+                    .unwrap_or_else(|| object_name(None, None))
+            }
+        }
+    }
+
+    /// Where the object's text ends (JSON).
+    fn end(&self) -> usize {
+        match self {
+            Raw::Yaml { .. } => 0,
+            Raw::Json { text, at } => json_text::value_end(text.as_bytes(), *at),
+        }
+    }
+}
+
+/// An object's name as [`object_name`] writes it.
+fn meta_name(meta: &ObjectMeta) -> String {
+    object_name(meta.namespace.as_deref(), meta.name.as_deref())
 }
 
 /// What the engine reads of a Node (ctdiff's `parse_node`): its name and addresses.
@@ -526,18 +603,79 @@ fn has_host_port(pod: &Pod) -> bool {
     })
 }
 
+/// What the validating pass learns of each object (the document, and the items of its Lists):
+/// in the order the objects start, so that the decoding pass, which walks the same objects in
+/// the same order, takes one entry each.
+struct Candidate<'de> {
+    kind: Cow<'de, str>,
+    api_version: Cow<'de, str>,
+    /// [`structural_hash`] of the whole object.
+    hash: u64,
+    items: ItemsAt,
+}
+
+/// Where a List's `items` value is.
+#[derive(Clone, Copy)]
+enum ItemsAt {
+    /// No `items` key.
+    Absent,
+    /// Just past the closing quote of the `items` key.
+    After(usize),
+    /// The key was spelt with escapes: its place is not known.
+    Unknown,
+}
+
+/// The state of the validating pass shared by all its levels.
+struct StrictCtx<'de> {
+    /// The keys of the mappings being read, innermost last: one buffer for the whole text.
+    keys: Vec<Cow<'de, str>>,
+    candidates: Vec<Candidate<'de>>,
+    /// The text's address, to turn a borrowed key into its offset.
+    base: usize,
+}
+
+/// Which values the validating pass records (see [`Candidate`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Plain,
+    /// The document, or an item of a List.
+    Object,
+    /// The `items` of an object: its elements are objects if it turns out to be a List.
+    Items,
+}
+
+/// What the validating pass returns for a value: its [`structural_hash`], its text if it is a
+/// string, and whether it is null.
+struct Seen<'de> {
+    hash: u64,
+    text: Option<Cow<'de, str>>,
+    null: bool,
+}
+
+impl Seen<'_> {
+    fn scalar(hash: u64) -> Self {
+        Seen {
+            hash,
+            text: None,
+            null: false,
+        }
+    }
+}
+
 /// Parses any JSON value without keeping it, and fails, as the YAML value type does, on a
 /// mapping that gives a key twice (which copy counts is a guess), and on brackets nested deeper
-/// than [`MAX_FLOW_DEPTH`].
+/// than [`MAX_FLOW_DEPTH`]. On the way it hashes every value ([`structural_hash`]) and records
+/// each object's kind and hash ([`Candidate`]), so that the objects are decoded without another
+/// walk over their text to find their kind or to hash them.
 struct StrictJson<'k, 'de> {
-    /// The keys of the mappings being read, innermost last: one buffer for the whole text.
-    keys: &'k mut Vec<Cow<'de, str>>,
+    ctx: &'k mut StrictCtx<'de>,
     depth: usize,
+    role: Role,
 }
 
 impl<'de> StrictJson<'_, 'de> {
     /// One level deeper, or the error for nesting too deep.
-    fn nested<E: serde::de::Error>(&mut self) -> Result<StrictJson<'_, 'de>, E> {
+    fn nested<E: serde::de::Error>(&mut self, role: Role) -> Result<StrictJson<'_, 'de>, E> {
         if self.depth >= MAX_FLOW_DEPTH {
             return Err(E::custom(format_args!(
                 "brackets nested deeper than {MAX_FLOW_DEPTH} levels, far deeper than any \
@@ -545,71 +683,110 @@ impl<'de> StrictJson<'_, 'de> {
             )));
         }
         Ok(StrictJson {
-            keys: &mut *self.keys,
+            ctx: &mut *self.ctx,
             depth: self.depth + 1,
+            role,
         })
     }
 }
 
 impl<'de> DeserializeSeed<'de> for StrictJson<'_, 'de> {
-    type Value = ();
+    type Value = Seen<'de>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Seen<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for StrictJson<'_, 'de> {
-    type Value = ();
+    type Value = Seen<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<Seen<'de>, E> {
+        Ok(Seen::scalar(shash::bool(v)))
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<Seen<'de>, E> {
+        Ok(Seen::scalar(shash::i64(v)))
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<Seen<'de>, E> {
+        Ok(Seen::scalar(shash::u64(v)))
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, v: f64) -> Result<Seen<'de>, E> {
+        Ok(Seen::scalar(shash::f64(v)))
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Seen<'de>, E> {
+        Ok(Seen {
+            hash: shash::str(v),
+            text: Some(Cow::Borrowed(v)),
+            null: false,
+        })
     }
 
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, v: &str) -> Result<Seen<'de>, E> {
+        Ok(Seen {
+            hash: shash::str(v),
+            text: Some(Cow::Owned(v.to_owned())),
+            null: false,
+        })
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        let _ = self.nested::<A::Error>()?;
-        while seq.next_element_seed(self.nested()?)?.is_some() {}
-        Ok(())
+    fn visit_unit<E>(self) -> Result<Seen<'de>, E> {
+        Ok(Seen {
+            hash: shash::NULL,
+            text: None,
+            null: true,
+        })
     }
 
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        let _ = self.nested::<A::Error>()?;
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Seen<'de>, A::Error> {
+        let _ = self.nested::<A::Error>(Role::Plain)?;
+        let role = if self.role == Role::Items {
+            Role::Object
+        } else {
+            Role::Plain
+        };
+        let mut hash = shash::Seq::default();
+        while let Some(seen) = seq.next_element_seed(self.nested(role)?)? {
+            hash.add(seen.hash);
+        }
+        Ok(Seen::scalar(hash.finish()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Seen<'de>, A::Error> {
+        let _ = self.nested::<A::Error>(Role::Plain)?;
+        let object = self.role == Role::Object;
+        let slot = self.ctx.candidates.len();
+        let (mut kind, mut api_version, mut items) =
+            (Cow::Borrowed(""), Cow::Borrowed(""), ItemsAt::Absent);
+        if object {
+            // Filled in at the end; taken now so that the objects are in the order they start.
+            self.ctx.candidates.push(Candidate {
+                kind: Cow::Borrowed(""),
+                api_version: Cow::Borrowed(""),
+                hash: 0,
+                items: ItemsAt::Absent,
+            });
+        }
+        let mut hash = shash::Map::default();
         // Objects have a few keys: a scan of this mapping's part of the buffer is faster than
         // a set until they have many.
-        let start = self.keys.len();
+        let start = self.ctx.keys.len();
         let mut many: Option<HashSet<Cow<'de, str>>> = None;
         while let Some(key) = map.next_key_seed(JsonKey)? {
             let twice = match &mut many {
                 Some(set) => !set.insert(key.clone()),
                 None => {
-                    let twice = self.keys[start..].contains(&key);
-                    self.keys.push(key.clone());
-                    if self.keys.len() - start >= 32 {
-                        many = Some(self.keys.drain(start..).collect());
+                    let twice = self.ctx.keys[start..].contains(&key);
+                    self.ctx.keys.push(key.clone());
+                    if self.ctx.keys.len() - start >= 32 {
+                        many = Some(self.ctx.keys.drain(start..).collect());
                     }
                     twice
                 }
@@ -620,10 +797,173 @@ impl<'de> Visitor<'de> for StrictJson<'_, 'de> {
                     "duplicate entry with key {key:?}"
                 )));
             }
-            map.next_value_seed(self.nested()?)?;
+            let role = if object && key == "items" {
+                items = match &key {
+                    Cow::Borrowed(k) => {
+                        ItemsAt::After(k.as_ptr() as usize - self.ctx.base + k.len() + 1)
+                    }
+                    Cow::Owned(_) => ItemsAt::Unknown,
+                };
+                Role::Items
+            } else {
+                Role::Plain
+            };
+            let seen = map.next_value_seed(self.nested(role)?)?;
+            if object {
+                match key.as_ref() {
+                    "kind" => kind = seen.text.clone().unwrap_or_default(),
+                    "apiVersion" => api_version = seen.text.clone().unwrap_or_default(),
+                    _ => {}
+                }
+            }
+            if !seen.null {
+                hash.add(shash::str(&key), seen.hash);
+            }
         }
-        self.keys.truncate(start);
-        Ok(())
+        self.ctx.keys.truncate(start);
+        let hash = hash.finish();
+        if object {
+            if !kind.ends_with("List") {
+                // Not a List: its `items`, if any, are no objects of the state.
+                self.ctx.candidates.truncate(slot + 1);
+            }
+            self.ctx.candidates[slot] = Candidate {
+                kind,
+                api_version,
+                hash,
+                items,
+            };
+        }
+        Ok(Seen::scalar(hash))
+    }
+}
+
+/// A hash of a value's content that does not depend on how it was written: the order of a
+/// mapping's keys, JSON or YAML, white space, escapes; a key given `null` counts as absent (as
+/// for every field of the typed objects). Two copies of an object are the same object when
+/// their hashes are equal.
+fn structural_hash(value: &Value) -> u64 {
+    match value {
+        Value::Null => shash::NULL,
+        Value::Bool(v) => shash::bool(*v),
+        Value::Number(n) => {
+            if let Some(v) = n.as_u64() {
+                shash::u64(v)
+            } else if let Some(v) = n.as_i64() {
+                shash::i64(v)
+            } else {
+                shash::f64(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => shash::str(s),
+        Value::Sequence(items) => {
+            let mut hash = shash::Seq::default();
+            for item in items {
+                hash.add(structural_hash(item));
+            }
+            hash.finish()
+        }
+        Value::Mapping(map) => {
+            let mut hash = shash::Map::default();
+            for (key, value) in map {
+                if !value.is_null() {
+                    let key = match key {
+                        Value::String(s) => shash::str(s),
+                        other => structural_hash(other),
+                    };
+                    hash.add(key, structural_hash(value));
+                }
+            }
+            hash.finish()
+        }
+        Value::Tagged(tagged) => {
+            let mut hash = shash::Seq::default();
+            hash.add(shash::str(&tagged.tag.to_string()));
+            hash.add(structural_hash(&tagged.value));
+            shash::mix(hash.finish() ^ shash::TAGGED)
+        }
+    }
+}
+
+/// The pieces of [`structural_hash`], shared by the JSON and the YAML readings.
+mod shash {
+    use std::hash::BuildHasher;
+
+    pub(super) const NULL: u64 = 0x6e75_6c6c_0000_0001;
+    pub(super) const TAGGED: u64 = 0x7461_6767_0000_0002;
+    const TRUE: u64 = 0x7472_7565_0000_0003;
+    const FALSE: u64 = 0x6661_6c73_0000_0004;
+    const U64: u64 = 0x7536_3400_0000_0005;
+    const I64: u64 = 0x6936_3400_0000_0006;
+    const F64: u64 = 0x6636_3400_0000_0007;
+    const SEQ: u64 = 0x7365_7100_0000_0008;
+    const MAP: u64 = 0x6d61_7000_0000_0009;
+
+    /// A full-avalanche finaliser (MurmurHash3's).
+    pub(super) fn mix(mut x: u64) -> u64 {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
+
+    pub(super) fn str(s: &str) -> u64 {
+        // A fixed seed: copies read in different files, or runs, must hash alike.
+        foldhash::quality::FixedState::with_seed(0x5eed).hash_one(s)
+    }
+
+    pub(super) fn bool(v: bool) -> u64 {
+        if v { TRUE } else { FALSE }
+    }
+
+    pub(super) fn u64(v: u64) -> u64 {
+        mix(v ^ U64)
+    }
+
+    pub(super) fn i64(v: i64) -> u64 {
+        mix((v as u64) ^ I64).rotate_left(7)
+    }
+
+    pub(super) fn f64(v: f64) -> u64 {
+        mix(v.to_bits() ^ F64).rotate_left(13)
+    }
+
+    /// A sequence: the order of the elements counts.
+    pub(super) struct Seq(u64, u64);
+
+    impl Default for Seq {
+        fn default() -> Self {
+            Seq(SEQ, 0)
+        }
+    }
+
+    impl Seq {
+        pub(super) fn add(&mut self, element: u64) {
+            self.0 = mix(self.0 ^ element).wrapping_add(self.1);
+            self.1 += 1;
+        }
+
+        pub(super) fn finish(&self) -> u64 {
+            mix(self.0 ^ self.1.rotate_left(32))
+        }
+    }
+
+    /// A mapping: the entries are summed, so their order does not count.
+    #[derive(Default)]
+    pub(super) struct Map(u64, u64);
+
+    impl Map {
+        pub(super) fn add(&mut self, key: u64, value: u64) {
+            self.0 = self
+                .0
+                .wrapping_add(mix(key ^ mix(value.wrapping_add(0x9e37_79b9_7f4a_7c15))));
+            self.1 += 1;
+        }
+
+        pub(super) fn finish(&self) -> u64 {
+            mix(self.0 ^ MAP ^ self.1.rotate_left(40))
+        }
     }
 }
 
@@ -713,6 +1053,23 @@ mod json_text {
                     j += 1;
                 }
                 j
+            }
+        }
+    }
+
+    /// The end of the object in which `i` is just past a value: its remaining keys skipped.
+    pub(super) fn object_end_after(text: &[u8], mut i: usize) -> usize {
+        loop {
+            i = skip_ws(text, i);
+            match text[i] {
+                b'}' => return i + 1,
+                b',' => i += 1,
+                _ => {
+                    // A key, its `:` and its value.
+                    let key_end = string_end(text, i);
+                    let value = skip_ws(text, skip_ws(text, key_end) + 1);
+                    i = value_end(text, value);
+                }
             }
         }
     }
@@ -1887,5 +2244,20 @@ spec:
         );
         assert!(s.services.is_empty() && s.slices.is_empty());
         assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+    }
+    /// Copies of one object are one object whatever their format and key order (the
+    /// validating pass hashes JSON as the YAML reading hashes its values).
+    #[test]
+    fn copies_in_other_formats_and_key_orders_are_one_object() {
+        let reordered = "{\"ports\":[{\"protocol\":\"UDP\",\"port\":53,\"name\":\"dns\"}],\
+             \"endpoints\":[{\"conditions\":{\"ready\":true},\"addresses\":[\"10.244.0.5\"]}],\
+             \"addressType\":\"IPv4\",\"metadata\":{\"labels\":{\"kubernetes.io/service-name\":\"dns\"},\
+             \"namespace\":\"kube-system\",\"name\":\"dns-abc\",\"uid\":null},\
+             \"kind\":\"EndpointSlice\",\"apiVersion\":\"discovery.k8s.io/v1\"}";
+        let s = read_files(&[SLICE, &json_of(SLICE), reordered]).unwrap();
+        assert_eq!(s.slices.len(), 1);
+        let changed = reordered.replace("\"ready\":true", "\"ready\":false");
+        let err = read_files(&[SLICE, &changed]).unwrap_err();
+        assert!(format!("{err:#}").contains("twice"), "{err:#}");
     }
 }
