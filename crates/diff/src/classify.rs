@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::addr::{Key, unspecified_like};
 use crate::index::Index;
-use crate::tables::{Group, GroupKind, Slot, pack4};
+use crate::tables::{Group, GroupKind, NodePortKey, Slot, pack4};
 use crate::verdict::{Evidence, FlowRef, Frontend, IPPROTO_UDP, Reason, Stale, Verdict};
 
 impl Index {
@@ -58,11 +58,15 @@ impl Index {
             host_ports.get(&Key::new(unspecified_like(dst.ip), dst.port))
         };
         // kube-proxy DNATs a NodePort only on the node addresses `--nodeport-addresses` admits.
-        let node_port = self.frontends.node_ports.get(&dst.port).filter(|_| {
-            self.nodeport_addrs
-                .as_ref()
-                .is_none_or(|admitted| admitted.contains(&dst.ip))
-        });
+        let node_port = self
+            .frontends
+            .node_ports
+            .get(&NodePortKey::of(dst))
+            .filter(|_| {
+                self.nodeport_addrs
+                    .as_ref()
+                    .is_none_or(|admitted| admitted.contains(&dst.ip))
+            });
         if (any_host.is_some() || node_port.is_some()) && self.this_node.contains(&dst.ip) {
             if let Some(slot) = any_host
                 && let Some(verdict) = consider(slot, Frontend::HostPort(dst.socket()))

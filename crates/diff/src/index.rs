@@ -16,7 +16,9 @@ use crate::gate::Knowledge;
 use crate::kinds::IndexedKind;
 use crate::parse::{self, ObjKey, ParsedService, PodSpec, ServiceSpec, SliceSpec};
 use crate::report::{Report, SkipReason};
-use crate::tables::{Backend, Backends, FrontendKey, Frontends, Group, GroupId, GroupKind, Groups};
+use crate::tables::{
+    Backend, Backends, FrontendKey, Frontends, Group, GroupId, GroupKind, Groups, NodePortKey,
+};
 use crate::verdict::Frontend;
 
 /// Default time after which a kind whose watch has not answered counts as stale.
@@ -253,7 +255,18 @@ impl Index {
                 .iter()
                 .map(|ip| FrontendKey::Addr(Key::new(*ip, port.port)))
                 .collect();
-            fks.extend(port.node_port.map(FrontendKey::NodePort));
+            // A NodePort on the node addresses of the Service's families only (its ips are
+            // already those families' addresses).
+            if let Some(node_port) = port.node_port {
+                for v6 in [false, true] {
+                    if spec.ips.iter().any(|ip| ip.is_ipv6() == v6) {
+                        fks.push(FrontendKey::NodePort(NodePortKey {
+                            v6,
+                            port: node_port,
+                        }));
+                    }
+                }
+            }
             let mut group = Group {
                 owner: owner.clone(),
                 port_name: port.name.clone(),

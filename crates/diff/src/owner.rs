@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::addr::{Key, unspecified_like};
 use crate::index::Index;
-use crate::tables::{FrontendKey, Group, Slot, pack4};
+use crate::tables::{FrontendKey, Group, NodePortKey, Slot, pack4};
 use crate::verdict::{Frontend, ServiceName};
 
 /// The owner of a frontend, as [`Index::owner_of`] and [`Index::owner`] find it.
@@ -72,7 +72,7 @@ impl Index {
             let node_port = self
                 .frontends
                 .node_ports
-                .get(&dst.port)
+                .get(&NodePortKey::of(dst))
                 .filter(|_| admitted);
             if let Some(owner) = consider(node_port, Frontend::NodePort(dst.port)) {
                 return Some(owner);
@@ -86,14 +86,25 @@ impl Index {
     /// IP (`0.0.0.0:PORT`, `[::]:PORT`) is a host port on every node address of the family.
     /// The live owner first, else a tombstone still in force at `now`.
     pub fn owner(&self, frontend: Frontend, now: Instant) -> Option<Owner<'_>> {
-        let key = match frontend {
-            Frontend::Addr(addr) => FrontendKey::Addr(Key::from_socket(addr)),
-            Frontend::NodePort(port) => FrontendKey::NodePort(port),
-            Frontend::HostPort(addr) => FrontendKey::HostPort(Key::from_socket(addr)),
+        let keys = match frontend {
+            Frontend::Addr(addr) => [Some(FrontendKey::Addr(Key::from_socket(addr))), None],
+            // Either family's (a dual-stack Service owns both).
+            Frontend::NodePort(port) => {
+                [false, true].map(|v6| Some(FrontendKey::NodePort(NodePortKey { v6, port })))
+            }
+            Frontend::HostPort(addr) => [Some(FrontendKey::HostPort(Key::from_socket(addr))), None],
         };
-        let slot = self.frontends.get(key)?;
-        self.live_owner(slot, frontend)
-            .or_else(|| self.tomb_owner(slot, frontend, now))
+        let slots = keys.map(|key| key.and_then(|key| self.frontends.get(key)));
+        slots
+            .iter()
+            .flatten()
+            .find_map(|slot| self.live_owner(slot, frontend))
+            .or_else(|| {
+                slots
+                    .iter()
+                    .flatten()
+                    .find_map(|slot| self.tomb_owner(slot, frontend, now))
+            })
     }
 
     fn live_owner(&self, slot: &Slot, frontend: Frontend) -> Option<Owner<'_>> {

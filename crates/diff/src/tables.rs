@@ -162,16 +162,35 @@ impl Backends {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum FrontendKey {
     Addr(Key),
-    NodePort(u16),
+    /// A NodePort of one IP family: kube-proxy's per-family proxiers DNAT a single-stack
+    /// Service's NodePort on that family's node addresses only.
+    NodePort(NodePortKey),
     /// Unspecified IP: every node address of that family.
     HostPort(Key),
+}
+
+/// A NodePort of one IP family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct NodePortKey {
+    pub(crate) v6: bool,
+    pub(crate) port: u16,
+}
+
+impl NodePortKey {
+    /// The NodePort a flow to `dst` would have reached.
+    pub(crate) fn of(dst: Key) -> Self {
+        NodePortKey {
+            v6: dst.ip.is_ipv6(),
+            port: dst.port,
+        }
+    }
 }
 
 impl FrontendKey {
     pub(crate) fn public(self) -> Frontend {
         match self {
             FrontendKey::Addr(key) => Frontend::Addr(key.socket()),
-            FrontendKey::NodePort(port) => Frontend::NodePort(port),
+            FrontendKey::NodePort(key) => Frontend::NodePort(key.port),
             FrontendKey::HostPort(key) => Frontend::HostPort(key.socket()),
         }
     }
@@ -418,7 +437,7 @@ pub(crate) struct Frontends {
     /// IPv4 address frontends keyed by [`pack4`].
     pub(crate) addrs4: FxHashMap<u64, Slot>,
     pub(crate) addrs6: FxHashMap<Key, Slot>,
-    pub(crate) node_ports: FxHashMap<u16, Slot>,
+    pub(crate) node_ports: FxHashMap<NodePortKey, Slot>,
     pub(crate) host_ports: FxHashMap<Key, Slot>,
 }
 
@@ -430,7 +449,7 @@ impl Frontends {
                 port,
             }) => self.addrs4.entry(pack4(ip, port)).or_default(),
             FrontendKey::Addr(key) => self.addrs6.entry(key).or_default(),
-            FrontendKey::NodePort(port) => self.node_ports.entry(port).or_default(),
+            FrontendKey::NodePort(key) => self.node_ports.entry(key).or_default(),
             FrontendKey::HostPort(key) => self.host_ports.entry(key).or_default(),
         }
     }
@@ -442,7 +461,7 @@ impl Frontends {
                 port,
             }) => self.addrs4.get(&pack4(ip, port)),
             FrontendKey::Addr(key) => self.addrs6.get(&key),
-            FrontendKey::NodePort(port) => self.node_ports.get(&port),
+            FrontendKey::NodePort(key) => self.node_ports.get(&key),
             FrontendKey::HostPort(key) => self.host_ports.get(&key),
         }
     }
@@ -454,7 +473,7 @@ impl Frontends {
                 port,
             }) => self.addrs4.get_mut(&pack4(ip, port)),
             FrontendKey::Addr(key) => self.addrs6.get_mut(&key),
-            FrontendKey::NodePort(port) => self.node_ports.get_mut(&port),
+            FrontendKey::NodePort(key) => self.node_ports.get_mut(&key),
             FrontendKey::HostPort(key) => self.host_ports.get_mut(&key),
         }
     }
@@ -466,7 +485,7 @@ impl Frontends {
                 port,
             }) => drop(self.addrs4.remove(&pack4(ip, port))),
             FrontendKey::Addr(key) => drop(self.addrs6.remove(&key)),
-            FrontendKey::NodePort(port) => drop(self.node_ports.remove(&port)),
+            FrontendKey::NodePort(key) => drop(self.node_ports.remove(&key)),
             FrontendKey::HostPort(key) => drop(self.host_ports.remove(&key)),
         }
     }

@@ -47,6 +47,16 @@ fn dns_service() -> Service {
     )
 }
 
+/// `dns_service` with a ClusterIP of each family: its NodePort is on both families.
+fn dual_stack_dns_service() -> Service {
+    mk_service(
+        "kube-system",
+        "dns",
+        &["10.96.0.10", "fd00:96::10"],
+        vec![udp_np("dns", 53, 30053)],
+    )
+}
+
 fn dns_slice(endpoints: Vec<ctdiff::k8s_openapi::api::discovery::v1::Endpoint>) -> EndpointSlice {
     mk_slice("kube-system", "dns-abc", "dns", &[("dns", 5353)], endpoints)
 }
@@ -1335,7 +1345,8 @@ fn stats_count_the_index() {
     let stats = index.stats();
     assert_eq!(stats.services, 1);
     assert_eq!(stats.service_ports, 2);
-    assert_eq!(stats.frontends, 3 * 2 + 1 + 1);
+    // Per port: two ClusterIPs and the ExternalIP; the NodePort once per family; the host port.
+    assert_eq!(stats.frontends, 3 * 2 + 2 + 1);
     assert_eq!(stats.endpoints, 2);
     assert_eq!(stats.endpoint_slices, 1);
     assert_eq!(stats.host_ports, 1);
@@ -1626,6 +1637,43 @@ fn ip_families_decide_and_pair_with_cluster_ips_by_index() {
 }
 
 #[test]
+fn a_single_stack_nodeport_is_not_judged_on_the_other_familys_node_addresses() {
+    // kube-proxy's IPv6 proxier knows nothing of an IPv4-only Service: a flow to the same port
+    // on a node IPv6 address is some other traffic, never DNATed by it, and must be kept.
+    let now = Instant::now();
+    let mut index = dns_index(vec![ep("10.244.1.5")], now);
+    index.set_local_addrs([NODE_IP.parse().unwrap(), "fd00:1::5".parse().unwrap()]);
+    assert_unrelated(&index, flow("[fd00:1::5]:30053", "[fd00:1::5]:30053"), now);
+    assert_stale(
+        &index,
+        flow(&format!("{NODE_IP}:30053"), "10.244.9.9:5353"),
+        now,
+        Reason::EndpointGone,
+    );
+    // With a ClusterIP of each family the NodePort is on both.
+    let mut index = mk_index(
+        &[dual_stack_dns_service()],
+        &[dns_slice(vec![ep("10.244.1.5")])],
+        &[],
+        &[NODE_IP],
+        now,
+    );
+    index.set_local_addrs([NODE_IP.parse().unwrap(), "fd00:1::5".parse().unwrap()]);
+    assert_stale(
+        &index,
+        flow("[fd00:1::5]:30053", "[fd00:1::5]:30053"),
+        now,
+        Reason::NotDnated,
+    );
+    // The owner of a NodePort named without a family is found in either.
+    assert!(
+        index
+            .owner(ctdiff::Frontend::NodePort(30053), now)
+            .is_some()
+    );
+}
+
+#[test]
 fn nodeport_addresses_cidrs_restrict_nodeports_but_not_host_ports() {
     let now = Instant::now();
     let cfg = IndexConfig {
@@ -1635,7 +1683,7 @@ fn nodeport_addresses_cidrs_restrict_nodeports_but_not_host_ports() {
     let sip = mk_pod("ns", "sip", NODE, &["10.244.1.7"], &[(None, 5060, 5060)]);
     let mut index = mk_index_with(
         cfg,
-        &[dns_service()],
+        &[dual_stack_dns_service()],
         &[dns_slice(vec![ep("10.244.1.5")])],
         &[sip],
         &[NODE_IP],
@@ -1676,7 +1724,7 @@ fn nodeport_addresses_primary_is_the_nodes_first_internal_ip_per_family() {
     };
     let mut index = mk_index_with(
         cfg,
-        &[dns_service()],
+        &[dual_stack_dns_service()],
         &[dns_slice(vec![ep("10.244.1.5")])],
         &[],
         &[],

@@ -597,7 +597,8 @@ fn reference(c: &Cluster, f: &FlowRef) -> Expected {
 
     // Class 1: address frontends.
     let mut owners = Vec::new();
-    for svc in c.services.values().filter(handled) {
+    // The addresses kube-proxy programs for a Service (of its families only).
+    let served_ips = |svc: &PSvc| -> Vec<IpAddr> {
         let mut ips: Vec<IpAddr> = svc.cluster_ips.clone();
         ips.extend(&svc.external_ips);
         ips.extend(
@@ -607,6 +608,10 @@ fn reference(c: &Cluster, f: &FlowRef) -> Expected {
                 .map(|(ip, _)| *ip),
         );
         ips.retain(|ip| in_families(svc, *ip));
+        ips
+    };
+    for svc in c.services.values().filter(handled) {
+        let ips = served_ips(svc);
         for p in svc.ports.iter().filter(|p| p.udp) {
             if p.port == dport && ips.contains(&dip) {
                 owners.push(svc_owner(c, svc, p));
@@ -634,9 +639,19 @@ fn reference(c: &Cluster, f: &FlowRef) -> Expected {
             }
         }
     }
-    // Class 4: NodePorts on the node addresses --nodeport-addresses admits.
+    // Class 4: NodePorts on the node addresses --nodeport-addresses admits, of the families the
+    // Service is served in (kube-proxy's per-family proxiers).
+    // (Served in a family: the Service has an address of it that kube-proxy programs; the
+    // same for every valid object as its `spec.ipFamilies`.)
+    let served_in_dip_family =
+        |s: &&PSvc| served_ips(s).iter().any(|ip| ip.is_ipv6() == dip.is_ipv6());
     if owners.is_empty() && nodeport_on_node {
-        for svc in c.services.values().filter(handled) {
+        for svc in c
+            .services
+            .values()
+            .filter(handled)
+            .filter(served_in_dip_family)
+        {
             for p in svc.ports.iter().filter(|p| p.udp) {
                 if p.node_port == Some(dport) {
                     owners.push(svc_owner(c, svc, p));
