@@ -617,7 +617,10 @@ impl Sim {
             Step::Swap => {
                 if self.queue.len() >= 2 {
                     self.queue.swap(0, 1);
+                    // Both are out of order: the one moved ahead, and the one it jumped over
+                    // (a DESTROY moved ahead of its NEW leaves that NEW to re-add a dead flow).
                     self.queue[0].tainted = true;
+                    self.queue[1].tainted = true;
                 }
             }
             Step::BeginSeed => {
