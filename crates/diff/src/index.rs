@@ -183,6 +183,19 @@ impl Index {
         }
     }
 
+    /// Records that a relist of one kind finished. The kind's first listing makes the whole
+    /// index dirty: until then every flow its groups decide was kept whatever it was. A later
+    /// relist does not: each object it added, changed or removed marked its own frontends
+    /// dirty as it was applied, exactly like a watch event, and one that changed nothing
+    /// must not cost a walk of the whole table (with its follow-ups, four).
+    fn mark_listed(&mut self, kind: impl FnOnce(&mut Listed) -> &mut bool) {
+        let listed = kind(&mut self.listed);
+        if !*listed {
+            *listed = true;
+            self.dirty_all = true;
+        }
+    }
+
     // ---- services ----
 
     /// Adds or updates a Service (see [`IndexedKind::apply`]); with `seen`, records it as
@@ -223,8 +236,8 @@ impl Index {
         report
     }
 
-    /// Ends a relist of Services: those not listed are deleted (tombstoned), the kind counts
-    /// as listed, and the index is dirty as a whole.
+    /// Ends a relist of Services: those not listed are deleted (tombstoned) and the kind counts
+    /// as listed (see [`Index::mark_listed`] for what becomes dirty).
     pub(crate) fn finish_services(&mut self, seen: &FxHashSet<ObjKey>, now: Instant) {
         let gone: Vec<ObjKey> = self
             .services
@@ -235,8 +248,7 @@ impl Index {
         for key in gone {
             self.remove_service(&key, Some(now));
         }
-        self.listed.services = true;
-        self.dirty_all = true;
+        self.mark_listed(|listed| &mut listed.services);
     }
 
     fn upsert_service(&mut self, key: ObjKey, spec: ServiceSpec) {
@@ -386,8 +398,8 @@ impl Index {
         report
     }
 
-    /// Ends a relist of EndpointSlices: those not listed are removed, the kind counts as
-    /// listed, and the index is dirty as a whole.
+    /// Ends a relist of EndpointSlices: those not listed are removed and the kind counts as
+    /// listed (see [`Index::mark_listed`]).
     pub(crate) fn finish_slices(&mut self, seen: &FxHashSet<ObjKey>, now: Instant) {
         let gone: Vec<ObjKey> = self
             .slices
@@ -402,8 +414,7 @@ impl Index {
         for service in touched {
             self.refresh_backends(&service, now);
         }
-        self.listed.slices = true;
-        self.dirty_all = true;
+        self.mark_listed(|listed| &mut listed.slices);
     }
 
     /// Stores a slice; returns the services whose backends must be recomputed.
@@ -477,8 +488,8 @@ impl Index {
         report
     }
 
-    /// Ends a relist of Pods: those not listed are removed (host-port tombstones), the kind
-    /// counts as listed, and the index is dirty as a whole.
+    /// Ends a relist of Pods: those not listed are removed (host-port tombstones) and the kind
+    /// counts as listed (see [`Index::mark_listed`]).
     pub(crate) fn finish_pods(&mut self, seen: &FxHashSet<ObjKey>, now: Instant) {
         let gone: Vec<ObjKey> = self
             .pods
@@ -489,8 +500,7 @@ impl Index {
         for key in gone {
             self.remove_pod(&key, Some(now));
         }
-        self.listed.pods = true;
-        self.dirty_all = true;
+        self.mark_listed(|listed| &mut listed.pods);
     }
 
     fn upsert_pod(&mut self, key: ObjKey, spec: PodSpec, now: Instant) {

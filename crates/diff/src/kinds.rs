@@ -103,7 +103,8 @@ pub trait IndexedKind: sealed::Sealed + Sized {
     fn relist(index: &mut Index, relist: &mut Relist<Self>, obj: &Self, now: Instant) -> Report;
 
     /// Ends a relist: the objects it did not list are deleted (Services and Pods leave
-    /// tombstones), the kind counts as listed, and the index is dirty as a whole. (Only this
+    /// tombstones) and the kind counts as listed. Its first listing makes the whole index dirty;
+    /// a later one only what it changed, like watch events. (Only this
     /// node's Node object is read, and its absence changes nothing.)
     fn finish(index: &mut Index, relist: Relist<Self>, now: Instant) -> Report;
 
@@ -240,7 +241,7 @@ impl Index {
     }
 
     /// Replaces every object of a kind with `all` (a full relist at once): the ones missing
-    /// from it are deleted. Marks the index dirty as a whole.
+    /// from it are deleted. Dirty as [`IndexedKind::finish`] says.
     pub fn reset<'a, K: IndexedKind + 'a>(
         &mut self,
         all: impl IntoIterator<Item = &'a K>,

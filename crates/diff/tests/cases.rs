@@ -1448,13 +1448,48 @@ fn edge_streaming_relist_keeps_old_state_until_finished_then_tombstones_the_unli
     assert_stale(&index, statsd, now, Reason::NoEndpoints);
     assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
 
+    let _ = index.take_dirty();
     let _ = index.finish_relist(relist, now);
     assert_stale(&index, statsd, now, Reason::ServiceDeleted);
     assert_keep(&index, flow("10.96.0.10:53", "10.244.1.5:5353"), now);
+    // Not the kind's first listing: dirty is what the relist changed, statsd's frontend.
+    let dirty = index.take_dirty();
+    assert!(!dirty.all, "a later relist dirties what it changed only");
+    assert!(dirty.covers(&statsd));
+    assert!(!dirty.covers(&flow("10.96.0.10:53", "10.244.1.5:5353")));
+}
+
+#[test]
+fn a_kinds_first_listing_dirties_everything_a_relist_that_changed_nothing_nothing() {
+    let now = Instant::now();
+    let mut index = Index::new(IndexConfig::new(NODE));
+    let mut services = ctdiff::Relist::default();
+    let _ = index.relist(&mut services, &dns_service(), now);
+    let _ = index.finish_relist(services, now);
+    assert!(index.take_dirty().all, "the first listing of Services");
+    let mut slices = ctdiff::Relist::default();
+    let _ = index.relist(&mut slices, &dns_slice(vec![ep("10.244.1.5")]), now);
+    let _ = index.finish_relist(slices, now);
     assert!(
         index.take_dirty().all,
-        "a finished relist dirties everything"
+        "the first listing of EndpointSlices"
     );
+    // The same objects again (a watch that failed and listed again): nothing changed.
+    let mut services = ctdiff::Relist::default();
+    let _ = index.relist(&mut services, &dns_service(), now);
+    let _ = index.finish_relist(services, now);
+    let mut slices = ctdiff::Relist::default();
+    let _ = index.relist(&mut slices, &dns_slice(vec![ep("10.244.1.5")]), now);
+    let _ = index.finish_relist(slices, now);
+    assert!(index.take_dirty().is_empty());
+    // A relist that finds a backend gone dirties that Service's frontends.
+    let mut slices = ctdiff::Relist::default();
+    let _ = index.relist(&mut slices, &dns_slice(vec![]), now);
+    let _ = index.finish_relist(slices, now);
+    let dirty = index.take_dirty();
+    let gone = flow("10.96.0.10:53", "10.244.1.5:5353");
+    assert!(!dirty.all && dirty.covers(&gone));
+    assert_stale(&index, gone, now, Reason::NoEndpoints);
 }
 
 #[test]

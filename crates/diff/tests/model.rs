@@ -937,6 +937,39 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
 
+    /// Scoped passes judge only the frontends an update made dirty: every update — a watch
+    /// event, a relist (`Reset*`, the path a watch takes after any failure), a node change —
+    /// must make dirty every flow whose verdict it changed. (A relist that is not a kind's
+    /// first listing no longer dirties everything: this is what makes that safe.)
+    #[test]
+    fn every_changed_verdict_is_covered_by_the_dirty_set(initial in cluster(), events in proptest::collection::vec(event(), 1..12), flows in proptest::collection::vec(flow_ref(), 1..30)) {
+        let now = Instant::now();
+        let mut index = build(&initial, now);
+        let mut state = initial;
+        let _ = index.take_dirty();
+        for e in &events {
+            // Probes aimed at the state before and after the event (the latter found by
+            // playing it on a copy).
+            let mut next = state.clone();
+            play(&mut build(&state, now), &mut next, e, now);
+            let probes: Vec<FlowRef> = flows
+                .iter()
+                .copied()
+                .chain(aimed_flows(&state, 48))
+                .chain(aimed_flows(&next, 48))
+                .collect();
+            let before: Vec<Expected> = probes.iter().map(|f| observed(index.classify(f, now))).collect();
+            play(&mut index, &mut state, e, now);
+            let dirty = index.take_dirty();
+            for (f, before) in probes.iter().zip(&before) {
+                let after = observed(index.classify(f, now));
+                if *before != after {
+                    prop_assert!(dirty.covers(f), "{:?}: {:?} -> {:?} after {:?}, not in {:?}", f, before, after, e, dirty);
+                }
+            }
+        }
+    }
+
     /// Random event sequences: once tombstones have expired the incremental index equals an
     /// index built from the final state (and the reference model); before, they differ only
     /// where a tombstone judges a flow the final state does not know.
