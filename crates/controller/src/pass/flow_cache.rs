@@ -54,6 +54,13 @@ impl FlowCache {
         self.following = self.zone == 0 && !self.disabled;
     }
 
+    /// True when a walk that begins now can make the cache complete (events are followed).
+    /// Walks seed it only then: filling an index nothing keeps current would cost memory and
+    /// time for nothing.
+    pub fn can_seed(&self) -> bool {
+        self.following
+    }
+
     /// Never trust the cache: no events will keep it current (the event path is off, or the
     /// namespace's `net.netfilter.nf_conntrack_events` is 0). Every pass walks the table.
     pub fn disable(&mut self) {
@@ -278,6 +285,7 @@ mod tests {
         let mut cache = FlowCache::new(0);
         cache.disable();
         cache.following();
+        assert!(!cache.can_seed());
         let token = cache.begin_seed();
         cache.finish_seed(token);
         assert!(!cache.is_complete());

@@ -72,7 +72,7 @@ pub struct Sources<'a> {
 }
 
 /// Runs one pass. A scoped pass is served from the cache when it is complete (no table walk);
-/// otherwise the table is walked, and a full walk seeds the cache.
+/// otherwise the table is walked, and the walk seeds the cache.
 pub fn run_pass_with(
     table: &mut impl Table,
     index: &RwLock<Index>,
@@ -102,9 +102,12 @@ pub fn run_pass_with(
             }
         }
         None => {
-            // A full walk re-seeds the cache (the cache holds the reconciled families only);
-            // it also tells which flows the cache had missed (expected none while complete).
-            let seeding = cache.filter(|_| scope.all);
+            // Every walk reads the whole table of the reconciled families, a scoped one too: it
+            // re-seeds the cache while events are followed, so that after a loss the next
+            // scoped pass is a lookup again rather than another walk. A full walk also tells
+            // which flows a complete cache had missed (expected none).
+            let seeding =
+                cache.filter(|c| c.lock().unwrap_or_else(PoisonError::into_inner).can_seed());
             let seed = seeding.map(|c| {
                 let mut c = c.lock().unwrap_or_else(PoisonError::into_inner);
                 (c.is_complete(), c.begin_seed())

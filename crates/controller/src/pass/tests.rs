@@ -296,3 +296,68 @@ fn the_gate_defers_never_seen_backends_and_holds_on_a_stale_view() {
     let report = plan(&index, &gate, cfg(), &[flow(4001, "10.244.0.2")]);
     assert_eq!((report.stale.len(), report.held), (0, 1));
 }
+
+#[test]
+fn a_scoped_walk_seeds_the_flow_cache_so_the_next_scoped_pass_is_a_lookup() {
+    let index = index(Instant::now());
+    let gate = gate();
+    let stale = flow(4000, "10.244.0.2");
+    let mut table = FakeTable::new(vec![flow(4001, "10.244.0.1"), stale]);
+    let cache = Mutex::new(FlowCache::new(0));
+    cache.lock().unwrap().following(); // events followed, nothing seeded yet (as after a loss)
+    let mut walks = WalkChooser::default();
+    let dns = Dirty::of([ctdiff::Frontend::Addr("10.96.0.10:53".parse().unwrap())]);
+    let mut scoped = |table: &mut FakeTable| {
+        let sources = Sources {
+            cache: Some(&cache),
+            walks: &mut walks,
+        };
+        run_pass_with(
+            table,
+            &index,
+            Some(&gate),
+            sources,
+            &dns,
+            &cfg(),
+            Instant::now(),
+        )
+        .unwrap()
+    };
+    let first = scoped(&mut table);
+    assert!(first.walked, "an untrusted cache cannot answer");
+    assert_eq!(first.deleted, 1);
+    assert!(cache.lock().unwrap().is_complete(), "the walk seeded it");
+    // The deleted entry's DESTROY event; then the old rules re-create it.
+    cache.lock().unwrap().destroyed(&stale);
+    table.flows.push(stale);
+    cache.lock().unwrap().created(&stale);
+    let second = scoped(&mut table);
+    assert!(!second.walked, "served by the cache");
+    assert_eq!(table.walks, 1);
+    assert_eq!(second.deleted, 1);
+    assert_eq!(table.delete_requests, vec![stale.key(), stale.key()]);
+}
+
+#[test]
+fn a_walk_does_not_fill_a_cache_no_event_keeps_current() {
+    let index = index(Instant::now());
+    let mut table = FakeTable::new(vec![flow(4001, "10.244.0.1")]);
+    let cache = Mutex::new(FlowCache::new(0)); // no subscription
+    let sources = Sources {
+        cache: Some(&cache),
+        walks: &mut WalkChooser::default(),
+    };
+    let report = run_pass_with(
+        &mut table,
+        &index,
+        None,
+        sources,
+        &all(),
+        &cfg(),
+        Instant::now(),
+    )
+    .unwrap();
+    assert!(report.walked);
+    let cache = cache.lock().unwrap();
+    assert!(cache.is_empty() && !cache.is_complete());
+}
