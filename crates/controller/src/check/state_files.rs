@@ -33,7 +33,9 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_yaml::Value;
 use slim::{SlimService, SlimSlice};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+// Keyed by names from the user's own files, not by anything a third party chooses.
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::HashSet;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
@@ -89,11 +91,11 @@ pub struct ClusterState {
     pub incomplete_objects: Vec<String>,
     /// A hash of each object read so far (its [`structural_hash`]), by `Kind namespace/name`:
     /// a second copy must be identical, and the first one is not kept to compare with.
-    pub(crate) seen: HashMap<String, u64>,
+    pub(crate) seen: FxHashMap<(&'static str, String), u64>,
     /// The Services read that the engine judges, with the families it judges them in.
     pub(crate) judged: Vec<JudgedService>,
     /// (namespace, Service name, `IPv4`/`IPv6`) of every labelled EndpointSlice read.
-    pub(crate) covered: HashSet<(String, String, &'static str)>,
+    pub(crate) covered: FxHashSet<(String, String, &'static str)>,
 }
 
 /// What [`ClusterState::incompleteness`] needs of a judged Service.
@@ -187,6 +189,7 @@ impl ClusterState {
         let mut ctx = StrictCtx {
             keys: Vec::new(),
             candidates: Vec::new(),
+            types: Vec::new(),
             base: text.as_ptr() as usize,
         };
         StrictJson {
@@ -203,7 +206,10 @@ impl ClusterState {
                  document (a List for several objects); pass more files with more --state"
             )
         })?;
-        let mut objects = ctx.candidates.iter();
+        let mut objects = Objects {
+            next: ctx.candidates.iter(),
+            types: &ctx.types,
+        };
         self.add_json(
             text,
             json_text::skip_ws(text.as_bytes(), 0),
@@ -219,7 +225,7 @@ impl ClusterState {
         &mut self,
         text: &str,
         at: usize,
-        objects: &mut std::slice::Iter<'_, Candidate<'_>>,
+        objects: &mut Objects<'_, '_>,
         each: &mut dyn FnMut(StateObject<'_>),
     ) -> Result<usize> {
         let bytes = text.as_bytes();
@@ -230,12 +236,11 @@ impl ClusterState {
             );
         }
         // Every mapping the decoding reaches as an object was recorded as one.
-        let object = objects
+        let (api_version, kind, hash, items) = objects
             .next()
             .context("the validating pass missed an object (a bug)")?;
-        let kind = object.kind.as_ref();
         if kind.ends_with("List") {
-            let items = match object.items {
+            let items = match items {
                 ItemsAt::Absent => return Ok(json_text::value_end(bytes, at)),
                 ItemsAt::After(key_end) => {
                     let colon = json_text::skip_ws(bytes, key_end);
@@ -270,7 +275,7 @@ impl ClusterState {
             return Ok(json_text::object_end_after(bytes, i + 1));
         }
         let raw = Raw::Json { text, at };
-        self.add_object(&object.api_version, kind, object.hash, raw, each)
+        self.add_object(api_version, kind, hash, raw, each)
     }
 
     fn add_value(&mut self, mut value: Value, each: &mut dyn FnMut(StateObject<'_>)) -> Result<()> {
@@ -325,7 +330,7 @@ impl ClusterState {
                 let svc = svc.into_service();
                 let name = meta_name(&svc.metadata);
                 check_service(&svc).with_context(|| format!("Service {name}"))?;
-                if self.first_copy("Service", &name, hash)? {
+                if self.first_copy("Service", name, hash)? {
                     self.note_service(&svc);
                     each(StateObject::Service(&svc));
                 }
@@ -342,7 +347,7 @@ impl ClusterState {
                         .into_iter()
                         .map(|why| format!("EndpointSlice {name} {why}")),
                 );
-                if self.first_copy("EndpointSlice", &name, hash)? {
+                if self.first_copy("EndpointSlice", name, hash)? {
                     self.note_slice(&slice);
                     each(StateObject::EndpointSlice(&slice));
                 }
@@ -352,7 +357,7 @@ impl ClusterState {
                 let (node, end) = raw.typed::<Node>(kind)?;
                 let name = meta_name(&node.metadata);
                 check_node(&node).with_context(|| format!("Node {name}"))?;
-                if self.first_copy("Node", &name, hash)? {
+                if self.first_copy("Node", name, hash)? {
                     self.nodes.push(slim_node(node));
                 }
                 end
@@ -361,7 +366,7 @@ impl ClusterState {
                 let (pod, end) = raw.typed::<Pod>(kind)?;
                 let name = meta_name(&pod.metadata);
                 check_pod(&pod).with_context(|| format!("Pod {name}"))?;
-                if self.first_copy("Pod", &name, hash)? && has_host_port(&pod) {
+                if self.first_copy("Pod", name, hash)? && has_host_port(&pod) {
                     self.pods.push(pod);
                 }
                 end
@@ -402,10 +407,11 @@ impl ClusterState {
 
     /// True the first time `kind name` is read; a later copy with the same content (its
     /// [`structural_hash`]) is false, a different one an error.
-    fn first_copy(&mut self, kind: &str, name: &str, hash: u64) -> Result<bool> {
-        match self.seen.entry(format!("{kind} {name}")) {
+    fn first_copy(&mut self, kind: &'static str, name: String, hash: u64) -> Result<bool> {
+        match self.seen.entry((kind, name)) {
             std::collections::hash_map::Entry::Occupied(at) => {
                 if *at.get() != hash {
+                    let name = &at.key().1;
                     bail!(
                         "{kind} {name} is in the state twice with different content (two \
                          snapshots?): which one is true is unknown; keep one"
@@ -606,12 +612,51 @@ fn has_host_port(pod: &Pod) -> bool {
 /// What the validating pass learns of each object (the document, and the items of its Lists):
 /// in the order the objects start, so that the decoding pass, which walks the same objects in
 /// the same order, takes one entry each.
-struct Candidate<'de> {
-    kind: Cow<'de, str>,
-    api_version: Cow<'de, str>,
+/// Small, one per object of the file: the kinds are kept once each in [`StrictCtx::types`].
+struct Candidate {
     /// [`structural_hash`] of the whole object.
     hash: u64,
-    items: ItemsAt,
+    /// [`ItemsAt`], packed.
+    items: u64,
+    /// apiVersion and kind: an index in [`StrictCtx::types`].
+    ty: u32,
+}
+
+impl ItemsAt {
+    const ABSENT: u64 = u64::MAX;
+    const UNKNOWN: u64 = u64::MAX - 1;
+
+    fn pack(self) -> u64 {
+        match self {
+            ItemsAt::Absent => Self::ABSENT,
+            ItemsAt::Unknown => Self::UNKNOWN,
+            ItemsAt::After(at) => at as u64,
+        }
+    }
+
+    fn unpack(packed: u64) -> Self {
+        match packed {
+            Self::ABSENT => ItemsAt::Absent,
+            Self::UNKNOWN => ItemsAt::Unknown,
+            at => ItemsAt::After(at as usize),
+        }
+    }
+}
+
+/// The objects the validating pass recorded, taken in order by the decoding pass.
+struct Objects<'a, 'de> {
+    next: std::slice::Iter<'a, Candidate>,
+    types: &'a [(Cow<'de, str>, Cow<'de, str>)],
+}
+
+impl<'a> Objects<'a, '_> {
+    /// apiVersion, kind, hash and `items` of the next object.
+    fn next(&mut self) -> Option<(&'a str, &'a str, u64, ItemsAt)> {
+        let c = self.next.next()?;
+        let types: &'a [(Cow<'_, str>, Cow<'_, str>)] = self.types;
+        let (api_version, kind) = &types[c.ty as usize];
+        Some((api_version, kind, c.hash, ItemsAt::unpack(c.items)))
+    }
 }
 
 /// Where a List's `items` value is.
@@ -629,7 +674,9 @@ enum ItemsAt {
 struct StrictCtx<'de> {
     /// The keys of the mappings being read, innermost last: one buffer for the whole text.
     keys: Vec<Cow<'de, str>>,
-    candidates: Vec<Candidate<'de>>,
+    candidates: Vec<Candidate>,
+    /// The distinct (apiVersion, kind) pairs of the objects.
+    types: Vec<(Cow<'de, str>, Cow<'de, str>)>,
     /// The text's address, to turn a borrowed key into its offset.
     base: usize,
 }
@@ -768,10 +815,9 @@ impl<'de> Visitor<'de> for StrictJson<'_, 'de> {
         if object {
             // Filled in at the end; taken now so that the objects are in the order they start.
             self.ctx.candidates.push(Candidate {
-                kind: Cow::Borrowed(""),
-                api_version: Cow::Borrowed(""),
                 hash: 0,
-                items: ItemsAt::Absent,
+                items: ItemsAt::ABSENT,
+                ty: 0,
             });
         }
         let mut hash = shash::Map::default();
@@ -827,11 +873,21 @@ impl<'de> Visitor<'de> for StrictJson<'_, 'de> {
                 // Not a List: its `items`, if any, are no objects of the state.
                 self.ctx.candidates.truncate(slot + 1);
             }
+            let types = &mut self.ctx.types;
+            let ty = match types
+                .iter()
+                .position(|(a, k)| *a == api_version && *k == kind)
+            {
+                Some(ty) => ty,
+                None => {
+                    types.push((api_version, kind));
+                    types.len() - 1
+                }
+            };
             self.ctx.candidates[slot] = Candidate {
-                kind,
-                api_version,
                 hash,
-                items,
+                items: items.pack(),
+                ty: u32::try_from(ty).map_err(serde::de::Error::custom)?,
             };
         }
         Ok(Seen::scalar(hash))
@@ -1569,7 +1625,14 @@ fn check_node(node: &Node) -> Result<()> {
 
 fn object_name(namespace: Option<&str>, name: Option<&str>) -> String {
     match (namespace, name) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (Some(ns), Some(name)) => {
+            // Once per object: without the formatting machinery.
+            let mut out = String::with_capacity(ns.len() + 1 + name.len());
+            out.push_str(ns);
+            out.push('/');
+            out.push_str(name);
+            out
+        }
         (None, Some(name)) => name.to_owned(),
         _ => "<unnamed>".to_owned(),
     }
