@@ -385,3 +385,187 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use ctdiff::IndexedKind;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// A value that is sometimes absent, sometimes null.
+    fn maybe(v: impl Strategy<Value = Value>) -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![Just(None), Just(Some(Value::Null)), v.prop_map(Some)]
+    }
+
+    fn text() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("UDP")),
+            Just(json!("TCP")),
+            Just(json!("10.0.0.1")),
+            Just(json!("fd00::1")),
+            Just(json!("true")),
+            Just(json!("")),
+            Just(json!("dns")),
+        ]
+    }
+
+    fn any_scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            text(),
+            (-2i64..70000).prop_map(|n| json!(n)),
+            any::<bool>().prop_map(|b| json!(b))
+        ]
+    }
+
+    fn map(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        proptest::collection::vec((proptest::sample::select(keys), text()), 0..3).prop_map(
+            |entries| {
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                )
+            },
+        )
+    }
+
+    /// An object with each of `fields` absent, null, or given by its strategy, plus an unknown
+    /// field.
+    fn object(fields: Vec<(&'static str, BoxedStrategy<Value>)>) -> BoxedStrategy<Value> {
+        let parts: Vec<_> = fields
+            .into_iter()
+            .map(|(k, s)| maybe(s).prop_map(move |v| (k, v)))
+            .collect();
+        (parts, any_scalar())
+            .prop_map(|(parts, extra)| {
+                let mut out = serde_json::Map::new();
+                for (k, v) in parts {
+                    if let Some(v) = v {
+                        out.insert(k.to_owned(), v);
+                    }
+                }
+                out.insert("somethingElse".to_owned(), extra);
+                Value::Object(out)
+            })
+            .boxed()
+    }
+
+    fn list(item: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
+        proptest::collection::vec(item, 0..3)
+            .prop_map(Value::Array)
+            .boxed()
+    }
+
+    fn metadata() -> BoxedStrategy<Value> {
+        const LABELS: &[&str] = &[
+            "kubernetes.io/service-name",
+            "service.kubernetes.io/service-proxy-name",
+            "app",
+        ];
+        const ANNOTATIONS: &[&str] = &["conntrack-reconciler/skip", "other"];
+        object(vec![
+            ("name", text().boxed()),
+            ("namespace", text().boxed()),
+            ("labels", map(LABELS).boxed()),
+            ("annotations", map(ANNOTATIONS).boxed()),
+        ])
+    }
+
+    fn port_number() -> BoxedStrategy<Value> {
+        prop_oneof![(-2i64..70000).prop_map(|n| json!(n)), text()].boxed()
+    }
+
+    fn service() -> BoxedStrategy<Value> {
+        let port = object(vec![
+            ("name", text().boxed()),
+            ("protocol", text().boxed()),
+            ("port", port_number()),
+            ("nodePort", port_number()),
+            ("targetPort", port_number()),
+            ("appProtocol", text().boxed()),
+        ]);
+        let spec = object(vec![
+            ("type", text().boxed()),
+            ("clusterIP", text().boxed()),
+            ("clusterIPs", list(text().boxed())),
+            ("ipFamilies", list(text().boxed())),
+            ("externalIPs", list(text().boxed())),
+            ("selector", map(&["app"]).boxed()),
+            ("ports", list(port)),
+        ]);
+        let ingress = object(vec![("ip", text().boxed()), ("ipMode", text().boxed())]);
+        let status = object(vec![(
+            "loadBalancer",
+            object(vec![("ingress", list(ingress))]),
+        )]);
+        object(vec![
+            ("metadata", metadata()),
+            ("spec", spec),
+            ("status", status),
+        ])
+    }
+
+    fn slice() -> BoxedStrategy<Value> {
+        let conditions = object(vec![
+            ("ready", any_scalar().boxed()),
+            ("serving", any::<bool>().prop_map(|b| json!(b)).boxed()),
+            ("terminating", any::<bool>().prop_map(|b| json!(b)).boxed()),
+        ]);
+        let endpoint = object(vec![
+            ("addresses", list(text().boxed())),
+            ("conditions", conditions),
+            ("nodeName", text().boxed()),
+        ]);
+        let port = object(vec![
+            ("name", text().boxed()),
+            ("protocol", text().boxed()),
+            ("port", port_number()),
+        ]);
+        object(vec![
+            ("metadata", metadata()),
+            ("addressType", text().boxed()),
+            ("endpoints", list(endpoint)),
+            ("ports", list(port)),
+        ])
+    }
+
+    proptest! {
+        /// Generated Services: the slim decoding fails exactly when the full one does, and
+        /// otherwise ctdiff reads the same of both (its prune is what it reads).
+        #[test]
+        fn slim_services_read_as_full_ones(value in service()) {
+            let text = value.to_string();
+            let full = serde_json::from_str::<Service>(&text);
+            let slim = serde_json::from_str::<SlimService>(&text);
+            prop_assert_eq!(full.is_ok(), slim.is_ok(), "{}", text);
+            if let (Ok(mut full), Ok(slim)) = (full, slim) {
+                let mut slim = slim.into_service();
+                let spec = |s: &Service| s.spec.as_ref().map(|s| (s.selector.clone(), s.ports.as_ref().map(|p| p.iter().map(|p| (p.protocol.clone(), p.port, p.node_port, p.target_port.clone())).collect::<Vec<_>>())));
+                prop_assert_eq!(spec(&full), spec(&slim));
+                full.prune();
+                slim.prune();
+                full.metadata.resource_version = None;
+                prop_assert_eq!(full, slim);
+            }
+        }
+
+        /// Generated EndpointSlices, likewise.
+        #[test]
+        fn slim_slices_read_as_full_ones(value in slice()) {
+            let text = value.to_string();
+            let full = serde_json::from_str::<EndpointSlice>(&text);
+            let slim = serde_json::from_str::<SlimSlice>(&text);
+            prop_assert_eq!(full.is_ok(), slim.is_ok(), "{}", text);
+            if let (Ok(mut full), Ok(slim)) = (full, slim) {
+                let mut slim = slim.into_slice();
+                let checked = |s: &EndpointSlice| (s.address_type.clone(), s.endpoints.iter().map(|e| e.addresses.clone()).collect::<Vec<_>>(), s.ports.clone());
+                prop_assert_eq!(checked(&full), checked(&slim));
+                full.prune();
+                slim.prune();
+                prop_assert_eq!(full, slim);
+            }
+        }
+    }
+}

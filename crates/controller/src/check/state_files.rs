@@ -2323,4 +2323,24 @@ spec:
         let err = read_files(&[SLICE, &changed]).unwrap_err();
         assert!(format!("{err:#}").contains("twice"), "{err:#}");
     }
+    /// The validating pass and the decoding one agree on which mappings are objects: the
+    /// items of a List (its key spelt with escapes too), not those of any other object.
+    #[test]
+    fn json_objects_are_found_whatever_the_items_key_looks_like() {
+        let svc = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"b"}}"#;
+        let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n"}}"#;
+        let mut s = ClusterState::default();
+        s.add_text(&format!(
+            r#"{{"it\u0065ms":[{svc},{{"kind":"List","items":[{node}]}}],"kind":"List"}}"#
+        ))
+        .unwrap();
+        assert_eq!((s.services.len(), s.nodes.len()), (1, 1));
+        // A Service with an `items` field is one object, whatever that field holds.
+        let mut s = ClusterState::default();
+        s.add_text(&format!(
+            r#"{{"items":[{node}],"apiVersion":"v1","kind":"Service","metadata":{{"name":"c","namespace":"b"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!((s.services.len(), s.nodes.len()), (1, 0));
+    }
 }
