@@ -601,7 +601,23 @@ impl Index {
         if new != self.this_node || nodeport != self.nodeport_addrs {
             self.this_node = new;
             self.nodeport_addrs = nodeport;
-            self.dirty_all = true;
+            // Node addresses decide only the frontends served on every node address: NodePorts
+            // and host ports without a host IP. Those are dirty, not the whole index (a pod's
+            // new interface, a link-local address, would otherwise cost a walk of the table
+            // and its follow-ups).
+            let node_ports = self
+                .frontends
+                .node_ports
+                .keys()
+                .map(|k| Frontend::NodePort(k.port));
+            let any_host = self
+                .frontends
+                .host_ports
+                .keys()
+                .filter(|k| k.ip.is_unspecified())
+                .map(|k| Frontend::HostPort(k.socket()));
+            let touched: Vec<Frontend> = node_ports.chain(any_host).collect();
+            self.dirty.extend(touched);
         }
     }
 
