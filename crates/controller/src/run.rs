@@ -311,10 +311,14 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
             _ = tokio::time::sleep(TICK) => {}
         }
     }
-    // The startup pass covers every change so far; their follow-ups are still due after it.
+    // The startup pass covers every change so far; the follow-ups of watch changes are still
+    // due after it. A first list dirties everything: that is no change of a backend, and
+    // following it up would walk the whole table three more times.
     let mut before_startup = Dirty::default();
     while let Ok(Signal::Changed(scope)) = p.signals.try_recv() {
-        before_startup.merge(scope);
+        if !scope.all {
+            before_startup.merge(scope);
+        }
     }
     let timing = Timing {
         debounce: p.args.debounce,

@@ -121,7 +121,8 @@ impl Scheduler {
     /// full), but their follow-ups are still due after it, for flows re-created through rules
     /// kube-proxy had not yet rewritten.
     pub fn on_changes_before_startup(&mut self, scope: Dirty, now: Instant) {
-        if scope.is_empty() {
+        // Everything (a first list) is no change to follow up: the startup pass judged it.
+        if scope.is_empty() || scope.all {
             return;
         }
         for delay in &self.timing.follow_ups {
@@ -320,6 +321,7 @@ mod tests {
         let mut s = Scheduler::new(timing(), t0);
         s.on_changes_before_startup(only(1), t0);
         s.on_changes_before_startup(Dirty::default(), t0);
+        s.on_changes_before_startup(Dirty::all(), t0); // a first list: no follow-ups
         assert_eq!(s.take_due(t0).unwrap().trigger, Trigger::startup);
         assert_eq!(s.next_deadline(), t0 + ms(1000));
         let due = s.take_due(t0 + ms(1000)).unwrap();
