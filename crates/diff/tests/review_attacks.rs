@@ -53,3 +53,38 @@ fn a_service_labelled_headless_is_not_proxied_so_its_addresses_are_not_judged() 
         assert_eq!(verdict, Verdict::Unrelated, "{dst}");
     }
 }
+
+/// kube-proxy never DNATs a NodePort on `::1` (iptables: the nodeports rule carries
+/// `! -d ::1/128` for IPv6 whatever `--iptables-localhost-nodeports` says; it "never works").
+/// The agent takes every interface address as a node address (getifaddrs: `::1` included), so
+/// a host process's flow to `[::1]:NODEPORT` — a local listener on that port, not Service
+/// traffic — is judged NotDnated with Removed evidence once the Service has a serving backend:
+/// deletable at once.
+#[test]
+fn a_nodeport_on_ipv6_loopback_is_not_service_traffic() {
+    let now = Instant::now();
+    let svc = with_ip_families(
+        mk_service(
+            "kube-system",
+            "dns",
+            &["10.96.0.10", "fd00:96::10"],
+            vec![udp_np("dns", 53, 30053)],
+        ),
+        &["IPv4", "IPv6"],
+    );
+    let slice = mk_slice(
+        "kube-system",
+        "dns-v6",
+        "dns",
+        &[("dns", 5353)],
+        vec![ep("fd00:244::5")],
+    );
+    let mut index = mk_index(&[svc], &[slice], &[], &["192.168.1.10", "fd00:1::10"], now);
+    // What the agent's local-address loop hands in: every interface address.
+    index.set_local_addrs(
+        ["127.0.0.1", "::1", "192.168.1.10", "fd00:1::10"].map(|a| a.parse().unwrap()),
+    );
+    let dst = "[::1]:30053";
+    let verdict = index.classify(&flow(dst, dst), now);
+    assert_eq!(verdict, Verdict::Unrelated, "{dst}");
+}
