@@ -34,7 +34,8 @@
 //!   reconciler, from 1.32, keeps only `serving` ones and so cuts such flows: not copied.)
 //! - A flow to a frontend is **stale** when its reply source is not an allowed backend; the
 //!   [`Reason`] says why (precedence documented there).
-//! - **Ignored**: services labelled `service.kubernetes.io/service-proxy-name`, ExternalName and
+//! - **Ignored**: services labelled `service.kubernetes.io/service-proxy-name` or
+//!   `service.kubernetes.io/headless` (kube-proxy's informers select neither), ExternalName and
 //!   headless services (and services without a ClusterIP), FQDN slices, non-UDP ports. A
 //!   service that becomes ignored, by an update or in the object a deletion carries, loses its
 //!   frontends without a tombstone (another proxy may own them now). The

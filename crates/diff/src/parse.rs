@@ -33,15 +33,16 @@ macro_rules! label_headless {
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Label that hands a Service to another proxy; kube-proxy (and so this engine) ignores it.
 pub const LABEL_SERVICE_PROXY_NAME: &str = label_service_proxy_name!();
-/// Label the EndpointSlice controller puts on the slices of headless Services. The engine
-/// ignores headless Services (no ClusterIP), so their slices never matter.
+/// Label the EndpointSlice controller puts on the slices of headless Services. kube-proxy
+/// selects neither Services nor EndpointSlices that carry it, and neither does the engine.
 pub const LABEL_HEADLESS: &str = label_headless!();
 
 /// Label selector for the Services kube-proxy programs (not handed to another proxy), for
 /// one-shot lists. A *watch* must not use it: it would turn a relabel into a deletion carrying
 /// the old object, which the index would take for a real deletion and tombstone (see
 /// [`IndexedKind::delete`](crate::IndexedKind::delete)); the index filters the label itself.
-pub const SERVICE_LABEL_SELECTOR: &str = concat!("!", label_service_proxy_name!());
+pub const SERVICE_LABEL_SELECTOR: &str =
+    concat!("!", label_service_proxy_name!(), ",!", label_headless!());
 /// Label selector for the EndpointSlices that can matter: those of non-headless Services.
 /// Safe for watches too (a Service never becomes headless or stops being headless).
 pub const ENDPOINT_SLICE_LABEL_SELECTOR: &str = concat!("!", label_headless!());
@@ -179,6 +180,12 @@ pub(crate) fn parse_service(svc: &Service, report: &mut Report) -> Option<(ObjKe
         return ignored(
             "labelled service.kubernetes.io/service-proxy-name (another proxy serves it)",
         );
+    }
+    // kube-proxy's Service informer selects `!service-proxy-name,!headless`: a Service carrying
+    // the headless label gets no rule, whatever its ClusterIP (and its slices do not carry the
+    // label, so they would give it serving backends).
+    if label(meta, LABEL_HEADLESS).is_some() {
+        return ignored("labelled service.kubernetes.io/headless (kube-proxy ignores it)");
     }
     let Some(spec) = svc.spec.as_ref() else {
         return ignored("no spec");
@@ -648,7 +655,7 @@ fn prune_meta(meta: &mut ObjectMeta, labels: &[&str], annotations: &[&str]) {
 pub(crate) fn prune_service(svc: &mut Service) {
     prune_meta(
         &mut svc.metadata,
-        &[LABEL_SERVICE_PROXY_NAME],
+        &[LABEL_SERVICE_PROXY_NAME, LABEL_HEADLESS],
         &[ANNOTATION_SKIP],
     );
     svc.spec = svc.spec.take().map(|spec| ApiServiceSpec {

@@ -600,9 +600,14 @@ fn pruning_drops_what_the_engine_does_not_read() {
 
 #[test]
 fn selectors_are_built_from_the_label_keys() {
+    // kube-proxy's: `!service-proxy-name,!headless` (Services and EndpointSlices alike).
     assert_eq!(
         ctdiff::SERVICE_LABEL_SELECTOR,
-        format!("!{}", ctdiff::LABEL_SERVICE_PROXY_NAME)
+        format!(
+            "!{},!{}",
+            ctdiff::LABEL_SERVICE_PROXY_NAME,
+            ctdiff::LABEL_HEADLESS
+        )
     );
     assert_eq!(
         ctdiff::ENDPOINT_SLICE_LABEL_SELECTOR,

@@ -18,7 +18,11 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use std::collections::BTreeMap;
 
 /// The labels any reader of a Service or EndpointSlice looks at.
-const LABELS: &[&str] = &[ctdiff::LABEL_SERVICE_PROXY_NAME, ctdiff::LABEL_SERVICE_NAME];
+const LABELS: &[&str] = &[
+    ctdiff::LABEL_SERVICE_PROXY_NAME,
+    ctdiff::LABEL_HEADLESS,
+    ctdiff::LABEL_SERVICE_NAME,
+];
 /// The annotations any reader of a Service looks at.
 const ANNOTATIONS: &[&str] = &[ctdiff::ANNOTATION_SKIP];
 
@@ -462,6 +466,7 @@ mod props {
         const LABELS: &[&str] = &[
             "kubernetes.io/service-name",
             "service.kubernetes.io/service-proxy-name",
+            "service.kubernetes.io/headless",
             "app",
         ];
         const ANNOTATIONS: &[&str] = &["conntrack-reconciler/skip", "other"];
