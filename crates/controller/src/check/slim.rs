@@ -5,7 +5,9 @@
 //! large cluster is mostly fields nobody reads.
 //!
 //! Like k8s-openapi's decoders, these accept `null` for an absent field and ignore unknown
-//! ones; a field that is read fails on a value of the wrong type just as there.
+//! ones; a field that is read fails on a value of the wrong type just as there, and an object
+//! is read only from a mapping (serde's derive alone would also fill one from an array, by
+//! position).
 
 use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
@@ -14,8 +16,41 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+/// An object decoded only from a mapping, as k8s-openapi's decoders require.
+struct MapOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = MapOnly<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(MapOnly)
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// An optional object (null: none), from a mapping only.
+fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Option::<MapOnly<T>>::deserialize(d)?.map(|o| o.0))
+}
+
+/// An optional list of objects (null: none), each from a mapping only.
+fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    Ok(Option::<Vec<MapOnly<T>>>::deserialize(d)?.map(|v| v.into_iter().map(|o| o.0).collect()))
+}
 
 /// The labels any reader of a Service or EndpointSlice looks at.
 const LABELS: &[&str] = &[
@@ -121,8 +156,11 @@ impl<'de> Deserialize<'de> for Str<'de> {
 /// A v1 Service, slim.
 #[derive(Deserialize)]
 pub(crate) struct SlimService {
+    #[serde(default, deserialize_with = "object")]
     metadata: Option<Meta>,
+    #[serde(default, deserialize_with = "object")]
     spec: Option<SlimServiceSpec>,
+    #[serde(default, deserialize_with = "object")]
     status: Option<SlimServiceStatus>,
 }
 
@@ -139,6 +177,7 @@ struct SlimServiceSpec {
     #[serde(rename = "externalIPs")]
     external_ips: Option<Vec<String>>,
     selector: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "objects")]
     ports: Option<Vec<SlimServicePort>>,
 }
 
@@ -155,11 +194,13 @@ struct SlimServicePort {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SlimServiceStatus {
+    #[serde(default, deserialize_with = "object")]
     load_balancer: Option<SlimLoadBalancer>,
 }
 
 #[derive(Deserialize)]
 struct SlimLoadBalancer {
+    #[serde(default, deserialize_with = "objects")]
     ingress: Option<Vec<SlimIngress>>,
 }
 
@@ -220,15 +261,19 @@ impl SlimService {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SlimSlice {
+    #[serde(default, deserialize_with = "object")]
     metadata: Option<Meta>,
     address_type: Option<String>,
+    #[serde(default, deserialize_with = "objects")]
     endpoints: Option<Vec<SlimEndpoint>>,
+    #[serde(default, deserialize_with = "objects")]
     ports: Option<Vec<SlimEndpointPort>>,
 }
 
 #[derive(Deserialize)]
 struct SlimEndpoint {
     addresses: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "object")]
     conditions: Option<SlimConditions>,
 }
 
