@@ -67,7 +67,14 @@ impl Index {
                     .as_ref()
                     .is_none_or(|admitted| admitted.contains(&dst.ip))
             });
-        if (any_host.is_some() || node_port.is_some()) && self.this_node.contains(&dst.ip) {
+        // On 127.0.0.0/8 kube-proxy DNATs NodePorts in iptables mode (with its default
+        // `--iptables-localhost-nodeports`) but not in nftables mode, and a hostPort there
+        // depends on the CNI: only a flow that was DNATed is known to be service traffic.
+        let undnated_loopback = dst.ip.is_loopback() && reply == dst;
+        if (any_host.is_some() || node_port.is_some())
+            && self.this_node.contains(&dst.ip)
+            && !undnated_loopback
+        {
             if let Some(slot) = any_host
                 && let Some(verdict) = consider(slot, Frontend::HostPort(dst.socket()))
             {

@@ -583,11 +583,13 @@ impl Index {
     }
 
     fn refresh_this_node(&mut self) {
+        // kube-proxy never serves NodePorts on `::1` (its rules exclude it in every mode).
         let new: FxHashSet<IpAddr> = self
             .node_addrs
             .iter()
             .chain(&self.local_addrs)
             .copied()
+            .filter(|ip| *ip != IpAddr::V6(std::net::Ipv6Addr::LOCALHOST))
             .collect();
         let nodeport = match &self.cfg.nodeport_addresses {
             NodePortAddresses::All => None,

@@ -373,6 +373,15 @@ fn edge_nodeport_on_this_nodes_addresses_including_local_interfaces() {
     index.set_local_addrs(["10.0.5.5".parse().unwrap(), "127.0.0.1".parse().unwrap()]);
     assert_stale(&index, f, now, Reason::EndpointGone);
     assert_keep(&index, flow("127.0.0.1:30053", "10.244.1.5:5353"), now);
+    // On IPv4 loopback only a DNATed flow is service traffic (iptables mode DNATs NodePorts
+    // there, nftables mode does not): a host process's own flow is left alone.
+    assert_stale(
+        &index,
+        flow("127.0.0.1:30053", "10.99.0.1:4444"),
+        now,
+        Reason::EndpointGone,
+    );
+    assert_unrelated(&index, flow("127.0.0.1:30053", "127.0.0.1:30053"), now);
     let _ = index.take_dirty();
     index.set_local_addrs(["10.0.5.6".parse().unwrap()]);
     let dirty = index.take_dirty();
