@@ -140,7 +140,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (ready_tx, ready_rx) = tokio_watch::channel(false);
     let (event_tx, event_rx) = mpsc::unbounded_channel::<EventSignal>();
 
-    let addrs_task = tokio::spawn(local_addrs_loop(index.clone(), args.target.netns.clone()));
+    let addrs_task = tokio::spawn(local_addrs_loop(
+        index.clone(),
+        args.target.netns.clone(),
+        signal_tx.clone(),
+    ));
     let index_task = tokio::spawn(crate::index_task::index_loop(
         updates,
         index.clone(),
@@ -414,13 +418,15 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
     }
 }
 
-/// Re-reads this node's addresses (getifaddrs, inside another namespace with `--netns`) on a
-/// blocking thread.
 /// Re-reads this node's addresses every second (getifaddrs, inside another namespace with
 /// `--netns`) on a blocking thread, and updates the index when they changed: a node address
 /// that moves away (keepalived, kube-vip) stops being a NodePort frontend at once, not at the
 /// next periodic pass. Its own task, so that a slow read never delays a pass.
-async fn local_addrs_loop(index: Arc<RwLock<Index>>, netns: Option<std::path::PathBuf>) {
+async fn local_addrs_loop(
+    index: Arc<RwLock<Index>>,
+    netns: Option<std::path::PathBuf>,
+    signals: mpsc::UnboundedSender<Signal>,
+) {
     let mut last: Option<Vec<std::net::IpAddr>> = None;
     loop {
         tokio::time::sleep(TICK).await;
@@ -430,10 +436,17 @@ async fn local_addrs_loop(index: Arc<RwLock<Index>>, netns: Option<std::path::Pa
                 addrs.sort_unstable();
                 addrs.dedup();
                 if last.as_ref() != Some(&addrs) {
-                    index
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .set_local_addrs(addrs.iter().copied());
+                    // The frontends this makes dirty go to the pass loop now, not with the
+                    // next watch update (which may be a bookmark a minute away).
+                    let dirty = {
+                        let mut index = index.write().unwrap_or_else(PoisonError::into_inner);
+                        index.set_local_addrs(addrs.iter().copied());
+                        index.take_dirty()
+                    };
+                    if !dirty.is_empty() {
+                        // (Fails only once the pass loop is gone: the agent is stopping.)
+                        let _ = signals.send(Signal::Changed(dirty));
+                    }
                     last = Some(addrs);
                 }
             }

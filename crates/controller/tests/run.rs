@@ -494,3 +494,60 @@ fn without_bookmarks_a_waiting_flow_is_proven_by_a_relist() {
     eprintln!("proven and deleted after {:?}", created.elapsed());
     assert!(agent.logs().contains("listing again"), "{}", agent.logs());
 }
+
+#[test]
+fn a_new_node_address_is_judged_at_once_not_with_the_next_watch_update() {
+    if !root_or_skip("a_new_node_address_is_judged_at_once_not_with_the_next_watch_update") {
+        return;
+    }
+    let mut lab = Lab::new("runaddr");
+    let mut dns: Service = service("dns", "10.96.0.10", 53, 5353);
+    if let Some(port) = dns
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .and_then(|p| p.first_mut())
+    {
+        port.node_port = Some(30053);
+    }
+    lab.api.apply(&dns).unwrap();
+    lab.api
+        .apply(&slice("dns", 5353, &["10.244.1.1", "10.244.1.2"]))
+        .unwrap();
+    // A flow to 192.0.2.77:30053 that no rule DNATed: nothing of ours while 192.0.2.77 is not
+    // a node address; once it is, kube-proxy would DNAT it, so the old entry is stale.
+    let undnated = flow(2001, ("192.0.2.77", 30053), ("192.0.2.77", 30053));
+    lab.create(&healthy());
+    lab.create(&[undnated]);
+    // Bookmarks once a minute, as kube-apiserver sends them: no watch update comes meanwhile.
+    // (A grace long enough for the lists alone to prove the verdict.)
+    lab.api.set_bookmark_interval(Some(Duration::from_secs(60)));
+    let mut agent = lab.start_agent(&["--no-events", "--unseen-backend-grace", "30s"]);
+    agent.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lab.ports().contains(&2001), "not a node address yet");
+    let added = std::process::Command::new("ip")
+        .args([
+            "-n",
+            lab.ns.name(),
+            "addr",
+            "add",
+            "192.0.2.77/32",
+            "dev",
+            "lo",
+        ])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    // Only the address change can start the pass.
+    wait_for(
+        "the flow to the new node address deleted",
+        Duration::from_secs(5),
+        || !lab.ports().contains(&2001),
+        &agent,
+    );
+    let left = lab.ports();
+    assert!(healthy_ports().is_subset(&left), "{left:?}");
+    let status = agent.terminate();
+    assert!(status.success(), "exit status {status}\n{}", agent.logs());
+}
