@@ -315,15 +315,11 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
             _ = tokio::time::sleep(TICK) => {}
         }
     }
-    // The startup pass covers every change so far; the follow-ups of watch changes are still
-    // due after it. A first list dirties everything: that is no change of a backend, and
-    // following it up would walk the whole table three more times.
-    let mut before_startup = Dirty::default();
-    while let Ok(Signal::Changed(scope)) = p.signals.try_recv() {
-        if !scope.all {
-            before_startup.merge(scope);
-        }
-    }
+    // The startup pass covers every change so far. Their follow-ups are not kept: changes that
+    // race the first lists are part of the initial state, and their scopes together cover
+    // nearly every frontend — served from the flow cache, such a follow-up would copy every
+    // flow of the table out of it.
+    while p.signals.try_recv().is_ok() {}
     let timing = Timing {
         debounce: p.args.debounce,
         max_delay: p.args.max_delay,
@@ -334,7 +330,6 @@ async fn pass_loop(mut p: PassLoop) -> Result<()> {
         retry: Duration::from_millis(500),
     };
     let mut scheduler = Scheduler::new(timing, Instant::now());
-    scheduler.on_changes_before_startup(before_startup, Instant::now());
     let mut next_tick = Instant::now() + TICK;
     loop {
         p.health.beat();

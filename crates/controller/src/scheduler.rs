@@ -117,19 +117,6 @@ impl Scheduler {
         }
     }
 
-    /// Records watch changes that came before the startup pass: that pass covers them (it is
-    /// full), but their follow-ups are still due after it, for flows re-created through rules
-    /// kube-proxy had not yet rewritten.
-    pub fn on_changes_before_startup(&mut self, scope: Dirty, now: Instant) {
-        // Everything (a first list) is no change to follow up: the startup pass judged it.
-        if scope.is_empty() || scope.all {
-            return;
-        }
-        for delay in &self.timing.follow_ups {
-            self.follow_ups.push((now + *delay, scope.clone()));
-        }
-    }
-
     /// Records that an event-path delete for `frontend` was rate limited.
     pub fn on_rate_limited(&mut self, frontend: Frontend, now: Instant) {
         let scope = Dirty::of([frontend]);
@@ -312,27 +299,6 @@ mod tests {
             Trigger::follow_up
         );
         assert_eq!(s.take_due(t0 + ms(3100)).unwrap().scope, only(1));
-        assert!(s.take_due(t0 + ms(10_000)).is_none());
-    }
-
-    #[test]
-    fn changes_before_startup_get_their_follow_ups() {
-        let t0 = Instant::now();
-        let mut s = Scheduler::new(timing(), t0);
-        s.on_changes_before_startup(only(1), t0);
-        s.on_changes_before_startup(Dirty::default(), t0);
-        s.on_changes_before_startup(Dirty::all(), t0); // a first list: no follow-ups
-        assert_eq!(s.take_due(t0).unwrap().trigger, Trigger::startup);
-        assert_eq!(s.next_deadline(), t0 + ms(1000));
-        let due = s.take_due(t0 + ms(1000)).unwrap();
-        assert_eq!(
-            due,
-            Due {
-                trigger: Trigger::follow_up,
-                scope: only(1)
-            }
-        );
-        assert_eq!(s.take_due(t0 + ms(3000)).unwrap().scope, only(1));
         assert!(s.take_due(t0 + ms(10_000)).is_none());
     }
 
