@@ -121,34 +121,46 @@ impl FlowCache {
         }
     }
 
+    /// True when a scoped pass over `scope` may be served from the cache (it is complete and
+    /// the scope is not everything).
+    pub fn can_serve(&self, scope: &Dirty) -> bool {
+        self.is_complete() && !scope.all
+    }
+
     /// The flows a scoped pass over `scope` must judge, or None when the cache cannot answer
     /// (not complete, or the scope is everything).
     pub fn scoped(&self, scope: &Dirty) -> Option<Vec<Flow>> {
-        if !self.is_complete() || scope.all {
+        if !self.can_serve(scope) {
             return None;
         }
         let mut flows = Vec::new();
         for frontend in &scope.frontends {
-            match *frontend {
-                Frontend::Addr(addr) => flows.extend(self.index.flows_to(addr).map(to_flow)),
-                Frontend::HostPort(addr) if !addr.ip().is_unspecified() => {
-                    flows.extend(self.index.flows_to(addr).map(to_flow))
-                }
-                // On every node address: every destination with the port (a superset; the
-                // planner judges each flow).
-                Frontend::HostPort(addr) => flows.extend(
-                    self.index
-                        .flows_to_port(addr.is_ipv4(), addr.port(), |_| true)
-                        .map(to_flow),
-                ),
-                Frontend::NodePort(port) => {
-                    for ipv4 in [true, false] {
-                        flows.extend(self.index.flows_to_port(ipv4, port, |_| true).map(to_flow));
-                    }
+            self.flows_of(frontend, &mut flows);
+        }
+        Some(flows)
+    }
+
+    /// Appends the flows to `frontend` to `out`. A pass takes them one frontend at a time, so
+    /// that what it copies out of the cache is one frontend's flows, not the whole scope's.
+    pub fn flows_of(&self, frontend: &Frontend, out: &mut Vec<Flow>) {
+        match *frontend {
+            Frontend::Addr(addr) => out.extend(self.index.flows_to(addr).map(to_flow)),
+            Frontend::HostPort(addr) if !addr.ip().is_unspecified() => {
+                out.extend(self.index.flows_to(addr).map(to_flow))
+            }
+            // On every node address: every destination with the port (a superset; the
+            // planner judges each flow).
+            Frontend::HostPort(addr) => out.extend(
+                self.index
+                    .flows_to_port(addr.is_ipv4(), addr.port(), |_| true)
+                    .map(to_flow),
+            ),
+            Frontend::NodePort(port) => {
+                for ipv4 in [true, false] {
+                    out.extend(self.index.flows_to_port(ipv4, port, |_| true).map(to_flow));
                 }
             }
         }
-        Some(flows)
     }
 
     /// Flows indexed.

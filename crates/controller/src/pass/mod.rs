@@ -84,21 +84,31 @@ pub fn run_pass_with(
 ) -> Result<PassReport, ctnetlink::Error> {
     let Sources { cache, walks } = sources;
     let mut planner = Planner::new(cfg.plan(), scope);
-    let looked_up = cache.and_then(|c| {
+    let served_by = cache.filter(|c| {
         c.lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .scoped(scope)
+            .can_serve(scope)
     });
     let mut missed: HashSet<FlowKey> = HashSet::new();
-    let walked = looked_up.is_none();
-    match looked_up {
-        Some(flows) => {
-            let index = index.read().unwrap_or_else(PoisonError::into_inner);
-            for flow in flows
-                .iter()
-                .filter(|f| cfg.family.is_none_or(|fam| fam == f.family))
-            {
-                planner.observe(&index, flow, now);
+    let walked = served_by.is_none();
+    match served_by {
+        Some(cache) => {
+            // One frontend at a time: the copy out of the cache is one frontend's flows, and
+            // neither lock is held while the other is taken.
+            let mut flows = Vec::new();
+            for frontend in &scope.frontends {
+                flows.clear();
+                cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .flows_of(frontend, &mut flows);
+                let index = index.read().unwrap_or_else(PoisonError::into_inner);
+                for flow in flows
+                    .iter()
+                    .filter(|f| cfg.family.is_none_or(|fam| fam == f.family))
+                {
+                    planner.observe(&index, flow, now);
+                }
             }
         }
         None => {
