@@ -22,6 +22,8 @@ enum Kind {
     Headless,
     ExternalName,
     OtherProxy,
+    /// Labelled `service.kubernetes.io/headless` (kube-proxy's informers skip it).
+    HeadlessLabel,
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +106,15 @@ fn ip() -> impl Strategy<Value = IpAddr> {
     ]
 }
 
+/// A node address: getifaddrs also reports the loopback addresses.
+fn node_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        6 => ip(),
+        1 => Just(IpAddr::from([127, 0, 0, 1])),
+        1 => Just(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+    ]
+}
+
 fn svc_port_number() -> impl Strategy<Value = u16> {
     prop_oneof![Just(53u16), Just(54), Just(5353)]
 }
@@ -129,7 +140,7 @@ fn svc_name() -> impl Strategy<Value = String> {
 }
 
 fn service() -> impl Strategy<Value = PSvc> {
-    let kind = prop_oneof![8 => Just(Kind::Normal), 1 => Just(Kind::Headless), 1 => Just(Kind::ExternalName), 1 => Just(Kind::OtherProxy)];
+    let kind = prop_oneof![8 => Just(Kind::Normal), 1 => Just(Kind::Headless), 1 => Just(Kind::ExternalName), 1 => Just(Kind::OtherProxy), 1 => Just(Kind::HeadlessLabel)];
     let ports = proptest::collection::vec(
         (
             port_name(),
@@ -282,7 +293,7 @@ fn cluster() -> impl Strategy<Value = Cluster> {
         proptest::collection::vec(service(), 0..5),
         proptest::collection::vec(slice(), 0..6),
         proptest::collection::vec(pod(), 0..3),
-        proptest::collection::vec(ip(), 0..3),
+        proptest::collection::vec(node_ip(), 0..3),
         nodeport_addresses(),
     )
         .prop_map(|(services, slices, pods, node_addrs, nodeport)| Cluster {
@@ -424,6 +435,7 @@ fn to_service(s: &PSvc) -> Service {
     match s.kind {
         Kind::ExternalName => svc.spec.as_mut().unwrap().type_ = Some("ExternalName".into()),
         Kind::OtherProxy => svc = with_label(svc, ctdiff::LABEL_SERVICE_PROXY_NAME, "other"),
+        Kind::HeadlessLabel => svc = with_label(svc, ctdiff::LABEL_HEADLESS, ""),
         _ => {}
     }
     if s.skip {
@@ -583,7 +595,12 @@ fn reference(c: &Cluster, f: &FlowRef) -> Expected {
     }
     let (dip, dport) = canonical(f.orig_dst);
     let (rip, rport) = canonical(f.reply_src);
-    let on_node = c.node_addrs.contains(&dip);
+    // kube-proxy never serves `::1`; on IPv4 loopback only a DNATed flow is known to be service
+    // traffic (iptables mode DNATs NodePorts there, nftables mode does not).
+    let undnated_loopback = dip.is_loopback() && (rip, rport) == (dip, dport);
+    let on_node = c.node_addrs.contains(&dip)
+        && dip != IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        && !undnated_loopback;
     let nodeport_on_node = on_node && nodeport_admits(c, dip);
     // A Service is served only in its IP families, and needs a ClusterIP of one of them.
     let handled = |s: &&PSvc| {
@@ -737,10 +754,12 @@ fn nodeport_admits(c: &Cluster, ip: IpAddr) -> bool {
                 })
         }
         // The Node's first address of the family (all are InternalIPs here).
+        // (A loopback primary restricts nothing.)
         PNodePort::Primary => c
             .node_addrs
             .iter()
             .find(|a| same(a))
+            .filter(|p| !p.is_loopback())
             .is_none_or(|p| *p == ip),
     }
 }
@@ -898,7 +917,27 @@ const TTL: Duration = Duration::from_secs(300);
 /// Flows aimed at what the cluster holds (every frontend address × every endpoint × every slice
 /// port), capped: random flows alone rarely hit an exact serving backend.
 fn aimed_flows(c: &Cluster, cap: usize) -> Vec<FlowRef> {
+    // NodePorts on every node address (loopback included), not DNATed or DNATed to each
+    // endpoint: half the budget.
     let mut out = Vec::new();
+    let node_ports = c
+        .services
+        .values()
+        .flat_map(|svc| svc.ports.iter().filter_map(|p| p.node_port));
+    for (addr, port) in node_ports.flat_map(|p| c.node_addrs.iter().map(move |a| (*a, p))) {
+        let dst = SocketAddr::new(addr, port);
+        out.push(FlowRef::udp(dst, dst));
+        for slice in c.slices.values() {
+            for (e, (_, _, number)) in slice
+                .endpoints
+                .iter()
+                .flat_map(|e| slice.ports.iter().map(move |p| (e, p)))
+            {
+                out.push(FlowRef::udp(dst, SocketAddr::new(e.ip, *number)));
+            }
+        }
+    }
+    out.truncate(cap / 2);
     for svc in c.services.values() {
         let addrs = svc.cluster_ips.iter().chain(&svc.external_ips);
         for (addr, p) in addrs.flat_map(|a| svc.ports.iter().map(move |p| (a, p))) {
