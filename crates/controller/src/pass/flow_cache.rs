@@ -33,10 +33,8 @@ impl FlowCache {
     pub fn new(zone: u16) -> Self {
         // Client addresses and ports of NodePort traffic are chosen by remote peers: the
         // index's hashes get a per-process random seed.
-        let seed =
-            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
         FlowCache {
-            index: FlowIndex::with_hash_seed(seed),
+            index: FlowIndex::with_hash_seed(super::process_hash_seed()),
             zone,
             ..FlowCache::default()
         }

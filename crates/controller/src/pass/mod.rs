@@ -22,6 +22,15 @@ use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+/// A random seed for this process's hash tables whose keys carry addresses and ports that
+/// remote peers choose (the flow cache, the pass's set of stale keys): drawn once.
+pub fn process_hash_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64)
+    })
+}
+
 /// How a pass behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct PassConfig {

@@ -163,7 +163,7 @@ impl Planner {
         Planner {
             cfg,
             scope: scope.matcher(),
-            seen: HashSet::with_hasher(random_state()),
+            seen: HashSet::with_hasher(FixedState::with_seed(super::process_hash_seed())),
             candidates: Vec::new(),
             keep_at_most,
             report: PassReport::default(),
@@ -257,16 +257,6 @@ impl Planner {
         }
         self.report
     }
-}
-
-/// A hash state with a per-process random seed: stale keys hold addresses and ports that
-/// remote peers choose.
-fn random_state() -> FixedState {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
-        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64)
-    });
-    FixedState::with_seed(seed)
 }
 
 fn count_reason(
