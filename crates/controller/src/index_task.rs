@@ -177,18 +177,8 @@ mod tests {
     }
 
     fn slice(service: &str, ips: &[&str]) -> EndpointSlice {
-        let endpoints: Vec<_> = ips
-            .iter()
-            .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
-            .collect();
-        serde_json::from_value(json!({
-            "metadata": {"name": format!("{service}-1"), "namespace": "d",
-                         "labels": {"kubernetes.io/service-name": service}},
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{"port": 53, "protocol": "UDP"}]
-        }))
-        .unwrap()
+        let ready: Vec<(&str, bool)> = ips.iter().map(|ip| (*ip, true)).collect();
+        crate::test_fixtures::udp_slice_on(service, 53, &ready)
     }
 
     fn node() -> Node {

@@ -25,6 +25,11 @@ pub fn udp_service(name: &str, vip: &str, ports: &[u16]) -> Service {
 
 /// The EndpointSlice `d/<service>-1` on UDP 5353, each endpoint ready (and serving) or not.
 pub fn udp_slice(service: &str, endpoints: &[(&str, bool)]) -> EndpointSlice {
+    udp_slice_on(service, 5353, endpoints)
+}
+
+/// [`udp_slice`] on UDP `port`.
+pub fn udp_slice_on(service: &str, port: u16, endpoints: &[(&str, bool)]) -> EndpointSlice {
     let endpoints: Vec<_> = endpoints
         .iter()
         .map(|(ip, r)| json!({"addresses": [ip], "conditions": {"ready": r, "serving": r}}))
@@ -34,7 +39,7 @@ pub fn udp_slice(service: &str, endpoints: &[(&str, bool)]) -> EndpointSlice {
                      "labels": {"kubernetes.io/service-name": service}},
         "addressType": "IPv4",
         "endpoints": endpoints,
-        "ports": [{"port": 5353, "protocol": "UDP"}]
+        "ports": [{"port": port, "protocol": "UDP"}]
     }))
     .unwrap()
 }
