@@ -618,8 +618,7 @@ impl Index {
                 .keys()
                 .filter(|k| k.ip.is_unspecified())
                 .map(|k| Frontend::HostPort(k.socket()));
-            let touched: Vec<Frontend> = node_ports.chain(any_host).collect();
-            self.dirty.extend(touched);
+            self.dirty.extend(node_ports.chain(any_host));
         }
     }
 
