@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use conntrack_reconciler::pass::{
-    FakeTable, FlowCache, PassConfig, Sources, WalkChooser, run_pass, run_pass_with,
+    FakeTable, FlowCache, PassConfig, PassReport, Sources, WalkChooser, run_pass, run_pass_with,
 };
 use ctdiff::{Dirty, Frontend, Index, IndexConfig, Kind, Verdict};
 use ctnetlink::{Family, Flow, FlowKey, Status, Tuple, ZoneDir, proto};
@@ -153,21 +153,26 @@ impl World {
         }
     }
 
-    fn full_pass(&mut self) {
+    /// One pass as the agent runs it: over the table, with the cache, without a gate.
+    fn pass(&mut self, scope: &Dirty, now: Instant) -> PassReport {
         let sources = Sources {
             cache: Some(&self.cache),
             walks: &mut WalkChooser::default(),
         };
-        let report = run_pass_with(
+        run_pass_with(
             &mut self.table,
             &self.index,
             None,
             sources,
-            &Dirty::all(),
+            scope,
             &cfg(),
-            Instant::now(),
+            now,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn full_pass(&mut self) {
+        let report = self.pass(&Dirty::all(), Instant::now());
         // Deleted flows leave by DESTROY events too.
         for s in report.stale {
             self.queue.push_back(Ev::Destroy(s.flow));
@@ -252,20 +257,7 @@ impl World {
         let walks_before = self.table.walks;
         // (Judged before the pass: a pass that walks re-seeds the cache.)
         let complete = self.cache.lock().unwrap().is_complete();
-        let sources = Sources {
-            cache: Some(&self.cache),
-            walks: &mut WalkChooser::default(),
-        };
-        let report = run_pass_with(
-            &mut self.table,
-            &self.index,
-            None,
-            sources,
-            &scope,
-            &cfg(),
-            now,
-        )
-        .unwrap();
+        let report = self.pass(&scope, now);
         assert_eq!(report.walked, !complete);
         assert_eq!(self.table.walks - walks_before, usize::from(!complete));
         let deleted: HashSet<FlowKey> = report
